@@ -1,0 +1,468 @@
+"""The Engine: the facade users touch. It registers workflows, starts sagas, waits for results,
+and, inside ``async with``, runs the background worker that keeps leases and recovers sagas."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from datetime import timedelta
+from typing import Any, TypeVar, overload
+
+from .. import serde
+from ..errors import (
+    EngineNotStartedError,
+    LeaseLost,
+    OutputNotSerializableError,
+    SagaConflictError,
+    SagaNotFoundError,
+    SagaValidationError,
+    UnknownWorkflowError,
+)
+from ..stores import open_store
+from ..stores.base import ClaimedSaga, NewSaga, SagaRecord, SagaStatus, Store
+from ..workflows import SagaWorkflow
+from .run import Outcome, SagaRun
+from .snapshots import SagaSnapshot, error_for
+
+log = logging.getLogger("sagakit.engine")
+
+InT = TypeVar("InT")
+OutT = TypeVar("OutT")
+
+_MAX_SAGA_ID = 200
+
+
+class SagaHandle:
+    """A started saga: wait for its result or look at its status."""
+
+    __slots__ = ("_engine", "saga_id")
+
+    def __init__(self, engine: Engine, saga_id: str):
+        self._engine = engine
+        self.saga_id = saga_id
+
+    async def result(self, timeout: float | timedelta | None = None) -> Any:
+        """Wait until the saga ends; return its output or raise why it did not complete.
+
+        Raises:
+            SagaCompensatedError: the saga failed and was rolled back.
+            CompensationFailedError: the rollback is incomplete (the saga is FAILED).
+            TimeoutError: ``timeout`` passed first (the saga goes on).
+        """
+        return await self._engine._result(self.saga_id, timeout)
+
+    async def status(self) -> SagaStatus:
+        """The saga's status as the store has it now."""
+        record = await self._engine._store_or_raise().load_saga(self.saga_id)
+        if record is None:
+            raise SagaNotFoundError(self.saga_id)
+        return SagaStatus(record.status)
+
+    def __repr__(self) -> str:
+        return f"<SagaHandle {self.saga_id!r}>"
+
+
+def _seconds(value: float | timedelta | None) -> float | None:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value
+
+
+class Engine:
+    """Runs sagas durably on a store.
+
+    Args:
+        url: ``sqlite:///sagakit.db`` (default, a file in the working folder),
+            ``sqlite:////absolute/path.db``, or ``memory://`` for tests.
+        lease: how long a worker owns a saga without renewing; a saga whose owner stopped
+            renewing for this long is taken over by another worker.
+        poll_interval: how often the background worker looks for sagas to recover.
+        max_concurrency: the most recovered sagas this engine runs at once.
+        worker_id: this engine's name in the store (default: host, pid and a random suffix).
+        store: a ready-made store instead of ``url``.
+    """
+
+    def __init__(
+        self,
+        url: str = "sqlite:///sagakit.db",
+        *,
+        lease: timedelta = timedelta(seconds=30),
+        poll_interval: timedelta = timedelta(seconds=1),
+        max_concurrency: int = 100,
+        worker_id: str | None = None,
+        store: Store | None = None,
+    ):
+        if lease <= timedelta(0):
+            raise ValueError(f"lease must be positive, got {lease}")
+        if poll_interval <= timedelta(0):
+            raise ValueError(f"poll_interval must be positive, got {poll_interval}")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        self.url = store.url if store is not None else url
+        self.lease = lease
+        self.poll_interval = poll_interval
+        self.max_concurrency = max_concurrency
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._store_arg = store
+        self._store: Store | None = None
+        self._workflows: dict[str, SagaWorkflow[Any, Any]] = {}
+        self._tasks: dict[str, asyncio.Task[Outcome | None]] = {}
+        self._claimed: set[str] = set()
+        self._background: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Event | None = None
+
+    # -- registration ------------------------------------------------------------------------
+
+    def register(self, *workflows: SagaWorkflow[Any, Any]) -> None:
+        """Make workflows startable by name and recoverable by this engine's worker."""
+        for workflow in workflows:
+            if not isinstance(workflow, SagaWorkflow):
+                raise TypeError(
+                    f"register takes saga workflows (made with @saga_workflow), got {workflow!r}"
+                )
+            known = self._workflows.get(workflow.name)
+            if known is not None and known is not workflow:
+                raise SagaConflictError(
+                    f"another workflow is already registered as {workflow.name!r}"
+                )
+            self._workflows[workflow.name] = workflow
+
+    @property
+    def workflows(self) -> dict[str, SagaWorkflow[Any, Any]]:
+        return dict(self._workflows)
+
+    def _resolve(self, workflow: SagaWorkflow[Any, Any] | str) -> SagaWorkflow[Any, Any]:
+        if isinstance(workflow, str):
+            found = self._workflows.get(workflow)
+            if found is None:
+                raise UnknownWorkflowError(workflow, self._workflows)
+            return found
+        self.register(workflow)
+        return workflow
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Engine:
+        store = self._store_arg or open_store(self.url)
+        await store.open()
+        self._store = store
+        self._wakeup = asyncio.Event()
+        self._background = asyncio.create_task(self._worker_loop(), name="sagakit-worker")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop the worker; sagas still running here are stopped and their leases released, so
+        that another worker (or the next start) takes them over at once."""
+        if self._store is None:
+            return
+        if self._background is not None:
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
+            self._background = None
+        unfinished = list(self._tasks)
+        for task in list(self._tasks.values()):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        try:
+            await self._store.release(self.worker_id, unfinished)
+        except Exception:
+            log.exception("could not release the leases of %d sagas", len(unfinished))
+        await self._store.close()
+        self._store = None
+
+    def _store_or_raise(self) -> Store:
+        if self._store is None:
+            raise EngineNotStartedError()
+        return self._store
+
+    # -- starting and waiting ----------------------------------------------------------------
+
+    @overload
+    async def start(
+        self,
+        workflow: SagaWorkflow[InT, OutT],
+        inp: InT | dict[str, Any],
+        saga_id: str | None = None,
+        *,
+        run_here: bool = True,
+    ) -> SagaHandle: ...
+
+    @overload
+    async def start(
+        self, workflow: str, inp: Any, saga_id: str | None = None, *, run_here: bool = True
+    ) -> SagaHandle: ...
+
+    async def start(
+        self,
+        workflow: SagaWorkflow[Any, Any] | str,
+        inp: Any,
+        saga_id: str | None = None,
+        *,
+        run_here: bool = True,
+    ) -> SagaHandle:
+        """Persist a saga and run it in this process (or only persist it, ``run_here=False``).
+
+        Idempotent: if ``saga_id`` exists already, return a handle to that saga and run nothing
+        again. The input is validated before anything is written.
+
+        Raises:
+            SagaValidationError: the input does not match the workflow's input type.
+            SagaConflictError: ``saga_id`` belongs to a saga of another workflow.
+        """
+        store = self._store_or_raise()
+        wf = self._resolve(workflow)
+        saga_id = _check_saga_id(saga_id)
+        value = wf.input.validate(inp)
+        try:
+            input_json = serde.dumps(value, what=f"the input of saga {wf.name!r}")
+        except OutputNotSerializableError as exc:
+            raise SagaValidationError(exc.message) from exc
+        if saga_id in self._tasks:
+            return SagaHandle(self, saga_id)
+        created = await store.create_saga(
+            NewSaga(
+                saga_id=saga_id,
+                name=wf.name,
+                input=input_json,
+                owner=self.worker_id if run_here else None,
+                lease_seconds=self.lease.total_seconds(),
+            )
+        )
+        if not created.created:
+            if created.record.name != wf.name:
+                raise SagaConflictError(
+                    f"saga id {saga_id!r} is taken by a saga of workflow "
+                    f"{created.record.name!r}, not {wf.name!r}; choose another saga_id"
+                )
+            return SagaHandle(self, saga_id)
+        if run_here:
+            self._launch(SagaRun(store, wf, created.record, [], live_input=value))
+        elif self._wakeup is not None:
+            self._wakeup.set()
+        return SagaHandle(self, saga_id)
+
+    async def run(
+        self,
+        workflow: SagaWorkflow[Any, OutT] | str,
+        inp: Any,
+        saga_id: str | None = None,
+        *,
+        timeout: float | timedelta | None = None,
+    ) -> Any:
+        """Start a saga and wait for its result (see :meth:`start` and
+        :meth:`SagaHandle.result`)."""
+        handle = await self.start(workflow, inp, saga_id)
+        return await handle.result(timeout)
+
+    def handle(self, saga_id: str) -> SagaHandle:
+        """A handle on an existing saga, to wait for it from any process."""
+        return SagaHandle(self, saga_id)
+
+    async def get(self, saga_id: str) -> SagaSnapshot:
+        """The saga and its journal as the store has them now."""
+        store = self._store_or_raise()
+        record = await store.load_saga(saga_id)
+        if record is None:
+            raise SagaNotFoundError(saga_id)
+        return SagaSnapshot.build(record, await store.load_journal(saga_id))
+
+    async def list(
+        self, status: SagaStatus | str | None = None, name: str | None = None, limit: int = 50
+    ) -> list[SagaSnapshot]:
+        """Sagas newest first, without their journals (``steps`` is empty)."""
+        store = self._store_or_raise()
+        wanted = None if status is None else SagaStatus(status).value
+        records = await store.list_sagas(wanted, name, limit)
+        return [SagaSnapshot.build(r, None) for r in records]
+
+    async def recover(self, *, wait: bool = False) -> int:
+        """Run now every saga whose lease expired (of the registered workflows).
+
+        Returns how many were taken. With ``wait=True``, also waits until they have run.
+        """
+        store = self._store_or_raise()
+        taken: list[str] = []
+        while True:
+            claimed = await store.claim(
+                self.worker_id, list(self._workflows), self.lease.total_seconds(), 500
+            )
+            if not claimed:
+                break
+            for c in claimed:
+                self._run_claimed(c)
+                taken.append(c.record.saga_id)
+        if wait:
+            tasks = [t for sid in taken if (t := self._tasks.get(sid)) is not None]
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return len(taken)
+
+    async def _result(self, saga_id: str, timeout: float | timedelta | None) -> Any:
+        store = self._store_or_raise()
+        async with asyncio.timeout(_seconds(timeout)):
+            delay = 0.005
+            while True:
+                task = self._tasks.get(saga_id)
+                if task is not None:
+                    outcome = await asyncio.shield(task)
+                    if outcome is not None:
+                        return self._value_of(
+                            saga_id, outcome.status, outcome.output, outcome.error, None
+                        )
+                record = await store.load_saga(saga_id)
+                if record is None:
+                    raise SagaNotFoundError(saga_id)
+                status = SagaStatus(record.status)
+                if status.is_terminal:
+                    return self._value_of(saga_id, status, record.output, record.error, record)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.25)
+
+    def _value_of(
+        self,
+        saga_id: str,
+        status: SagaStatus,
+        output: str | None,
+        error: str | None,
+        record: SagaRecord | None,
+    ) -> Any:
+        if status == SagaStatus.COMPLETED:
+            value = serde.loads(output)
+            name = record.name if record is not None else None
+            wf = self._workflows.get(name) if name else self._workflow_of(saga_id)
+            return wf.output.validate(value) if wf is not None else value
+        raise error_for(saga_id, status, error)
+
+    def _workflow_of(self, saga_id: str) -> SagaWorkflow[Any, Any] | None:
+        task = self._tasks.get(saga_id)
+        run = getattr(task, "sagakit_run", None)
+        return run.workflow if isinstance(run, SagaRun) else None
+
+    # -- running -----------------------------------------------------------------------------
+
+    def _launch(self, run: SagaRun) -> asyncio.Task[Outcome | None]:
+        old = self._tasks.get(run.saga_id)
+        if old is not None:
+            old.cancel()  # it lost the saga: its fence is stale and it can write nothing more
+        task = asyncio.create_task(self._drive(run), name=f"saga:{run.saga_id}")
+        task.sagakit_run = run  # type: ignore[attr-defined]
+        self._tasks[run.saga_id] = task
+        task.add_done_callback(self._forget)
+        return task
+
+    def _forget(self, task: asyncio.Task[Outcome | None]) -> None:
+        run: SagaRun = task.sagakit_run  # type: ignore[attr-defined]
+        if self._tasks.get(run.saga_id) is task:
+            del self._tasks[run.saga_id]
+            self._claimed.discard(run.saga_id)
+
+    async def _drive(self, run: SagaRun) -> Outcome | None:
+        try:
+            outcome = await run.execute()
+        except LeaseLost:
+            log.warning(
+                "saga %s was taken over by another worker; this worker stops running it",
+                run.saga_id,
+                extra={"saga_id": run.saga_id},
+            )
+            return None
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception(
+                "saga %s stopped on an unexpected error; releasing it for recovery",
+                run.saga_id,
+                extra={"saga_id": run.saga_id},
+            )
+            with contextlib.suppress(Exception):
+                await self._store_or_raise().release(self.worker_id, [run.saga_id])
+            return None
+        log.info(
+            "saga %s (%s) ended %s",
+            run.saga_id,
+            run.workflow.name,
+            outcome.status,
+            extra={"saga_id": run.saga_id, "status": str(outcome.status)},
+        )
+        return outcome
+
+    def _run_claimed(self, claimed: ClaimedSaga) -> None:
+        record = claimed.record
+        wf = self._workflows.get(record.name)
+        if wf is None:  # the store only hands out registered names; kept for safety
+            return
+        log.info(
+            "recovering saga %s (%s) from %d journal entries",
+            record.saga_id,
+            record.name,
+            len(claimed.journal),
+            extra={"saga_id": record.saga_id},
+        )
+        self._claimed.add(record.saga_id)
+        self._launch(SagaRun(self._store_or_raise(), wf, record, claimed.journal))
+
+    # -- the background worker ---------------------------------------------------------------
+
+    async def _worker_loop(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        lease = self.lease.total_seconds()
+        renew_every = lease / 3
+        poll = self.poll_interval.total_seconds()
+        next_renew = loop.time() + renew_every
+        next_poll = loop.time()
+        failures = 0
+        while True:
+            now = loop.time()
+            try:
+                if now >= next_renew:
+                    next_renew = now + renew_every
+                    if self._tasks:
+                        await self._store_or_raise().renew_leases(self.worker_id, lease)
+                if now >= next_poll:
+                    next_poll = now + poll
+                    await self._claim_some()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                failures += 1
+                log.exception("the background worker failed (%d in a row); retrying", failures)
+                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+                continue
+            timeout = max(0.0, min(next_renew, next_poll) - loop.time())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
+                    next_poll = loop.time()
+            self._wakeup.clear()
+
+    async def _claim_some(self) -> None:
+        capacity = self.max_concurrency - len(self._claimed)
+        if capacity <= 0 or not self._workflows:
+            return
+        claimed = await self._store_or_raise().claim(
+            self.worker_id, list(self._workflows), self.lease.total_seconds(), capacity
+        )
+        for c in claimed:
+            self._run_claimed(c)
+
+
+def _check_saga_id(saga_id: str | None) -> str:
+    if saga_id is None:
+        return str(uuid.uuid4())
+    if not isinstance(saga_id, str) or not saga_id.strip():
+        raise SagaValidationError(f"saga_id must be a non-empty string, got {saga_id!r}")
+    if len(saga_id) > _MAX_SAGA_ID:
+        raise SagaValidationError(
+            f"saga_id is {len(saga_id)} characters long; the most is {_MAX_SAGA_ID}"
+        )
+    return saga_id

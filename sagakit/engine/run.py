@@ -1,0 +1,464 @@
+"""One run of a saga in this process: call the saga function, replay what the journal holds, do
+for real what it does not, and roll back when the saga fails for good.
+
+A run starts from the saga's journal as read once (empty for a saga started here). Each durable
+operation takes the next sequence number; if the journal has that entry the recorded result is
+returned (or its recorded error raised) without doing the work, else the work is done and its
+entry is committed before the saga function goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .. import serde
+from ..context import SagaContext
+from ..errors import (
+    ErrorInfo,
+    NonDeterminismError,
+    OutputNotSerializableError,
+    SagaError,
+    StepFailedError,
+    TerminalError,
+    as_terminal,
+)
+from ..retry import DEFAULT_RETRY, RetryPolicy
+from ..steps import UNSET, SagaStep, StepResponse
+from ..stores.base import (
+    EntryKind,
+    EntryStatus,
+    JournalEntry,
+    SagaRecord,
+    SagaStatus,
+    SagaUpdate,
+    Store,
+)
+from ..workflows import SagaWorkflow
+
+log = logging.getLogger("sagakit.engine")
+
+#: JSON text stored as a step's compensation data when the step said "nothing to compensate"
+NOTHING_TO_COMPENSATE = "null"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a run ended: the saga's final status with its JSON output or error."""
+
+    status: SagaStatus
+    output: str | None
+    error: str | None
+
+
+@dataclass(slots=True)
+class _Compensation:
+    seq: int
+    step: SagaStep[Any]
+    data: Any
+    failed: bool
+
+
+def _jsonable(value: Any) -> Any:
+    """The JSON form of a value (what a replay would see); the value itself if it has none."""
+    try:
+        return serde.loads(serde.dumps(value))
+    except OutputNotSerializableError:
+        return value
+
+
+class SagaRun:
+    """Drives one saga function to a terminal state (or until its lease is lost)."""
+
+    def __init__(
+        self,
+        store: Store,
+        workflow: SagaWorkflow[Any, Any],
+        record: SagaRecord,
+        journal: list[JournalEntry],
+        live_input: Any = UNSET,
+    ):
+        self.saga_id = record.saga_id
+        self.fence = record.fence
+        self.record = record
+        self.workflow = workflow
+        self._store = store
+        self._journal = {e.seq: e for e in journal}
+        self._live_input = live_input
+        self._next_seq = 0
+        self._compensations: dict[int, _Compensation] = {}
+        self._nondeterminism: NonDeterminismError | None = None
+        self._forward_done = False
+
+    # -- the RunDriver protocol (what SagaContext calls) --------------------------------------
+
+    def call_step(self, step: SagaStep[Any], inp: Any) -> Awaitable[Any]:
+        if self._forward_done:
+            raise SagaError(
+                f"step {step.name!r} was called after saga {self.saga_id!r} finished; "
+                "await every step inside the saga function"
+            )
+        seq = self._take_seq()
+        compensation = None
+        if step.compensate is not None and not step.strict:
+            # hybrid: registered before the step runs, so a failure midway is undone too
+            compensation = _Compensation(seq, step, _jsonable(inp), failed=True)
+            self._compensations[seq] = compensation
+        return self._step(step, seq, inp, compensation)
+
+    def record_value(self, kind: str, produce: Callable[[], Any]) -> Awaitable[Any]:
+        return self._value(self._take_seq(), kind, produce)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _take_seq(self) -> int:
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
+    def _recorded(self, seq: int, kind: str, name: str) -> JournalEntry | None:
+        entry = self._journal.get(seq)
+        if entry is None:
+            return None
+        if entry.kind != kind or entry.name != name:
+            error = NonDeterminismError(
+                self.saga_id, seq, f"{entry.kind} {entry.name!r}", f"{kind} {name!r}"
+            )
+            # kept on the run too: a saga function that catches it must not carry on
+            self._nondeterminism = self._nondeterminism or error
+            raise error
+        return entry
+
+    async def _write(self, entry: JournalEntry | None, update: SagaUpdate | None = None) -> None:
+        await self._store.append(self.saga_id, self.fence, entry, update)
+        if entry is not None:
+            self._journal[entry.seq] = entry
+
+    async def _value(self, seq: int, kind: str, produce: Callable[[], Any]) -> Any:
+        entry = self._recorded(seq, kind, kind)
+        if entry is None:
+            now = time.time()
+            entry = JournalEntry(
+                self.saga_id,
+                seq,
+                kind,
+                kind,
+                EntryStatus.COMPLETED,
+                1,
+                serde.dumps(produce()),
+                None,
+                None,
+                now,
+                now,
+            )
+            await self._write(entry)
+        return serde.loads(entry.output)
+
+    # -- steps -------------------------------------------------------------------------------
+
+    async def _step(
+        self, step: SagaStep[Any], seq: int, inp: Any, compensation: _Compensation | None
+    ) -> Any:
+        entry = self._recorded(seq, EntryKind.STEP, step.name)
+        if entry is None:
+            entry = await self._execute_step(step, seq, inp)
+        data: Any = UNSET
+        if entry.compensation == NOTHING_TO_COMPENSATE:
+            data = None
+        elif entry.compensation is not None:
+            data = serde.loads(entry.compensation)
+        if entry.status == EntryStatus.COMPLETED:
+            if step.compensate is not None:
+                self._register(step, seq, compensation, data, inp, failed=False)
+            return step.output.validate(serde.loads(entry.output))
+        if compensation is not None:
+            self._register(step, seq, compensation, data, inp, failed=True)
+        info = ErrorInfo.from_json(serde.loads(entry.error) or {})
+        raise StepFailedError(step.name, seq, info.type, info.message, entry.attempts)
+
+    def _register(
+        self,
+        step: SagaStep[Any],
+        seq: int,
+        compensation: _Compensation | None,
+        data: Any,
+        inp: Any,
+        *,
+        failed: bool,
+    ) -> None:
+        if data is None:
+            self._compensations.pop(seq, None)
+            return
+        value = _jsonable(inp) if data is UNSET else data
+        if compensation is None:
+            self._compensations[seq] = _Compensation(seq, step, value, failed)
+        else:
+            compensation.data = value
+            compensation.failed = failed
+
+    async def _execute_step(self, step: SagaStep[Any], seq: int, inp: Any) -> JournalEntry:
+        policy = step.retry or DEFAULT_RETRY
+        timeout = step.timeout
+        started = time.time()
+        attempt = 0
+        while True:
+            attempt += 1
+            ctx = SagaContext(self, step_seq=seq, step_name=step.name, attempt=attempt)
+            deadline = asyncio.timeout(timeout)
+            try:
+                value = step.input.validate(inp)
+                async with deadline:
+                    result = await step.run(ctx, value)
+            except Exception as exc:
+                terminal = as_terminal(exc)
+                if terminal is None and isinstance(exc, SagaError):
+                    # our own errors (bad step input, misuse) would fail the same way again
+                    terminal = TerminalError(str(exc), error_type=type(exc).__name__)
+                timed_out = deadline.expired()
+                if terminal is None and attempt < policy.max_attempts:
+                    delay = policy.delay_after(attempt)
+                    log.info(
+                        "step %s of saga %s failed (attempt %d of %d), retrying in %.2fs: %r",
+                        step.name,
+                        self.saga_id,
+                        attempt,
+                        policy.max_attempts,
+                        delay,
+                        exc,
+                        extra={"saga_id": self.saga_id, "step": step.name, "seq": seq},
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                info = self._failure_info(exc, terminal, step, seq, attempt, timed_out)
+                return await self._finish_step(
+                    step, seq, attempt, started, EntryStatus.FAILED, None, None, info
+                )
+            return await self._record_result(step, seq, attempt, started, result)
+
+    def _failure_info(
+        self,
+        exc: BaseException,
+        terminal: BaseException | None,
+        step: SagaStep[Any],
+        seq: int,
+        attempts: int,
+        timed_out: bool,
+    ) -> ErrorInfo:
+        if timed_out:
+            error_type = "StepTimeoutError"
+            message = f"attempt ran longer than {step.timeout}s (gave up after {attempts} attempts)"
+        elif terminal is not None:
+            base = ErrorInfo.from_exception(terminal)
+            error_type, message = base.type, base.message
+        else:
+            error_type = type(exc).__name__
+            message = f"{exc} (gave up after {attempts} attempts)"
+        return ErrorInfo(error_type, message, step.name, seq)
+
+    async def _record_result(
+        self, step: SagaStep[Any], seq: int, attempts: int, started: float, result: Any
+    ) -> JournalEntry:
+        response = result if isinstance(result, StepResponse) else StepResponse(result)
+        try:
+            compensation = self._compensation_json(response, result)
+            if response.failed:
+                message = response.error_message or "step failed permanently"
+                info = ErrorInfo("PermanentFailure", message, step.name, seq)
+                return await self._finish_step(
+                    step, seq, attempts, started, EntryStatus.FAILED, None, compensation, info
+                )
+            output = serde.dumps(response.output, what=f"the output of step {step.name!r}")
+        except OutputNotSerializableError as exc:
+            # the side effect happened once: failing for good is the only way not to repeat it
+            info = ErrorInfo("OutputNotSerializableError", exc.message, step.name, seq)
+            return await self._finish_step(
+                step, seq, attempts, started, EntryStatus.FAILED, None, None, info
+            )
+        return await self._finish_step(
+            step, seq, attempts, started, EntryStatus.COMPLETED, output, compensation, None
+        )
+
+    def _compensation_json(self, response: StepResponse[Any], raw: Any) -> str | None:
+        data = response.compensation_data
+        if data is UNSET:
+            return None
+        if data is None:
+            # a plain ``return None`` produced no data (the input is used); an explicit
+            # StepResponse(..., compensation_data=None) means there is nothing to undo
+            return None if raw is None else NOTHING_TO_COMPENSATE
+        return serde.dumps(data, what="compensation data")
+
+    async def _finish_step(
+        self,
+        step: SagaStep[Any],
+        seq: int,
+        attempts: int,
+        started: float,
+        status: EntryStatus,
+        output: str | None,
+        compensation: str | None,
+        error: ErrorInfo | None,
+    ) -> JournalEntry:
+        entry = JournalEntry(
+            self.saga_id,
+            seq,
+            EntryKind.STEP,
+            step.name,
+            status,
+            attempts,
+            output,
+            compensation,
+            None if error is None else serde.dumps(error.to_json()),
+            started,
+            time.time(),
+        )
+        await self._write(entry)
+        return entry
+
+    # -- the whole saga ----------------------------------------------------------------------
+
+    async def execute(self) -> Outcome:
+        """Run the saga function (replaying its journal) to a terminal state.
+
+        Raises :class:`~sagakit.errors.LeaseLost` if another worker took the saga meanwhile.
+        """
+        ctx = SagaContext(self)
+        try:
+            if self._live_input is not UNSET:
+                inp = self._live_input
+            else:
+                inp = self.workflow.input.validate(serde.loads(self.record.input))
+            result = await self.workflow.handler(ctx, inp)
+        except Exception as exc:
+            self._forward_done = True
+            if self._nondeterminism is not None:
+                return await self._fail_nondeterministic(self._nondeterminism)
+            return await self._rollback(ErrorInfo.from_exception(exc))
+        self._forward_done = True
+        if self._nondeterminism is not None:
+            return await self._fail_nondeterministic(self._nondeterminism)
+        unplayed = [s for s in self._journal if s >= self._next_seq]
+        if unplayed:
+            entry = self._journal[min(unplayed)]
+            return await self._fail_nondeterministic(
+                NonDeterminismError(
+                    self.saga_id, entry.seq, f"{entry.kind} {entry.name!r}", "nothing (it returned)"
+                )
+            )
+        try:
+            output = serde.dumps(result, what=f"the output of saga {self.workflow.name!r}")
+        except OutputNotSerializableError as exc:
+            return await self._rollback(ErrorInfo.from_exception(exc))
+        update = SagaUpdate(SagaStatus.COMPLETED, output=output)
+        await self._write(None, update)
+        return Outcome(SagaStatus.COMPLETED, output, None)
+
+    async def _rollback(self, cause: ErrorInfo) -> Outcome:
+        """Run the registered compensations in reverse order, each journaled, then finish."""
+        failures: list[ErrorInfo] = []
+        status_written = self.record.status == SagaStatus.COMPENSATING
+        cause_json = serde.dumps({"kind": "compensating", "cause": cause.to_json()})
+        try:
+            for compensation in sorted(
+                self._compensations.values(), key=lambda c: c.seq, reverse=True
+            ):
+                seq = self._take_seq()
+                entry = self._recorded(seq, EntryKind.COMPENSATION, compensation.step.name)
+                if entry is None:
+                    update = None
+                    if not status_written:
+                        update = SagaUpdate(SagaStatus.COMPENSATING, error=cause_json)
+                    entry = await self._execute_compensation(compensation, seq, update)
+                    status_written = True
+                if entry.status == EntryStatus.FAILED:
+                    failures.append(ErrorInfo.from_json(serde.loads(entry.error) or {}))
+        except NonDeterminismError as exc:
+            return await self._fail_nondeterministic(exc)
+        if failures:
+            error = {
+                "kind": "compensation_failed",
+                "cause": cause.to_json(),
+                "compensation_failures": [f.to_json() for f in failures],
+            }
+            status = SagaStatus.FAILED
+        else:
+            error = {"kind": "compensated", "cause": cause.to_json()}
+            status = SagaStatus.COMPENSATED
+        error_json = serde.dumps(error)
+        await self._write(None, SagaUpdate(status, error=error_json))
+        return Outcome(status, None, error_json)
+
+    async def _execute_compensation(
+        self, compensation: _Compensation, seq: int, update: SagaUpdate | None
+    ) -> JournalEntry:
+        step = compensation.step
+        policy: RetryPolicy = step.compensation_retry or DEFAULT_RETRY
+        started = time.time()
+        attempt = 0
+        error: ErrorInfo | None = None
+        while True:
+            attempt += 1
+            try:
+                await step.call_compensation(compensation.data, compensation.failed)
+                break
+            except Exception as exc:
+                terminal = as_terminal(exc)
+                if terminal is None and attempt < policy.max_attempts:
+                    delay = policy.delay_after(attempt)
+                    log.warning(
+                        "compensation of step %s of saga %s failed (attempt %d of %d), "
+                        "retrying in %.2fs: %r",
+                        step.name,
+                        self.saga_id,
+                        attempt,
+                        policy.max_attempts,
+                        delay,
+                        exc,
+                        extra={"saga_id": self.saga_id, "step": step.name, "seq": seq},
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                base = ErrorInfo.from_exception(terminal or exc)
+                message = base.message if terminal else f"{exc} (gave up after {attempt} attempts)"
+                error = ErrorInfo(base.type, message, step.name, seq)
+                log.error(
+                    "compensation of step %s of saga %s failed for good: %s",
+                    step.name,
+                    self.saga_id,
+                    error,
+                    extra={"saga_id": self.saga_id, "step": step.name, "seq": seq},
+                )
+                break
+        entry = JournalEntry(
+            self.saga_id,
+            seq,
+            EntryKind.COMPENSATION,
+            step.name,
+            EntryStatus.COMPLETED if error is None else EntryStatus.FAILED,
+            attempt,
+            None,
+            None,
+            None if error is None else serde.dumps(error.to_json()),
+            started,
+            time.time(),
+        )
+        await self._write(entry, update)
+        return entry
+
+    async def _fail_nondeterministic(self, exc: NonDeterminismError) -> Outcome:
+        log.error("%s", exc, extra={"saga_id": self.saga_id})
+        error = serde.dumps(
+            {
+                "kind": "non_determinism",
+                "message": str(exc),
+                "seq": exc.seq,
+                "recorded": exc.recorded,
+                "replayed": exc.replayed,
+            }
+        )
+        await self._write(None, SagaUpdate(SagaStatus.FAILED, error=error))
+        return Outcome(SagaStatus.FAILED, None, error)

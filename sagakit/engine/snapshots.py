@@ -1,0 +1,112 @@
+"""Read-only views of a saga and its journal, and the errors a finished saga stands for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .. import serde
+from ..errors import (
+    CompensationFailedError,
+    ErrorInfo,
+    NonDeterminismError,
+    SagaCompensatedError,
+    SagaError,
+)
+from ..stores.base import JournalEntry, SagaRecord, SagaStatus
+
+
+def _time(epoch: float | None) -> datetime | None:
+    return None if not epoch else datetime.fromtimestamp(epoch, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class StepSnapshot:
+    """One journal entry: a step, a compensation, or a recorded value (now/uuid/random)."""
+
+    seq: int
+    name: str
+    kind: str
+    status: str
+    attempts: int
+    output: Any
+    error: dict[str, Any] | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def duration(self) -> timedelta | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    @classmethod
+    def from_entry(cls, entry: JournalEntry) -> StepSnapshot:
+        return cls(
+            seq=entry.seq,
+            name=entry.name,
+            kind=entry.kind,
+            status=entry.status,
+            attempts=entry.attempts,
+            output=serde.loads(entry.output),
+            error=serde.loads(entry.error),
+            started_at=_time(entry.started_at),
+            finished_at=_time(entry.finished_at),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SagaSnapshot:
+    """A saga as the store has it now, with its journal (``steps``) in order."""
+
+    saga_id: str
+    name: str
+    status: SagaStatus
+    input: Any
+    output: Any
+    error: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    steps: tuple[StepSnapshot, ...]
+    owner: str | None = None
+    lease_expires_at: datetime | None = None
+
+    @classmethod
+    def build(cls, record: SagaRecord, journal: list[JournalEntry] | None) -> SagaSnapshot:
+        created = _time(record.created_at)
+        updated = _time(record.updated_at)
+        assert created is not None and updated is not None
+        return cls(
+            saga_id=record.saga_id,
+            name=record.name,
+            status=SagaStatus(record.status),
+            input=serde.loads(record.input),
+            output=serde.loads(record.output),
+            error=serde.loads(record.error),
+            created_at=created,
+            updated_at=updated,
+            steps=tuple(StepSnapshot.from_entry(e) for e in journal or ()),
+            owner=record.owner,
+            lease_expires_at=_time(record.lease_expires_at),
+        )
+
+
+def error_for(saga_id: str, status: str, error_json: str | None) -> SagaError:
+    """The exception that ``result()`` raises for a saga that ended without an output."""
+    error: dict[str, Any] = serde.loads(error_json) or {}
+    cause = ErrorInfo.from_json(error.get("cause") or {"type": "Error", "message": "unknown"})
+    kind = error.get("kind")
+    if kind == "non_determinism":
+        return NonDeterminismError(
+            saga_id,
+            int(error.get("seq", -1)),
+            str(error.get("recorded", "?")),
+            str(error.get("replayed", "?")),
+        )
+    if status == SagaStatus.COMPENSATED:
+        return SagaCompensatedError(saga_id, cause)
+    if status == SagaStatus.FAILED:
+        failures = [ErrorInfo.from_json(f) for f in error.get("compensation_failures", [])]
+        return CompensationFailedError(saga_id, cause, failures)
+    return SagaError(f"saga {saga_id!r} ended as {status}: {error.get('message', '')}".rstrip())

@@ -1,0 +1,280 @@
+"""Errors raised by sagakit, and the registry that decides which step errors are terminal.
+
+Every public error subclasses :class:`SagaError`::
+
+    SagaError
+    ├── TerminalError                 raise in a step: no retry, the saga compensates
+    │   ├── StepFailedError           what the saga function sees when a step failed for good
+    │   └── OutputNotSerializableError
+    ├── SagaValidationError           bad input, refused before anything is written
+    ├── SagaCompensatedError          the saga failed and was rolled back
+    ├── CompensationFailedError       the rollback is incomplete: the saga is FAILED
+    ├── NonDeterminismError           replay found a different operation than the journal holds
+    ├── SagaNotFoundError
+    ├── UnknownWorkflowError
+    ├── SagaConflictError             a saga id is already used by another workflow
+    ├── EngineNotStartedError
+    └── StoreError                    the database failed in a way the engine could not absorb
+
+Internal control flow (a worker that lost its lease) uses :class:`BaseException` subclasses so
+that a user's ``except Exception`` cannot swallow it by accident.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+
+class SagaError(Exception):
+    """Base class of every error sagakit raises on purpose."""
+
+
+class TerminalError(SagaError):
+    """A failure that must not be retried.
+
+    Raise it inside a step to fail the step for good: no retry, and the saga rolls back.
+    Raised (or left to propagate) in a saga function, it fails the saga the same way.
+    """
+
+    def __init__(self, message: str = "terminal failure", *, error_type: str | None = None):
+        super().__init__(message)
+        self.message = message
+        #: The name of the original error's type when this error stands for another one.
+        self.error_type = error_type or type(self).__name__
+
+
+class StepFailedError(TerminalError):
+    """A step failed for good; this is what the saga function's ``await step(...)`` raises.
+
+    The same error is raised live and on replay, so a saga function that catches it behaves the
+    same after a crash. ``error_type`` and ``message`` describe the step's own error.
+    """
+
+    def __init__(self, step: str, seq: int, error_type: str, message: str, attempts: int):
+        super().__init__(
+            f"step {step!r} (seq {seq}) failed after {attempts} attempt(s): "
+            f"{error_type}: {message}",
+            error_type=error_type,
+        )
+        self.step = step
+        self.seq = seq
+        self.message = message
+        self.attempts = attempts
+
+
+class OutputNotSerializableError(TerminalError):
+    """A step or saga returned something that is not JSON (nor a pydantic model)."""
+
+
+class SagaValidationError(SagaError, ValueError):
+    """The input given to a saga or step does not match its declared type.
+
+    Nothing was written. ``errors`` holds pydantic's list of problems (field location and message).
+    """
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None):
+        super().__init__(message)
+        self.errors = errors or []
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """A recorded error: what type it was, what it said, and where it happened."""
+
+    type: str
+    message: str
+    step: str | None = None
+    seq: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "message": self.message, "step": self.step, "seq": self.seq}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ErrorInfo:
+        return cls(
+            type=str(data.get("type", "Error")),
+            message=str(data.get("message", "")),
+            step=data.get("step"),
+            seq=data.get("seq"),
+        )
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        if isinstance(exc, StepFailedError):
+            return cls(exc.error_type, exc.message, exc.step, exc.seq)
+        if isinstance(exc, TerminalError):
+            return cls(exc.error_type, exc.message)
+        return cls(type(exc).__name__, str(exc))
+
+    def __str__(self) -> str:
+        where = f" in step {self.step!r}" if self.step else ""
+        return f"{self.type}{where}: {self.message}"
+
+
+class SagaCompensatedError(SagaError):
+    """The saga failed and every registered compensation ran: it is COMPENSATED."""
+
+    def __init__(self, saga_id: str, cause: ErrorInfo):
+        super().__init__(f"saga {saga_id!r} failed and was rolled back: {cause}")
+        self.saga_id = saga_id
+        self.cause = cause
+        self.cause_type = cause.type
+        self.cause_message = cause.message
+        self.step = cause.step
+
+
+class CompensationFailedError(SagaError):
+    """The saga failed and at least one compensation failed for good: the saga is FAILED.
+
+    It carries the original cause and every compensation failure. The saga waits for an
+    operator; nothing more runs on its own.
+    """
+
+    def __init__(self, saga_id: str, cause: ErrorInfo, failures: list[ErrorInfo]):
+        listed = "; ".join(str(f) for f in failures)
+        super().__init__(
+            f"saga {saga_id!r} failed ({cause}) and its rollback is incomplete: {listed}"
+        )
+        self.saga_id = saga_id
+        self.cause = cause
+        self.cause_type = cause.type
+        self.cause_message = cause.message
+        self.failures = failures
+
+
+class NonDeterminismError(SagaError):
+    """Replaying a saga met an operation that differs from the one its journal recorded.
+
+    The saga function must do the same durable operations in the same order on every run:
+    use ``ctx.now()``, ``ctx.uuid()`` and ``ctx.random()`` instead of the clock and random
+    modules, and do not change a workflow's code while sagas of it are in flight.
+    """
+
+    def __init__(self, saga_id: str, seq: int, recorded: str, replayed: str):
+        super().__init__(
+            f"saga {saga_id!r} is not deterministic: at seq {seq} the journal holds {recorded} "
+            f"but the saga function now does {replayed}. Keep the saga function deterministic "
+            "(use ctx.now()/ctx.uuid()/ctx.random()) and do not change a workflow while sagas "
+            "of it are in flight."
+        )
+        self.saga_id = saga_id
+        self.seq = seq
+        self.recorded = recorded
+        self.replayed = replayed
+
+
+class SagaNotFoundError(SagaError, LookupError):
+    """No saga with that id exists in the store."""
+
+    def __init__(self, saga_id: str):
+        super().__init__(f"no saga with id {saga_id!r}")
+        self.saga_id = saga_id
+
+
+class UnknownWorkflowError(SagaError, LookupError):
+    """A workflow name was used that this engine has not registered."""
+
+    def __init__(self, name: str, known: Iterable[str] = ()):
+        known_list = ", ".join(sorted(known)) or "none"
+        super().__init__(
+            f"workflow {name!r} is not registered with this engine (registered: {known_list}); "
+            "call engine.register(...) with it first"
+        )
+        self.name = name
+
+
+class SagaConflictError(SagaError):
+    """A saga id is already taken by a saga of another workflow."""
+
+
+class EngineNotStartedError(SagaError):
+    """The engine was used outside ``async with engine:``."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the engine is not started: use it inside `async with engine:` "
+            "(that opens the store and runs the background worker)"
+        )
+
+
+class StoreError(SagaError):
+    """The store failed in a way the engine could not absorb (bad URL, corrupt schema, ...)."""
+
+
+class LeaseLost(BaseException):
+    """Internal: this worker no longer owns the saga (another worker claimed it).
+
+    A BaseException so that user code catching ``Exception`` cannot swallow it: the run must
+    stop at once and write nothing more.
+    """
+
+    def __init__(self, saga_id: str):
+        super().__init__(f"lease on saga {saga_id!r} was lost to another worker")
+        self.saga_id = saga_id
+
+
+# -- the terminal-error registry ------------------------------------------------------------
+
+ErrorMapper = Callable[[BaseException], "TerminalError | None"]
+
+_registry_lock = threading.Lock()
+_terminal_types: tuple[type[BaseException], ...] = ()
+_global_mapper: ErrorMapper | None = None
+
+
+def register_terminal_errors(error_types: Iterable[type[BaseException]]) -> None:
+    """Treat these exception types (and their subclasses) as terminal in every step."""
+    global _terminal_types
+    new = list(error_types)
+    for t in new:
+        if not (isinstance(t, type) and issubclass(t, BaseException)):
+            raise TypeError(f"register_terminal_errors takes exception classes, got {t!r}")
+    with _registry_lock:
+        _terminal_types = tuple(dict.fromkeys((*_terminal_types, *new)))
+
+
+def unregister_terminal_errors(error_types: Iterable[type[BaseException]]) -> None:
+    """Stop treating these exception types as terminal."""
+    global _terminal_types
+    removed = set(error_types)
+    with _registry_lock:
+        _terminal_types = tuple(t for t in _terminal_types if t not in removed)
+
+
+def clear_terminal_errors() -> None:
+    """Forget every registered terminal type and the global mapper."""
+    global _terminal_types, _global_mapper
+    with _registry_lock:
+        _terminal_types = ()
+        _global_mapper = None
+
+
+def set_global_error_mapper(mapper: ErrorMapper | None) -> None:
+    """Set a function that turns a step's exception into a :class:`TerminalError` (or ``None``).
+
+    It is asked after the registered types; returning ``None`` leaves the error retryable.
+    """
+    global _global_mapper
+    with _registry_lock:
+        _global_mapper = mapper
+
+
+def as_terminal(exc: BaseException) -> TerminalError | None:
+    """The terminal form of ``exc``, or ``None`` when it should be retried."""
+    if isinstance(exc, TerminalError):
+        return exc
+    if _terminal_types and isinstance(exc, _terminal_types):
+        return TerminalError(str(exc), error_type=type(exc).__name__)
+    mapper = _global_mapper
+    if mapper is not None:
+        mapped = mapper(exc)
+        if mapped is not None:
+            if not isinstance(mapped, TerminalError):
+                raise TypeError(
+                    f"the global error mapper must return a TerminalError or None, got {mapped!r}"
+                )
+            return mapped
+    return None

@@ -1,0 +1,279 @@
+"""Saga steps: a unit of work with an optional compensation (its undo).
+
+Two flavours, as in the seed libraries:
+
+* **hybrid** (:func:`saga_step`): the compensation is registered *before* the step runs, so it
+  runs even when the step fails midway (with ``failed=True``); when the step produced no
+  compensation data, the compensation gets the step's input.
+* **strict** (:func:`saga_step_strict`): the compensation is registered only once the step
+  succeeded, and gets the step's compensation data.
+
+A step returns :class:`StepResponse` or a plain value. Calling a step inside a saga,
+``await step(ctx, inp)``, returns its output; its sequence number in the journal is taken when it
+is *called*, so ``asyncio.gather`` over step calls numbers branches in program order.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from . import serde
+from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from .context import SagaContext
+
+InT = TypeVar("InT")
+OutT = TypeVar("OutT")
+
+
+class _Unset:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+
+
+class StepResponse(Generic[OutT]):
+    """What a step returns: its output, and the data its compensation will need.
+
+    Args:
+        output: returned to the saga function by ``await step(...)``.
+        compensation_data: given to the compensation. Defaults to ``output``; ``None`` means
+            there is nothing to compensate.
+    """
+
+    __slots__ = ("compensation_data", "error_message", "failed", "output")
+
+    def __init__(self, output: OutT, compensation_data: Any = UNSET):
+        self.output = output
+        self.compensation_data = output if compensation_data is UNSET else compensation_data
+        self.failed = False
+        self.error_message: str | None = None
+
+    @classmethod
+    def permanent_failure(cls, message: str, compensation_data: Any = UNSET) -> StepResponse[Any]:
+        """Fail the step for good (no retry) and roll the saga back.
+
+        On a hybrid step the compensation gets ``compensation_data`` (or the step's input when it
+        is not given) with ``failed=True``. On a strict step the step's own compensation is not
+        registered (strict compensates only success); the earlier steps are rolled back.
+        """
+        response: StepResponse[Any] = cls(output=None)  # type: ignore[arg-type]
+        response.compensation_data = compensation_data
+        response.failed = True
+        response.error_message = message
+        return response
+
+    def __repr__(self) -> str:
+        if self.failed:
+            return f"StepResponse.permanent_failure({self.error_message!r})"
+        return f"StepResponse(output={self.output!r})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SagaStepOptions:
+    """Options of a step.
+
+    Args:
+        retry: how the step is retried on a non-terminal error (default ``RetryPolicy()``).
+        compensation_retry: how its compensation is retried (default: ``retry``).
+        timeout: the longest one attempt may run; an attempt that runs past it fails and is
+            retried like any other failed attempt.
+    """
+
+    retry: RetryPolicy | None = None
+    compensation_retry: RetryPolicy | None = None
+    timeout: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        if self.timeout is not None and self.timeout <= timedelta(0):
+            raise ValueError(f"a step timeout must be positive, got {self.timeout}")
+
+
+StepFn = Callable[["SagaContext", Any], Awaitable[Any]]
+CompensateFn = Callable[..., Any]
+
+
+def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:
+        # unresolvable forward references: fall back to annotations that are real objects
+        raw = getattr(fn, "__annotations__", {})
+        return {k: v for k, v in raw.items() if not isinstance(v, str)}
+
+
+def _positional_names(fn: Callable[..., Any]) -> list[str]:
+    params = inspect.signature(fn).parameters.values()
+    return [
+        p.name
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+
+
+def _output_annotation(hint: Any) -> Any:
+    """``-> Order`` and ``-> StepResponse[Order]`` both mean the output is an Order."""
+    if typing.get_origin(hint) is StepResponse:
+        args = typing.get_args(hint)
+        return args[0] if args else None
+    if hint is StepResponse:
+        return None
+    return hint if serde.is_model_type(hint) else None
+
+
+class SagaStep(Generic[InT]):
+    """A step definition. Call it inside a saga function: ``await step(ctx, inp)``."""
+
+    def __init__(
+        self,
+        name: str,
+        run: StepFn,
+        compensate: CompensateFn | None,
+        options: SagaStepOptions | None,
+        *,
+        strict: bool,
+    ):
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError("a step needs a non-empty name")
+        if not callable(run):
+            raise TypeError(f"step {name!r}: run must be an async function, got {run!r}")
+        if compensate is not None and not callable(compensate):
+            raise TypeError(f"step {name!r}: compensate must be callable, got {compensate!r}")
+        positional = _positional_names(run)
+        if len(positional) < 2:
+            raise TypeError(
+                f"step {name!r}: the function must take (ctx, inp), "
+                f"it takes ({', '.join(positional)})"
+            )
+        self.name = name
+        self.run = run
+        self.compensate = compensate
+        self.options = options or SagaStepOptions()
+        self.strict = strict
+        hints = _type_hints(run)
+        input_hint = hints.get(positional[1])
+        # only pydantic models are converted on the way in: other hints are left to the user
+        self.input = serde.Converter(
+            input_hint if serde.is_model_type(input_hint) else None, f"input of step {name!r}"
+        )
+        self.output = serde.Converter(
+            _output_annotation(hints.get("return")), f"output of step {name!r}"
+        )
+        self._compensation_takes_failed = False
+        self._compensation_input = serde.Converter(None, "")
+        if compensate is not None:
+            comp_params = _positional_names(compensate)
+            sig_params = inspect.signature(compensate).parameters
+            self._compensation_takes_failed = "failed" in sig_params or len(comp_params) >= 2
+            if comp_params:
+                data_hint = _type_hints(compensate).get(comp_params[0])
+                if serde.is_model_type(data_hint):
+                    self._compensation_input = serde.Converter(
+                        data_hint, f"compensation data of step {name!r}"
+                    )
+
+    @property
+    def retry(self) -> RetryPolicy | None:
+        return self.options.retry
+
+    @property
+    def compensation_retry(self) -> RetryPolicy | None:
+        return self.options.compensation_retry or self.options.retry
+
+    @property
+    def timeout(self) -> float | None:
+        t = self.options.timeout
+        return None if t is None else t.total_seconds()
+
+    def __call__(self, ctx: SagaContext, inp: InT) -> Awaitable[Any]:
+        return ctx._call_step(self, inp)
+
+    async def call_compensation(self, data: Any, failed: bool) -> None:
+        """Run the compensation once (the engine retries and journals it)."""
+        assert self.compensate is not None
+        value = self._compensation_input.validate(data)
+        if self._compensation_takes_failed:
+            params = inspect.signature(self.compensate).parameters
+            if "failed" in params:
+                result = self.compensate(value, failed=failed)
+            else:
+                result = self.compensate(value, failed)
+        else:
+            result = self.compensate(value)
+        if inspect.isawaitable(result):
+            await result
+
+    def __repr__(self) -> str:
+        kind = "strict" if self.strict else "hybrid"
+        return f"<SagaStep {self.name!r} ({kind})>"
+
+
+def _decorator(
+    name: str,
+    compensate: CompensateFn | None,
+    retry: RetryPolicy | None,
+    compensation_retry: RetryPolicy | None,
+    timeout: timedelta | None,
+    strict: bool,
+) -> Callable[[StepFn], SagaStep[Any]]:
+    options = SagaStepOptions(retry=retry, compensation_retry=compensation_retry, timeout=timeout)
+
+    def wrap(fn: StepFn) -> SagaStep[Any]:
+        return SagaStep(name, fn, compensate, options, strict=strict)
+
+    return wrap
+
+
+def saga_step(
+    name: str,
+    compensate: CompensateFn | None = None,
+    *,
+    retry: RetryPolicy | None = None,
+    compensation_retry: RetryPolicy | None = None,
+    timeout: timedelta | None = None,
+) -> Callable[[StepFn], SagaStep[Any]]:
+    """Decorate ``async def fn(ctx, inp)`` as a hybrid step (compensated even if it fails
+    midway)."""
+    return _decorator(name, compensate, retry, compensation_retry, timeout, strict=False)
+
+
+def saga_step_strict(
+    name: str,
+    compensate: CompensateFn | None = None,
+    *,
+    retry: RetryPolicy | None = None,
+    compensation_retry: RetryPolicy | None = None,
+    timeout: timedelta | None = None,
+) -> Callable[[StepFn], SagaStep[Any]]:
+    """Decorate ``async def fn(ctx, inp)`` as a strict step (compensated only once it succeeded)."""
+    return _decorator(name, compensate, retry, compensation_retry, timeout, strict=True)
+
+
+def create_saga_step(
+    name: str,
+    run: StepFn,
+    compensate: CompensateFn | None = None,
+    options: SagaStepOptions | None = None,
+) -> SagaStep[Any]:
+    """The function form of :func:`saga_step`."""
+    return SagaStep(name, run, compensate, options, strict=False)
+
+
+def create_saga_step_strict(
+    name: str,
+    run: StepFn,
+    compensate: CompensateFn | None = None,
+    options: SagaStepOptions | None = None,
+) -> SagaStep[Any]:
+    """The function form of :func:`saga_step_strict`."""
+    return SagaStep(name, run, compensate, options, strict=True)

@@ -1,0 +1,85 @@
+"""Saga workflows: the saga function, its name, and how its input and output are typed."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from . import serde
+from .steps import _positional_names, _type_hints
+
+if TYPE_CHECKING:
+    from .context import SagaContext
+
+InT = TypeVar("InT")
+OutT = TypeVar("OutT")
+
+Handler = Callable[["SagaContext", InT], Awaitable[OutT]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SagaWorkflowOptions:
+    """Options of a workflow.
+
+    Args:
+        description: shown by ``sagakit list``/``show`` and the admin tools.
+    """
+
+    description: str | None = None
+
+
+class SagaWorkflow(Generic[InT, OutT]):
+    """A registered saga function. Start it with ``engine.start(workflow, inp)``.
+
+    When the handler's input parameter is annotated (a pydantic model, or any type pydantic can
+    validate), the input is validated before anything is written; when its return annotation is
+    a pydantic model, ``engine.run`` returns that model.
+    """
+
+    def __init__(
+        self, name: str, handler: Handler[InT, OutT], options: SagaWorkflowOptions | None = None
+    ):
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError("a saga workflow needs a non-empty name")
+        if not inspect.iscoroutinefunction(handler):
+            raise TypeError(
+                f"workflow {name!r}: the handler must be an `async def handler(saga, inp)`"
+            )
+        positional = _positional_names(handler)
+        if len(positional) < 2:
+            raise TypeError(
+                f"workflow {name!r}: the handler must take (saga, inp), "
+                f"it takes ({', '.join(positional)})"
+            )
+        self.name = name
+        self.handler = handler
+        self.options = options or SagaWorkflowOptions()
+        hints = _type_hints(handler)
+        self.input = serde.Converter(hints.get(positional[1]), f"input of saga {name!r}")
+        out_hint = hints.get("return")
+        self.output = serde.Converter(
+            out_hint if serde.is_model_type(out_hint) else None, f"output of saga {name!r}"
+        )
+
+    def __repr__(self) -> str:
+        return f"<SagaWorkflow {self.name!r}>"
+
+
+def saga_workflow(
+    name: str, *, options: SagaWorkflowOptions | None = None
+) -> Callable[[Handler[InT, OutT]], SagaWorkflow[InT, OutT]]:
+    """Decorate ``async def handler(saga, inp)`` as a saga workflow called ``name``."""
+
+    def wrap(handler: Handler[InT, OutT]) -> SagaWorkflow[InT, OutT]:
+        return SagaWorkflow(name, handler, options)
+
+    return wrap
+
+
+def create_saga_workflow(
+    name: str, handler: Handler[InT, OutT], options: SagaWorkflowOptions | None = None
+) -> SagaWorkflow[InT, OutT]:
+    """The function form of :func:`saga_workflow`."""
+    return SagaWorkflow(name, handler, options)

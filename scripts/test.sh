@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs on a fresh machine, then runs the whole suite:
+# lint, type check, and pytest (which starts its own throwaway PostgreSQL where a test needs one).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# PostgreSQL server binaries from Debian's package (initdb/pg_ctl), for the tests that need a server.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    echo "installing PostgreSQL from Debian's packages..."
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install -q --upgrade pip >/dev/null
+.venv/bin/pip install -q -e '.[test]'
+
+echo "== ruff"
+.venv/bin/ruff check sagakit tests benchmarks
+.venv/bin/ruff format --check sagakit tests benchmarks
+echo "== mypy (strict)"
+.venv/bin/mypy
+echo "== pytest"
+.venv/bin/pytest "$@"
