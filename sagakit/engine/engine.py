@@ -151,6 +151,7 @@ class Engine:
         await store.open()
         self._store = store
         self._wakeup = asyncio.Event()
+        store.on_work = self._wakeup.set
         self._background = asyncio.create_task(self._worker_loop(), name="sagakit-worker")
         return self
 

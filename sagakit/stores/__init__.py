@@ -12,14 +12,14 @@ __all__ = ["MemoryStore", "SqliteStore", "Store", "open_store"]
 
 
 def open_store(url: str) -> Store:
-    """The store for a URL: ``sqlite:///file.db``, ``memory://`` (or ``memory://name``)."""
+    """The store for a URL: ``sqlite:///file.db``, ``postgresql://user@host/db``, ``memory://``
+    (or ``memory://name``)."""
     if url.startswith("sqlite:"):
         return SqliteStore(url)
     if url.startswith("memory:"):
         return MemoryStore(url)
-    if url.startswith(("postgresql:", "postgres:")):
-        raise StoreError(
-            "the PostgreSQL store is not available in this version of sagakit yet; "
-            "use sqlite:///sagakit.db or memory://"
-        )
+    if url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url)
     raise StoreError(f"unknown store URL {url!r}: use sqlite:///path.db, or memory:// for tests")

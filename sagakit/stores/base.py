@@ -15,7 +15,7 @@ Rules every implementation keeps (the contract tests check them):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
@@ -133,6 +133,9 @@ class Store(Protocol):
     """What the engine asks of a database. Implementations: memory, SQLite (PostgreSQL next)."""
 
     url: str
+    #: set by the engine: a store that hears of new work from other processes (PostgreSQL's
+    #: LISTEN/NOTIFY) calls it so that an idle worker looks at once instead of at its next poll
+    on_work: Callable[[], None] | None
 
     async def open(self) -> None:
         """Connect and create or upgrade the schema. Safe when several processes do it at once."""

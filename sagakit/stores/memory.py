@@ -7,7 +7,7 @@ shared by every engine of this process that names it (to test several workers wi
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from ..errors import LeaseLost
@@ -39,6 +39,7 @@ class MemoryStore:
 
     def __init__(self, url: str = "memory://"):
         self.url = url
+        self.on_work: Callable[[], None] | None = None
         name = url.removeprefix("memory://")
         if name:
             self._t = _named.setdefault(name, _Tables())

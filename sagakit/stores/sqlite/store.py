@@ -89,6 +89,7 @@ class SqliteStore:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise StoreError(f"synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")
         self.url = url
+        self.on_work: Callable[[], None] | None = None
         self.path = path_from_url(url)
         self.synchronous = synchronous.upper()
         self._writer_conn: sqlite3.Connection | None = None

@@ -1,0 +1,5 @@
+"""The PostgreSQL store (asyncpg)."""
+
+from .store import PostgresStore
+
+__all__ = ["PostgresStore"]

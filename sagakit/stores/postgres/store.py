@@ -1,0 +1,490 @@
+"""The PostgreSQL store, on asyncpg: one writer that batches, a small read pool, and a listener.
+
+Writes: every append and every start waits in a queue; one writer connection takes everything
+queued and sends all the appends as *one* statement (arrays unnested: fence check, saga status,
+journal entries) and all the starts as another. Each statement commits on its own, so a batch of
+N sagas' journal entries costs one round trip and one durable commit. A saga's step counts as
+recorded only once that statement returned.
+
+Faults: when a connection drops (server restart, ``pg_terminate_backend``), the writer reconnects
+with backoff and sends the batch again. Every write is idempotent under retry (journal entries
+are upserts, status updates are fenced, a start that our own lost attempt already made is
+recognised by its owner), so a batch whose commit acknowledgement was lost is not applied twice.
+
+Wake-ups: ``LISTEN sagakit_work`` on a dedicated connection; a start that leaves a saga PENDING
+and a release send ``NOTIFY``, so idle workers take new work at once; the engine's slow poll stays
+as the fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import asyncpg
+
+from ...errors import LeaseLost, StoreError
+from ..base import (
+    ClaimedSaga,
+    CreateResult,
+    JournalEntry,
+    NewSaga,
+    SagaRecord,
+    SagaUpdate,
+)
+from ..sqlfile import load_migrations, load_queries
+
+log = logging.getLogger("sagakit.store.postgres")
+
+Q = load_queries(__package__ or "sagakit.stores.postgres", "queries.sql")
+MIGRATIONS = load_migrations("sagakit.stores.postgres.migrations")
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+CHANNEL = "sagakit_work"
+MAX_BATCH = 2000
+
+T = TypeVar("T")
+
+#: errors after which the connection is gone and the statement may or may not have committed
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.CrashShutdownError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    return isinstance(exc, _CONNECTION_ERRORS)
+
+
+def _record(row: Sequence[Any]) -> SagaRecord:
+    return SagaRecord(*row)
+
+
+def _entry(row: Sequence[Any]) -> JournalEntry:
+    return JournalEntry(*row)
+
+
+@dataclass(slots=True)
+class _Create:
+    new: NewSaga
+    future: asyncio.Future[CreateResult]
+
+
+@dataclass(slots=True)
+class _Append:
+    saga_id: str
+    fence: int
+    entry: JournalEntry | None
+    update: SagaUpdate | None
+    future: asyncio.Future[None]
+
+
+@dataclass(slots=True)
+class _Call:
+    fn: Callable[[asyncpg.Connection], Awaitable[Any]]
+    future: asyncio.Future[Any]
+
+
+@dataclass(slots=True)
+class _Batch:
+    creates: list[_Create] = field(default_factory=list)
+    appends: list[_Append] = field(default_factory=list)
+    calls: list[_Call] = field(default_factory=list)
+
+
+class PostgresStore:
+    """Implements :class:`~sagakit.stores.base.Store` on PostgreSQL (asyncpg).
+
+    Args:
+        url: ``postgresql://user:password@host:port/database``.
+        read_pool_size: connections for reads (journal loads, snapshots, result polling).
+        on_work: called when another process announces work (NOTIFY); the engine sets it.
+    """
+
+    def __init__(self, url: str, *, read_pool_size: int = 4):
+        self.url = url
+        self.read_pool_size = read_pool_size
+        self.on_work: Callable[[], None] | None = None
+        self._writer: asyncpg.Connection | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._listener_task: asyncio.Task[None] | None = None
+        self._queue: _Batch = _Batch()
+        self._wakeup: asyncio.Event | None = None
+        self._writer_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.commits = 0
+        self.writes = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._writer_task is not None:
+            return
+        try:
+            self._writer = await self._connect()
+            await self._migrate(self._writer)
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=1, max_size=self.read_pool_size
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            await self.close()
+            raise StoreError(f"cannot open PostgreSQL store {_redact(self.url)}: {exc}") from exc
+        self._closing = False
+        self._wakeup = asyncio.Event()
+        self._writer_task = asyncio.create_task(self._writer_loop(), name="sagakit-pg-writer")
+        self._listener_task = asyncio.create_task(self._listen_loop(), name="sagakit-pg-listen")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._writer_task is not None and self._wakeup is not None:
+            self._wakeup.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer_task
+        if self._listener_task is not None:
+            self._listener_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener_task
+        self._writer_task = self._listener_task = None
+        for conn in (self._writer, self._listener):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 5)
+        self._writer = self._listener = None
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pool.close(), 5)
+            self._pool = None
+
+    async def _connect(self) -> asyncpg.Connection:
+        conn: asyncpg.Connection = await asyncpg.connect(self.url, timeout=10)
+        return conn
+
+    async def _migrate(self, conn: asyncpg.Connection) -> None:
+        # the advisory lock serialises two processes that start on an empty database at once
+        async with conn.transaction():
+            await conn.execute(Q["lock_schema"])
+            await conn.execute(Q["schema_version_table"])
+            current = await conn.fetchval(Q["schema_version"])
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the database has sagakit schema version {current}, newer than this "
+                    f"sagakit knows ({SCHEMA_VERSION}); upgrade sagakit"
+                )
+            for version, script in MIGRATIONS:
+                if version > current:
+                    await conn.execute(script)
+                    await conn.execute(Q["set_schema_version"], version)
+
+    # -- the writer --------------------------------------------------------------------------
+
+    def _enqueue(self) -> _Batch:
+        if self._wakeup is None or self._closing:
+            raise StoreError("the PostgreSQL store is not open")
+        self._wakeup.set()
+        return self._queue
+
+    async def _writer_loop(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue.creates or self._queue.appends or self._queue.calls:
+                batch, self._queue = self._queue, _Batch()
+                await self._run_batch(batch)
+            if self._closing:
+                return
+
+    async def _run_batch(self, batch: _Batch) -> None:
+        for start in range(0, len(batch.creates), MAX_BATCH):
+            creates = batch.creates[start : start + MAX_BATCH]
+            await self._retrying(
+                functools.partial(self._write_creates, ops=creates), [op.future for op in creates]
+            )
+        for start in range(0, len(batch.appends), MAX_BATCH):
+            appends = batch.appends[start : start + MAX_BATCH]
+            await self._retrying(
+                functools.partial(self._write_appends, ops=appends), [op.future for op in appends]
+            )
+        for call in batch.calls:
+            await self._retrying(functools.partial(self._write_call, op=call), [call.future])
+
+    async def _retrying(
+        self,
+        fn: Callable[[asyncpg.Connection, bool], Awaitable[None]],
+        futures: Sequence[asyncio.Future[Any]],
+    ) -> None:
+        """Run a write on the writer connection; on a dropped connection reconnect with backoff
+        and run it again (writes are idempotent); fail the waiters on any other error."""
+        delay = 0.05
+        retry = False
+        while True:
+            try:
+                if self._writer is None or self._writer.is_closed():
+                    self._writer = await self._connect()
+                await fn(self._writer, retry)
+                self.commits += 1
+                self.writes += len(futures)
+                return
+            except Exception as exc:
+                if not _is_connection_error(exc):
+                    error = StoreError(f"PostgreSQL write failed: {exc}")
+                    error.__cause__ = exc
+                    for future in futures:
+                        if not future.done():
+                            future.set_exception(error)
+                    return
+                if self._closing and all(f.done() for f in futures):
+                    return
+                log.warning("PostgreSQL connection lost (%s); reconnecting in %.2fs", exc, delay)
+                if self._writer is not None:
+                    self._writer.terminate()
+                self._writer = None
+                retry = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _write_creates(
+        self, conn: asyncpg.Connection, retry: bool, ops: list[_Create]
+    ) -> None:
+        rows = await conn.fetch(
+            Q["create_sagas"],
+            [op.new.saga_id for op in ops],
+            [op.new.name for op in ops],
+            [op.new.input for op in ops],
+            [op.new.owner for op in ops],
+            [op.new.lease_seconds for op in ops],
+        )
+        found: dict[str, tuple[bool, SagaRecord]] = {}
+        for row in rows:
+            record = _record(tuple(row)[1:])
+            found.setdefault(record.saga_id, (bool(row["created"]), record))
+        missing = [op.new.saga_id for op in ops if op.new.saga_id not in found]
+        for saga_id in missing:
+            # inserted by a concurrent transaction after this statement's snapshot
+            row = await conn.fetchrow(Q["get_saga"], saga_id)
+            if row is not None:
+                found[saga_id] = (False, _record(tuple(row)))
+        answered: set[str] = set()
+        pending = False
+        for op in ops:
+            created, record = found[op.new.saga_id]
+            if retry and not created and _made_by(op.new, record):
+                created = True  # our own attempt whose acknowledgement the dropped link lost
+            if op.new.saga_id in answered:
+                created = False  # the same id twice in one batch: the first caller runs it
+            answered.add(op.new.saga_id)
+            if created and op.new.owner is None:
+                pending = True
+            if not op.future.done():
+                op.future.set_result(CreateResult(created, record))
+        if pending:
+            await conn.execute(Q["notify_work"])
+
+    async def _write_appends(
+        self, conn: asyncpg.Connection, retry: bool, ops: list[_Append]
+    ) -> None:
+        # one status row per (saga, fence): the last update of the batch wins, as it would have
+        # if the appends had been committed one by one in order
+        updates: dict[tuple[str, int], list[str | None]] = {}
+        for op in ops:
+            row = updates.setdefault((op.saga_id, op.fence), [None, None, None])
+            if op.update is not None:
+                row[0] = op.update.status
+                if op.update.output is not None:
+                    row[1] = op.update.output
+                if op.update.error is not None:
+                    row[2] = op.update.error
+        entries = [op.entry for op in ops if op.entry is not None]
+        keys = list(updates)
+        ok_rows = await conn.fetch(
+            Q["append"],
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [updates[k][0] for k in keys],
+            [updates[k][1] for k in keys],
+            [updates[k][2] for k in keys],
+            [e.saga_id for e in entries],
+            [e.seq for e in entries],
+            [e.kind for e in entries],
+            [e.name for e in entries],
+            [e.status for e in entries],
+            [e.attempts for e in entries],
+            [e.output for e in entries],
+            [e.compensation for e in entries],
+            [e.error for e in entries],
+            [e.started_at for e in entries],
+            [e.finished_at for e in entries],
+        )
+        accepted = {r["saga_id"] for r in ok_rows}
+        for op in ops:
+            if op.future.done():
+                continue
+            if op.saga_id in accepted:
+                op.future.set_result(None)
+            else:
+                op.future.set_exception(LeaseLost(op.saga_id))
+
+    async def _write_call(self, conn: asyncpg.Connection, retry: bool, op: _Call) -> None:
+        result = await op.fn(conn)
+        if not op.future.done():
+            op.future.set_result(result)
+
+    async def _call(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._enqueue().calls.append(_Call(fn, future))
+        return await future
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def _read(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        if self._pool is None:
+            raise StoreError("the PostgreSQL store is not open")
+        delay = 0.05
+        for attempt in range(8):
+            try:
+                async with self._pool.acquire() as conn:
+                    return await fn(conn)
+            except Exception as exc:
+                if not _is_connection_error(exc) or attempt == 7:
+                    raise StoreError(f"PostgreSQL read failed: {exc}") from exc
+                log.warning("PostgreSQL read failed (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
+
+    # -- wake-ups ----------------------------------------------------------------------------
+
+    def _notified(self, *_args: object) -> None:
+        if self.on_work is not None:
+            self.on_work()
+
+    async def _listen_loop(self) -> None:
+        delay = 0.1
+        while not self._closing:
+            try:
+                lost = asyncio.Event()
+                self._listener = await self._connect()
+                self._listener.add_termination_listener(functools.partial(_set_event, lost))
+                await self._listener.add_listener(CHANNEL, self._notified)
+                delay = 0.1
+                self._notified()  # work may have been announced while we were not listening
+                await lost.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("LISTEN connection failed (%s); retrying in %.1fs", exc, delay)
+            if self._listener is not None:
+                self._listener.terminate()
+                self._listener = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    # -- the Store protocol ------------------------------------------------------------------
+
+    async def create_saga(self, new: NewSaga) -> CreateResult:
+        future: asyncio.Future[CreateResult] = asyncio.get_running_loop().create_future()
+        self._enqueue().creates.append(_Create(new, future))
+        return await future
+
+    async def append(
+        self,
+        saga_id: str,
+        fence: int,
+        entry: JournalEntry | None,
+        update: SagaUpdate | None = None,
+    ) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._enqueue().appends.append(_Append(saga_id, fence, entry, update, future))
+        await future
+
+    async def load_saga(self, saga_id: str) -> SagaRecord | None:
+        async def fn(conn: asyncpg.Connection) -> SagaRecord | None:
+            row = await conn.fetchrow(Q["get_saga"], saga_id)
+            return None if row is None else _record(tuple(row))
+
+        return await self._read(fn)
+
+    async def load_journal(self, saga_id: str) -> list[JournalEntry]:
+        async def fn(conn: asyncpg.Connection) -> list[JournalEntry]:
+            return [_entry(tuple(r)) for r in await conn.fetch(Q["get_journal"], saga_id)]
+
+        return await self._read(fn)
+
+    async def renew_leases(self, owner: str, lease_seconds: float) -> int:
+        async def fn(conn: asyncpg.Connection) -> int:
+            status = await conn.execute(Q["renew_leases"], owner, lease_seconds)
+            return int(status.split()[-1])
+
+        return await self._call(fn)
+
+    async def claim(
+        self, owner: str, names: Sequence[str], lease_seconds: float, limit: int
+    ) -> list[ClaimedSaga]:
+        if not names or limit <= 0:
+            return []
+
+        async def fn(conn: asyncpg.Connection) -> list[ClaimedSaga]:
+            rows = await conn.fetch(Q["claim"], owner, list(names), lease_seconds, limit)
+            records = [_record(tuple(r)) for r in rows]
+            if not records:
+                return []
+            journals: dict[str, list[JournalEntry]] = {r.saga_id: [] for r in records}
+            for row in await conn.fetch(Q["get_journals"], list(journals)):
+                journals[row["saga_id"]].append(_entry(tuple(row)))
+            return [ClaimedSaga(r, journals[r.saga_id]) for r in records]
+
+        return await self._call(fn)
+
+    async def release(self, owner: str, saga_ids: Sequence[str]) -> None:
+        if not saga_ids:
+            return
+
+        async def fn(conn: asyncpg.Connection) -> None:
+            await conn.execute(Q["release"], owner, list(saga_ids))
+            await conn.execute(Q["notify_work"])
+
+        await self._call(fn)
+
+    async def list_sagas(
+        self, status: str | None = None, name: str | None = None, limit: int = 50
+    ) -> list[SagaRecord]:
+        async def fn(conn: asyncpg.Connection) -> list[SagaRecord]:
+            rows = await conn.fetch(Q["list_sagas"], status, name, limit)
+            return [_record(tuple(r)) for r in rows]
+
+        return await self._read(fn)
+
+
+def _set_event(event: asyncio.Event, *_args: object) -> None:
+    event.set()
+
+
+def _made_by(new: NewSaga, record: SagaRecord) -> bool:
+    return (
+        new.owner is not None
+        and record.owner == new.owner
+        and record.fence == 1
+        and record.input == new.input
+        and record.name == new.name
+    )
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
