@@ -216,6 +216,15 @@ class LeaseLost(BaseException):
         self.saga_id = saga_id
 
 
+class Drained(BaseException):
+    """Internal: the worker is shutting down; this saga stops before its next durable operation
+    and its lease is released for another worker."""
+
+    def __init__(self, saga_id: str):
+        super().__init__(f"saga {saga_id!r} paused: the worker is draining")
+        self.saga_id = saga_id
+
+
 # -- the terminal-error registry ------------------------------------------------------------
 
 ErrorMapper = Callable[[BaseException], "TerminalError | None"]

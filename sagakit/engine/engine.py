@@ -14,6 +14,7 @@ from typing import Any, TypeVar, overload
 
 from .. import serde
 from ..errors import (
+    Drained,
     EngineNotStartedError,
     LeaseLost,
     OutputNotSerializableError,
@@ -83,6 +84,8 @@ class Engine:
         poll_interval: how often the background worker looks for sagas to recover.
         max_concurrency: the most recovered sagas this engine runs at once.
         worker_id: this engine's name in the store (default: host, pid and a random suffix).
+        worker: ``False`` for a client that only starts and watches sagas (a web server that
+            leaves the running to ``sagakit worker`` processes): it claims nothing itself.
         store: a ready-made store instead of ``url``.
     """
 
@@ -94,6 +97,7 @@ class Engine:
         poll_interval: timedelta = timedelta(seconds=1),
         max_concurrency: int = 100,
         worker_id: str | None = None,
+        worker: bool = True,
         store: Store | None = None,
     ):
         if lease <= timedelta(0):
@@ -106,6 +110,7 @@ class Engine:
         self.lease = lease
         self.poll_interval = poll_interval
         self.max_concurrency = max_concurrency
+        self.is_worker = worker
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._store_arg = store
         self._store: Store | None = None
@@ -114,6 +119,7 @@ class Engine:
         self._claimed: set[str] = set()
         self._background: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
+        self._draining = False
 
     # -- registration ------------------------------------------------------------------------
 
@@ -156,6 +162,19 @@ class Engine:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def drain(self, grace: float | timedelta = 30.0) -> None:
+        """Shut down gracefully: take no new work, let each running saga finish the step it is
+        in (for up to ``grace``), stop it before its next durable operation and release its
+        lease so that another worker goes on with it at once; then close."""
+        self._draining = True
+        if self._background is not None:
+            self._background.cancel()
+        for task in self._tasks.values():
+            task.sagakit_run.draining = True  # type: ignore[attr-defined]
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=_seconds(grace))
         await self.close()
 
     async def close(self) -> None:
@@ -353,6 +372,7 @@ class Engine:
         old = self._tasks.get(run.saga_id)
         if old is not None:
             old.cancel()  # it lost the saga: its fence is stale and it can write nothing more
+        run.draining = self._draining
         task = asyncio.create_task(self._drive(run), name=f"saga:{run.saga_id}")
         task.sagakit_run = run  # type: ignore[attr-defined]
         self._tasks[run.saga_id] = task
@@ -368,6 +388,15 @@ class Engine:
     async def _drive(self, run: SagaRun) -> Outcome | None:
         try:
             outcome = await run.execute()
+        except Drained:
+            with contextlib.suppress(Exception):
+                await self._store_or_raise().release(self.worker_id, [run.saga_id])
+            log.info(
+                "saga %s paused for shutdown; released for another worker",
+                run.saga_id,
+                extra={"saga_id": run.saga_id},
+            )
+            return None
         except LeaseLost:
             log.warning(
                 "saga %s was taken over by another worker; this worker stops running it",
@@ -447,6 +476,8 @@ class Engine:
             self._wakeup.clear()
 
     async def _claim_some(self) -> None:
+        if self._draining or not self.is_worker:
+            return
         capacity = self.max_concurrency - len(self._claimed)
         if capacity <= 0 or not self._workflows:
             return

@@ -19,6 +19,7 @@ from typing import Any
 from .. import serde
 from ..context import SagaContext
 from ..errors import (
+    Drained,
     ErrorInfo,
     NonDeterminismError,
     OutputNotSerializableError,
@@ -93,6 +94,10 @@ class SagaRun:
         self._compensations: dict[int, _Compensation] = {}
         self._nondeterminism: NonDeterminismError | None = None
         self._forward_done = False
+        #: one future per step executing live, done once its entry is journaled
+        self._in_flight: set[asyncio.Future[None]] = set()
+        #: set by the engine when it drains: no new live work starts, replay still runs
+        self.draining = False
 
     # -- the RunDriver protocol (what SagaContext calls) --------------------------------------
 
@@ -114,6 +119,10 @@ class SagaRun:
         return self._value(self._take_seq(), kind, produce)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _check_draining(self) -> None:
+        if self.draining:
+            raise Drained(self.saga_id)
 
     def _take_seq(self) -> int:
         seq = self._next_seq
@@ -141,6 +150,7 @@ class SagaRun:
     async def _value(self, seq: int, kind: str, produce: Callable[[], Any]) -> Any:
         entry = self._recorded(seq, kind, kind)
         if entry is None:
+            self._check_draining()
             now = time.time()
             entry = JournalEntry(
                 self.saga_id,
@@ -165,7 +175,20 @@ class SagaRun:
     ) -> Any:
         entry = self._recorded(seq, EntryKind.STEP, step.name)
         if entry is None:
-            entry = await self._execute_step(step, seq, inp)
+            self._check_draining()
+            if self._forward_done:
+                # called in time (its seq is taken) but started only after the saga ended
+                raise SagaError(
+                    f"step {step.name!r} started after saga {self.saga_id!r} finished; "
+                    "await every step inside the saga function"
+                )
+            settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._in_flight.add(settled)
+            try:
+                entry = await self._execute_step(step, seq, inp)
+            finally:
+                self._in_flight.discard(settled)
+                settled.set_result(None)
         data: Any = UNSET
         if entry.compensation == NOTHING_TO_COMPENSATE:
             data = None
@@ -335,10 +358,12 @@ class SagaRun:
             result = await self.workflow.handler(ctx, inp)
         except Exception as exc:
             self._forward_done = True
+            await self._wait_in_flight()
             if self._nondeterminism is not None:
                 return await self._fail_nondeterministic(self._nondeterminism)
             return await self._rollback(ErrorInfo.from_exception(exc))
         self._forward_done = True
+        await self._wait_in_flight()
         if self._nondeterminism is not None:
             return await self._fail_nondeterministic(self._nondeterminism)
         unplayed = [s for s in self._journal if s >= self._next_seq]
@@ -357,6 +382,16 @@ class SagaRun:
         await self._write(None, update)
         return Outcome(SagaStatus.COMPLETED, output, None)
 
+    async def _wait_in_flight(self) -> None:
+        """Let steps still executing finish and journal their result before the saga ends.
+
+        A branch of ``asyncio.gather`` goes on when its sibling fails: it must not be undone
+        while it runs (its compensation gets its real outcome), and nothing may be journaled
+        after the saga's terminal status.
+        """
+        while self._in_flight:
+            await asyncio.wait(list(self._in_flight))
+
     async def _rollback(self, cause: ErrorInfo) -> Outcome:
         """Run the registered compensations in reverse order, each journaled, then finish."""
         failures: list[ErrorInfo] = []
@@ -369,6 +404,7 @@ class SagaRun:
                 seq = self._take_seq()
                 entry = self._recorded(seq, EntryKind.COMPENSATION, compensation.step.name)
                 if entry is None:
+                    self._check_draining()
                     update = None
                     if not status_written:
                         update = SagaUpdate(SagaStatus.COMPENSATING, error=cause_json)

@@ -1,0 +1,83 @@
+"""The worker process behind ``sagakit worker``: load the workflows, run and recover sagas until
+SIGTERM or SIGINT, then drain gracefully and exit."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from .engine import Engine
+from .errors import SagaError
+from .workflows import SagaWorkflow
+
+log = logging.getLogger("sagakit.worker")
+
+
+def load_workflows(spec: str) -> list[SagaWorkflow[Any, Any]]:
+    """Import ``module:attribute`` and return the workflows it names.
+
+    The attribute may be an :class:`Engine` (its registered workflows), one workflow, or an
+    iterable of workflows.
+    """
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise SagaError(
+            f"--app must look like module:attribute (for example myapp.sagas:engine), got {spec!r}"
+        )
+    if "" not in sys.path:
+        sys.path.insert(0, "")  # like `python -m`: the working folder is importable
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SagaError(f"cannot import {module_name!r} for --app: {exc}") from exc
+    try:
+        target = getattr(module, attribute)
+    except AttributeError as exc:
+        raise SagaError(f"module {module_name!r} has no attribute {attribute!r}") from exc
+    if isinstance(target, Engine):
+        found = list(target.workflows.values())
+    elif isinstance(target, SagaWorkflow):
+        found = [target]
+    elif isinstance(target, Iterable) and not isinstance(target, str | bytes):
+        found = list(target)
+    else:
+        found = []
+    if not found or not all(isinstance(w, SagaWorkflow) for w in found):
+        raise SagaError(
+            f"{spec} must be an Engine, a saga workflow, or a list of saga workflows; "
+            f"got {type(target).__name__}"
+        )
+    return found
+
+
+async def run_worker(
+    url: str,
+    workflows: list[SagaWorkflow[Any, Any]],
+    *,
+    concurrency: int = 100,
+    lease: timedelta = timedelta(seconds=30),
+    poll_interval: timedelta = timedelta(seconds=1),
+    grace: timedelta = timedelta(seconds=30),
+) -> None:
+    """Run sagas of ``workflows`` from the store at ``url`` until SIGTERM/SIGINT, then drain:
+    running sagas finish their current step (for up to ``grace``) and are released."""
+    engine = Engine(url, lease=lease, poll_interval=poll_interval, max_concurrency=concurrency)
+    engine.register(*workflows)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with engine:
+        names = ", ".join(sorted(engine.workflows))
+        log.info("worker %s ready on %s (workflows: %s)", engine.worker_id, url, names)
+        print(f"sagakit worker {engine.worker_id} ready (workflows: {names})", flush=True)
+        await stop.wait()
+        log.info("worker %s draining", engine.worker_id)
+        await engine.drain(grace)
+    print(f"sagakit worker {engine.worker_id} stopped", flush=True)
