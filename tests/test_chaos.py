@@ -51,6 +51,14 @@ def _spawn_worker(url: str, log_dir: Path, n: int) -> subprocess.Popen[bytes]:
     )
 
 
+async def _wait_ready(log: Path, pid: int) -> None:
+    for _ in range(300):
+        if f":{pid}:" in log.read_text(errors="replace"):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"worker {pid} never said it was ready; see {log}")
+
+
 async def test_kill_the_workers(pg_url: str, tmp_path: Path) -> None:
     conn = await asyncpg.connect(pg_url)
     await conn.execute(LEDGER_DDL)
@@ -95,7 +103,10 @@ async def test_kill_the_workers(pg_url: str, tmp_path: Path) -> None:
             workers[victim] = _spawn_worker(pg_url, tmp_path, victim)
         elapsed = time.monotonic() - began
 
-        # a graceful stop: SIGTERM drains and exits 0
+        # a graceful stop: SIGTERM drains and exits 0 (once each worker has installed its
+        # handlers: a process killed while it is still importing is not a drain)
+        for n, w in enumerate(workers):
+            await _wait_ready(tmp_path / f"worker-{n}.log", w.pid)
         for w in workers:
             w.send_signal(signal.SIGTERM)
         codes = [w.wait(timeout=60) for w in workers]

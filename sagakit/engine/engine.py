@@ -24,7 +24,7 @@ from ..errors import (
     UnknownWorkflowError,
 )
 from ..stores import open_store
-from ..stores.base import ClaimedSaga, NewSaga, SagaRecord, SagaStatus, Store
+from ..stores.base import ClaimedSaga, NewSaga, SagaStatus, Store
 from ..workflows import SagaWorkflow
 from .run import Outcome, SagaRun
 from .snapshots import SagaSnapshot, error_for
@@ -300,7 +300,11 @@ class Engine:
     ) -> list[SagaSnapshot]:
         """Sagas newest first, without their journals (``steps`` is empty)."""
         store = self._store_or_raise()
-        wanted = None if status is None else SagaStatus(status).value
+        try:
+            wanted = None if status is None else SagaStatus(status).value
+        except ValueError as exc:
+            choices = ", ".join(s.value for s in SagaStatus)
+            raise SagaValidationError(f"unknown status {status!r}; use one of {choices}") from exc
         records = await store.list_sagas(wanted, name, limit)
         return [SagaSnapshot.build(r, None) for r in records]
 
@@ -332,39 +336,22 @@ class Engine:
             while True:
                 task = self._tasks.get(saga_id)
                 if task is not None:
+                    # taken before awaiting: the task forgets itself as soon as it is done
+                    run: SagaRun = task.sagakit_run  # type: ignore[attr-defined]
                     outcome = await asyncio.shield(task)
                     if outcome is not None:
-                        return self._value_of(
-                            saga_id, outcome.status, outcome.output, outcome.error, None
+                        return _value_of(
+                            saga_id, outcome.status, outcome.output, outcome.error, run.workflow
                         )
                 record = await store.load_saga(saga_id)
                 if record is None:
                     raise SagaNotFoundError(saga_id)
                 status = SagaStatus(record.status)
                 if status.is_terminal:
-                    return self._value_of(saga_id, status, record.output, record.error, record)
+                    workflow = self._workflows.get(record.name)
+                    return _value_of(saga_id, status, record.output, record.error, workflow)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.25)
-
-    def _value_of(
-        self,
-        saga_id: str,
-        status: SagaStatus,
-        output: str | None,
-        error: str | None,
-        record: SagaRecord | None,
-    ) -> Any:
-        if status == SagaStatus.COMPLETED:
-            value = serde.loads(output)
-            name = record.name if record is not None else None
-            wf = self._workflows.get(name) if name else self._workflow_of(saga_id)
-            return wf.output.validate(value) if wf is not None else value
-        raise error_for(saga_id, status, error)
-
-    def _workflow_of(self, saga_id: str) -> SagaWorkflow[Any, Any] | None:
-        task = self._tasks.get(saga_id)
-        run = getattr(task, "sagakit_run", None)
-        return run.workflow if isinstance(run, SagaRun) else None
 
     # -- running -----------------------------------------------------------------------------
 
@@ -486,6 +473,21 @@ class Engine:
         )
         for c in claimed:
             self._run_claimed(c)
+
+
+def _value_of(
+    saga_id: str,
+    status: SagaStatus,
+    output: str | None,
+    error: str | None,
+    workflow: SagaWorkflow[Any, Any] | None,
+) -> Any:
+    """A finished saga's output (as the workflow's return model when it has one), or its error
+    raised."""
+    if status == SagaStatus.COMPLETED:
+        value = serde.loads(output)
+        return workflow.output.validate(value) if workflow is not None else value
+    raise error_for(saga_id, status, error)
 
 
 def _check_saga_id(saga_id: str | None) -> str:
