@@ -38,8 +38,9 @@ async def _ledger() -> asyncpg.Pool:
     global _pool
     async with _pool_lock:
         if _pool is None:
-            _pool = await asyncpg.create_pool(os.environ["SAGAKIT_CHAOS_DB"], min_size=1,
-                                              max_size=8)
+            _pool = await asyncpg.create_pool(
+                os.environ["SAGAKIT_CHAOS_DB"], min_size=1, max_size=8
+            )
         return _pool
 
 
@@ -48,7 +49,11 @@ async def _record(step_key: str, saga_id: str, index: int, action: str) -> None:
     await pool.execute(
         "INSERT INTO chaos_ledger (step_key, saga_id, step_index, action, pid) "
         "VALUES ($1, $2, $3, $4, $5)",
-        step_key, saga_id, index, action, os.getpid(),
+        step_key,
+        saga_id,
+        index,
+        action,
+        os.getpid(),
     )
 
 

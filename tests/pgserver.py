@@ -73,8 +73,16 @@ class PgServer:
             pw = pwd.getpwnam("postgres")
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
         self._run(
-            str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
-            "--no-sync", "-E", "UTF8",
+            str(self.bin / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
         )
         options = [
             f"-k {self.dir}",
@@ -86,8 +94,18 @@ class PgServer:
         if not self.durable:
             options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
         result = self._run(
-            str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"),
-            "-o", " ".join(options), "-w", "-t", "60", "start", check=False,
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.dir / "log"),
+            "-o",
+            " ".join(options),
+            "-w",
+            "-t",
+            "60",
+            "start",
+            check=False,
         )
         if result.returncode != 0:
             log = (self.dir / "log").read_text() if (self.dir / "log").exists() else ""
@@ -97,20 +115,42 @@ class PgServer:
 
     def stop(self, mode: str = "fast") -> None:
         if self.started:
-            self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop",
-                      check=False)
+            self._run(
+                str(self.bin / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-m",
+                mode,
+                "-w",
+                "stop",
+                check=False,
+            )
             self.started = False
 
     def restart(self, stop_mode: str = "immediate") -> None:
         """Stop (by default as a crash would) and start again on the same data and port."""
         self.stop(stop_mode)
-        options = [f"-k {self.dir}", "-h 127.0.0.1", f"-p {self.port}",
-                   f"-c max_connections={self.max_connections}"]
+        options = [
+            f"-k {self.dir}",
+            "-h 127.0.0.1",
+            f"-p {self.port}",
+            f"-c max_connections={self.max_connections}",
+        ]
         if not self.durable:
             options += ["-c fsync=off", "-c synchronous_commit=off"]
         result = self._run(
-            str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"),
-            "-o", " ".join(options), "-w", "-t", "60", "start", check=False,
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.dir / "log"),
+            "-o",
+            " ".join(options),
+            "-w",
+            "-t",
+            "60",
+            "start",
+            check=False,
         )
         if result.returncode != 0:
             raise RuntimeError(f"pg_ctl restart failed: {result.stderr}")

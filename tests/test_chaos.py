@@ -40,14 +40,25 @@ def _spawn_worker(url: str, log_dir: Path, n: int) -> subprocess.Popen[bytes]:
     log = open(log_dir / f"worker-{n}.log", "ab")  # noqa: SIM115 - owned by the process
     return subprocess.Popen(
         [
-            sys.executable, "-m", "sagakit.cli", "worker",
-            "--db", url,
-            "--app", "tests.chaos_app:workflows",
-            "--concurrency", "64",
-            "--lease", "2",
-            "--poll", "0.2",
+            sys.executable,
+            "-m",
+            "sagakit.cli",
+            "worker",
+            "--db",
+            url,
+            "--app",
+            "tests.chaos_app:workflows",
+            "--concurrency",
+            "64",
+            "--lease",
+            "2",
+            "--poll",
+            "0.2",
         ],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -79,8 +90,7 @@ async def test_kill_the_workers(pg_url: str, tmp_path: Path) -> None:
             for start in range(0, SAGAS, 200):
                 await asyncio.gather(
                     *(
-                        client.start(chaos, {"steps": s, "fail_at": f}, saga_id=sid,
-                                     run_here=False)
+                        client.start(chaos, {"steps": s, "fail_at": f}, saga_id=sid, run_here=False)
                         for sid, (s, f) in list(plans.items())[start : start + 200]
                     )
                 )
@@ -121,9 +131,7 @@ async def test_kill_the_workers(pg_url: str, tmp_path: Path) -> None:
     ledger = await conn.fetch(
         "SELECT saga_id, step_index, action, step_key, at FROM chaos_ledger ORDER BY id"
     )
-    journal = await conn.fetch(
-        "SELECT saga_id, seq, kind, name, finished_at FROM saga_journal"
-    )
+    journal = await conn.fetch("SELECT saga_id, seq, kind, name, finished_at FROM saga_journal")
     await conn.close()
 
     applied: dict[str, Counter[int]] = defaultdict(Counter)
