@@ -22,8 +22,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def own_pg() -> Iterator[PgServer]:
-    """A server of this module's own: these tests stop and restart it."""
-    with PgServer(durable=False) as pg:
+    """A server of this module's own: these tests stop and restart it. Durable (fsync and
+    synchronous_commit on): an immediate stop of a server with synchronous_commit off loses
+    commits it had acknowledged, which would make steps run again for reasons of the test's
+    own making."""
+    with PgServer(durable=True) as pg:
         yield pg
 
 

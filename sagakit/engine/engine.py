@@ -246,7 +246,9 @@ class Engine:
             input_json = serde.dumps(value, what=f"the input of saga {wf.name!r}")
         except OutputNotSerializableError as exc:
             raise SagaValidationError(exc.message) from exc
-        if saga_id in self._tasks:
+        running = self._tasks.get(saga_id)
+        if running is not None:
+            _check_same_workflow(saga_id, running.sagakit_run.workflow.name, wf.name)  # type: ignore[attr-defined]
             return SagaHandle(self, saga_id)
         created = await store.create_saga(
             NewSaga(
@@ -258,11 +260,7 @@ class Engine:
             )
         )
         if not created.created:
-            if created.record.name != wf.name:
-                raise SagaConflictError(
-                    f"saga id {saga_id!r} is taken by a saga of workflow "
-                    f"{created.record.name!r}, not {wf.name!r}; choose another saga_id"
-                )
+            _check_same_workflow(saga_id, created.record.name, wf.name)
             return SagaHandle(self, saga_id)
         if run_here:
             self._launch(SagaRun(store, wf, created.record, [], live_input=value))
@@ -488,6 +486,14 @@ def _value_of(
         value = serde.loads(output)
         return workflow.output.validate(value) if workflow is not None else value
     raise error_for(saga_id, status, error)
+
+
+def _check_same_workflow(saga_id: str, existing: str, wanted: str) -> None:
+    if existing != wanted:
+        raise SagaConflictError(
+            f"saga id {saga_id!r} is taken by a saga of workflow {existing!r}, not {wanted!r}; "
+            "choose another saga_id"
+        )
 
 
 def _check_saga_id(saga_id: str | None) -> str:

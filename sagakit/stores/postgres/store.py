@@ -56,6 +56,9 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.CrashShutdownError,
+    # a connection the server terminated while it was idle can look open until the next
+    # operation trips over its state: it is as gone as a closed one
+    asyncpg.exceptions.InternalClientError,
     ConnectionError,
     OSError,
     asyncio.TimeoutError,
@@ -238,7 +241,7 @@ class PostgresStore:
                 return
             except Exception as exc:
                 if not _is_connection_error(exc):
-                    error = StoreError(f"PostgreSQL write failed: {exc}")
+                    error = StoreError(f"PostgreSQL write failed: {type(exc).__name__}: {exc}")
                     error.__cause__ = exc
                     for future in futures:
                         if not future.done():

@@ -155,7 +155,7 @@ class SqliteStore:
             timeout=_BUSY_TIMEOUT_MS / 1000,
         )
         conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = self._retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
         if str(mode).lower() != "wal":
             raise StoreError(f"SQLite refused WAL mode for {self.path!r} (got {mode!r})")
         # synchronous is one of three fixed words, checked in __init__: no injection possible
@@ -188,15 +188,20 @@ class SqliteStore:
     # -- the writer --------------------------------------------------------------------------
 
     def _begin_immediate(self, conn: sqlite3.Connection) -> None:
+        self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
+
+    def _retry_busy(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` until SQLite stops answering "locked": some operations (switching to WAL
+        while another process opens the file) fail at once instead of waiting the busy timeout.
+        """
         delay = 0.01
         while True:
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
+                return fn()
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
-                log.warning("SQLite file %s is busy; retrying the write in %.2fs", self.path, delay)
+                log.info("SQLite file %s is busy; retrying in %.2fs", self.path, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 

@@ -1,0 +1,1 @@
+"""sagakit's test suite (a package, so that helpers run as ``python -m tests.<module>``)."""

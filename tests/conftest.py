@@ -1,0 +1,126 @@
+"""Shared fixtures: every store-facing test runs once per store kind.
+
+To add a store kind, append it to ``STORE_KINDS`` and teach ``make_store_url`` how to build its
+URL. PostgreSQL tests run on one throwaway server per session (started from Debian's package by
+tests/pgserver.py), with a fresh database per test.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from sagakit import Engine, RetryPolicy, clear_terminal_errors
+
+from .pgserver import PgServer
+
+STORE_KINDS = ["memory", "sqlite", "postgres"]
+
+#: the engine settings tests use: short enough to recover fast, long enough to be renewed
+TEST_LEASE = timedelta(seconds=2)
+TEST_POLL = timedelta(milliseconds=50)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One throwaway PostgreSQL server for the whole session (fsync off: tests, not benchmarks)."""
+    with PgServer(durable=False) as server:
+        yield server
+
+
+def fresh_pg_database(server: PgServer) -> str:
+    """A new empty database on the session's server; its URL."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    subprocess.run(
+        [
+            "psql",
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(server.port),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            f"CREATE DATABASE {name}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return f"postgresql://postgres@127.0.0.1:{server.port}/{name}"
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """An empty PostgreSQL database for this test."""
+    return fresh_pg_database(pg_server)
+
+
+def make_store_url(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, *, shared: bool = False
+) -> str:
+    """A URL for a store of this kind, empty at the start of the test.
+
+    ``shared=True`` gives a URL that every engine (and store) of this process opening it sees as
+    the same database, for tests with several engines or a restart (file and server databases
+    are shared by nature).
+    """
+    if kind == "memory":
+        return f"memory://test-{uuid.uuid4().hex}" if shared else "memory://"
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path}/t.db"
+    if kind == "postgres":
+        return fresh_pg_database(request.getfixturevalue("pg_server"))
+    raise ValueError(f"no URL recipe for store kind {kind!r}")
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def store_url(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A fresh store for this test (``memory://`` is private to the engine that opens it)."""
+    return make_store_url(store_kind, tmp_path, request)
+
+
+@pytest.fixture
+def shared_store_url(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A fresh store that several engines of this test open as the same database."""
+    return make_store_url(store_kind, tmp_path, request, shared=True)
+
+
+def make_engine(url: str, **overrides: object) -> Engine:
+    options: dict[str, object] = {"lease": TEST_LEASE, "poll_interval": TEST_POLL}
+    options.update(overrides)
+    return Engine(url, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def engine(store_url: str) -> AsyncIterator[Engine]:
+    async with make_engine(store_url) as started:
+        yield started
+
+
+def fast_retry(max_attempts: int) -> RetryPolicy:
+    """A retry policy that retries at once (tests must not sleep through backoffs)."""
+    return RetryPolicy(max_attempts=max_attempts, initial_interval=timedelta(0))
+
+
+@pytest.fixture(autouse=True)
+def _reset_terminal_errors() -> Iterator[None]:
+    """The terminal-error registry is process-global: leave it empty for the next test."""
+    clear_terminal_errors()
+    yield
+    clear_terminal_errors()

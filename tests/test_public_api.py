@@ -1,0 +1,164 @@
+"""The public API is a contract: outside code imports these names from ``sagakit``.
+
+Adding a public name means adding it here; removing or renaming one breaks users.
+"""
+
+import inspect
+from datetime import timedelta
+
+import sagakit
+
+#: every name issue 2 promises, importable from ``sagakit``
+PROMISED = {
+    "saga_step",
+    "saga_step_strict",
+    "create_saga_step",
+    "create_saga_step_strict",
+    "SagaStepOptions",
+    "StepResponse",
+    "saga_workflow",
+    "create_saga_workflow",
+    "RetryPolicy",
+    "SagaError",
+    "TerminalError",
+    "register_terminal_errors",
+    "unregister_terminal_errors",
+    "clear_terminal_errors",
+    "set_global_error_mapper",
+    "SagaCompensatedError",
+    "CompensationFailedError",
+    "NonDeterminismError",
+    "SagaNotFoundError",
+    "UnknownWorkflowError",
+    "SagaContext",
+    "Engine",
+    "SagaHandle",
+    "SagaSnapshot",
+    "SagaStatus",
+}
+
+#: the whole public surface as it stands
+ALL = PROMISED | {
+    "EngineNotStartedError",
+    "ErrorInfo",
+    "OutputNotSerializableError",
+    "SagaConflictError",
+    "SagaStep",
+    "SagaValidationError",
+    "SagaWorkflow",
+    "SagaWorkflowOptions",
+    "StepFailedError",
+    "StepSnapshot",
+    "StoreError",
+    "__version__",
+}
+
+
+def test_all_is_pinned() -> None:
+    assert len(sagakit.__all__) == len(set(sagakit.__all__)), "duplicates in __all__"
+    assert set(sagakit.__all__) == ALL
+
+
+def test_every_promised_name_is_importable() -> None:
+    assert set(sagakit.__all__) >= PROMISED
+    namespace: dict[str, object] = {}
+    exec(f"from sagakit import {', '.join(sorted(PROMISED))}", namespace)
+    for name in sagakit.__all__:
+        assert getattr(sagakit, name) is not None, name
+
+
+def test_every_public_error_subclasses_saga_error() -> None:
+    errors = [
+        obj
+        for name in sagakit.__all__
+        if isinstance(obj := getattr(sagakit, name), type) and issubclass(obj, BaseException)
+    ]
+    assert len(errors) >= 12
+    for error in errors:
+        assert issubclass(error, sagakit.SagaError), error
+    # the validation and lookup errors are also what Python code expects them to be
+    assert issubclass(sagakit.SagaValidationError, ValueError)
+    assert issubclass(sagakit.SagaNotFoundError, LookupError)
+    assert issubclass(sagakit.UnknownWorkflowError, LookupError)
+    assert issubclass(sagakit.StepFailedError, sagakit.TerminalError)
+    assert issubclass(sagakit.OutputNotSerializableError, sagakit.TerminalError)
+
+
+def test_saga_statuses() -> None:
+    assert [s.value for s in sagakit.SagaStatus] == [
+        "PENDING",
+        "RUNNING",
+        "SUSPENDED",
+        "COMPLETED",
+        "COMPENSATING",
+        "COMPENSATED",
+        "FAILED",
+        "CANCELLED",
+    ]
+    terminal = {s for s in sagakit.SagaStatus if s.is_terminal}
+    assert terminal == {
+        sagakit.SagaStatus.COMPLETED,
+        sagakit.SagaStatus.COMPENSATED,
+        sagakit.SagaStatus.FAILED,
+        sagakit.SagaStatus.CANCELLED,
+    }
+
+
+def _params(fn: object) -> list[tuple[str, object, object]]:
+    sig = inspect.signature(fn)  # type: ignore[arg-type]
+    return [(p.name, p.kind, p.default) for p in sig.parameters.values()]
+
+
+def test_signatures_of_the_issue() -> None:
+    P = inspect.Parameter
+    step_params = [
+        ("name", P.POSITIONAL_OR_KEYWORD, P.empty),
+        ("compensate", P.POSITIONAL_OR_KEYWORD, None),
+        ("retry", P.KEYWORD_ONLY, None),
+        ("compensation_retry", P.KEYWORD_ONLY, None),
+        ("timeout", P.KEYWORD_ONLY, None),
+    ]
+    assert _params(sagakit.saga_step) == step_params
+    assert _params(sagakit.saga_step_strict) == step_params
+    for create in (sagakit.create_saga_step, sagakit.create_saga_step_strict):
+        assert [p[0] for p in _params(create)] == ["name", "run", "compensate", "options"]
+    assert [p[0] for p in _params(sagakit.saga_workflow)] == ["name", "options"]
+    assert _params(sagakit.saga_workflow)[1][1] == P.KEYWORD_ONLY
+    assert [p[0] for p in _params(sagakit.create_saga_workflow)] == [
+        "name",
+        "handler",
+        "options",
+    ]
+    engine = inspect.signature(sagakit.Engine)
+    assert engine.parameters["url"].default == "sqlite:///sagakit.db"
+    assert engine.parameters["lease"].default == timedelta(seconds=30)
+    assert engine.parameters["lease"].kind == P.KEYWORD_ONLY
+    start = inspect.signature(sagakit.Engine.start)
+    assert list(start.parameters)[:4] == ["self", "workflow", "inp", "saga_id"]
+    assert start.parameters["saga_id"].default is None
+    result = inspect.signature(sagakit.SagaHandle.result)
+    assert result.parameters["timeout"].default is None
+
+
+def test_retry_policy_defaults() -> None:
+    policy = sagakit.RetryPolicy()
+    assert policy.max_attempts == 3
+    assert policy.initial_interval == timedelta(seconds=1)
+    assert policy.backoff_factor == 2.0
+    assert policy.max_interval == timedelta(seconds=30)
+    options = sagakit.SagaStepOptions(retry=policy, timeout=timedelta(seconds=5))
+    assert (options.retry, options.compensation_retry, options.timeout) == (
+        policy,
+        None,
+        timedelta(seconds=5),
+    )
+
+
+def test_step_response_defaults() -> None:
+    plain = sagakit.StepResponse({"a": 1})
+    assert plain.output == {"a": 1}
+    assert plain.compensation_data == {"a": 1}
+    nothing = sagakit.StepResponse({"a": 1}, compensation_data=None)
+    assert nothing.compensation_data is None
+    failure = sagakit.StepResponse.permanent_failure("declined", {"hold": 1})
+    assert failure.compensation_data == {"hold": 1}

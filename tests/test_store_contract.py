@@ -1,0 +1,347 @@
+"""The Store contract (sagakit/stores/base.py), checked directly on every store kind.
+
+Each test opens the store through ``open_store(url)``; tests that need two workers open two
+stores on the same database (the same SQLite file, or the same named memory store).
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sagakit.errors import LeaseLost
+from sagakit.stores import open_store
+from sagakit.stores.base import (
+    JournalEntry,
+    NewSaga,
+    SagaRecord,
+    SagaStatus,
+    SagaUpdate,
+    Store,
+)
+from tests.conftest import make_store_url
+
+EXPIRED = 0.01  # a lease that is over by the time ``await expire()`` returns
+
+
+async def expire() -> None:
+    await asyncio.sleep(EXPIRED * 5)
+
+
+@pytest.fixture
+async def store(shared_store_url: str) -> AsyncIterator[Store]:
+    opened = open_store(shared_store_url)
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def other(shared_store_url: str, store: Store) -> AsyncIterator[Store]:
+    """A second store on the same database (another worker)."""
+    opened = open_store(shared_store_url)
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+def new(
+    saga_id: str,
+    name: str = "W",
+    *,
+    owner: str | None = None,
+    lease: float = 30.0,
+    inp: str = '{"n": 1}',
+) -> NewSaga:
+    return NewSaga(saga_id=saga_id, name=name, input=inp, owner=owner, lease_seconds=lease)
+
+
+def entry(saga_id: str, seq: int, *, name: str = "Step", status: str = "completed") -> JournalEntry:
+    return JournalEntry(
+        saga_id=saga_id,
+        seq=seq,
+        kind="step",
+        name=name,
+        status=status,
+        attempts=seq + 1,
+        output=f'{{"seq": {seq}}}',
+        compensation='{"undo": true}' if seq % 2 else None,
+        error=None if status == "completed" else '{"type": "E", "message": "m"}',
+        started_at=1700000000.25 + seq,
+        finished_at=1700000000.75 + seq,
+    )
+
+
+async def load(store: Store, saga_id: str) -> SagaRecord:
+    record = await store.load_saga(saga_id)
+    assert record is not None
+    return record
+
+
+async def test_store_implements_the_protocol(store: Store, shared_store_url: str) -> None:
+    assert isinstance(store, Store)
+    assert store.url == shared_store_url
+
+
+async def test_open_is_safe_when_several_open_a_new_database_at_once(
+    store_kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # several rounds, each on a database that does not exist yet: the first open of a file
+    # (schema creation, switching SQLite to WAL) is where openers race
+    for round_ in range(15):
+        url = make_store_url(store_kind, tmp_path / str(round_), request, shared=True)
+        (tmp_path / str(round_)).mkdir()
+        stores = [open_store(url) for _ in range(4)]
+        results = await asyncio.gather(*(s.open() for s in stores), return_exceptions=True)
+        try:
+            assert [r for r in results if r is not None] == []
+            created = await stores[0].create_saga(new("s1"))
+            assert created.created
+            for s in stores:
+                assert (await load(s, "s1")).name == "W"
+        finally:
+            for s in stores:
+                await s.close()
+
+
+async def test_create_is_idempotent(store: Store) -> None:
+    before = time.time()
+    first = await store.create_saga(new("s1", inp='{"first": true}'))
+    assert first.created
+    r = first.record
+    assert (r.saga_id, r.name, r.status, r.input) == ("s1", "W", "PENDING", '{"first": true}')
+    assert (r.output, r.error, r.owner, r.fence, r.lease_expires_at) == (None, None, None, 1, 0)
+    assert before <= r.created_at <= r.updated_at <= time.time()
+
+    again = await store.create_saga(new("s1", "Other", owner="w2", inp='{"second": true}'))
+    assert not again.created
+    assert again.record == r  # the row that is there, untouched
+    assert await store.load_saga("s1") == r
+
+
+async def test_concurrent_creates_of_one_id_create_one_saga(store: Store, other: Store) -> None:
+    results = await asyncio.gather(
+        *(s.create_saga(new("race", owner=f"w{i}")) for i in range(5) for s in (store, other))
+    )
+    assert sum(r.created for r in results) == 1
+    owners = {r.record.owner for r in results}
+    assert len(owners) == 1  # everyone sees the winner's row
+    assert (await load(other, "race")).owner in owners
+
+
+async def test_create_with_an_owner_is_running_under_a_lease(store: Store) -> None:
+    before = time.time()
+    r = (await store.create_saga(new("s1", owner="w1", lease=30))).record
+    assert (r.status, r.owner, r.fence) == ("RUNNING", "w1", 1)
+    assert before + 29 <= r.lease_expires_at <= time.time() + 31
+
+
+async def test_unknown_saga(store: Store) -> None:
+    assert await store.load_saga("nope") is None
+    assert await store.load_journal("nope") == []
+    with pytest.raises(LeaseLost):
+        await store.append("nope", 1, entry("nope", 0))
+
+
+async def test_journal_round_trips_in_seq_order(store: Store, other: Store) -> None:
+    await store.create_saga(new("s1", owner="w1"))
+    entries = [entry("s1", seq) for seq in range(4)]
+    for e in (entries[2], entries[0], entries[3], entries[1]):
+        await store.append("s1", 1, e)
+    assert await store.load_journal("s1") == entries
+    # append returns once committed: another connection sees it
+    assert await other.load_journal("s1") == entries
+
+
+async def test_append_is_fenced(store: Store, other: Store) -> None:
+    await store.create_saga(new("s1", owner="w1"))
+    await store.append("s1", 1, entry("s1", 0))
+    before = await load(store, "s1")
+
+    for fence in (0, 2):
+        with pytest.raises(LeaseLost):
+            await store.append("s1", fence, entry("s1", 1))
+        with pytest.raises(LeaseLost):
+            await store.append("s1", fence, entry("s1", 1), SagaUpdate("COMPLETED", output="1"))
+        with pytest.raises(LeaseLost):
+            await store.append("s1", fence, None, SagaUpdate("COMPENSATING", error='"e"'))
+    assert await store.load_journal("s1") == [entry("s1", 0)]
+    assert await load(store, "s1") == before
+
+    # once another worker claimed the saga, the old fence writes nothing
+    await store.release("w1", ["s1"])
+    claimed = await other.claim("w2", ["W"], 30, 10)
+    assert [c.record.fence for c in claimed] == [2]
+    with pytest.raises(LeaseLost):
+        await store.append("s1", 1, entry("s1", 1))
+    await other.append("s1", 2, entry("s1", 1))
+    assert [e.seq for e in await store.load_journal("s1")] == [0, 1]
+
+
+async def test_entry_and_status_change_commit_together(store: Store) -> None:
+    await store.create_saga(new("s1", owner="w1"))
+    await store.append(
+        "s1", 1, entry("s1", 0, status="failed"), SagaUpdate("COMPENSATING", error='{"c": 1}')
+    )
+    r = await load(store, "s1")
+    assert (r.status, r.error, r.owner) == ("COMPENSATING", '{"c": 1}', "w1")
+    assert await store.load_journal("s1") == [entry("s1", 0, status="failed")]
+
+    await store.append("s1", 1, None, SagaUpdate("COMPENSATED", error='{"c": 2}'))
+    r = await load(store, "s1")
+    assert (r.status, r.error) == ("COMPENSATED", '{"c": 2}')
+
+
+@pytest.mark.parametrize("terminal", ["COMPLETED", "COMPENSATED", "FAILED"])
+async def test_terminal_status_clears_owner_and_lease(store: Store, terminal: str) -> None:
+    created = (await store.create_saga(new("s1", owner="w1"))).record
+    output = '{"done": true}' if terminal == "COMPLETED" else None
+    error = None if terminal == "COMPLETED" else '{"kind": "x"}'
+    await store.append("s1", 1, entry("s1", 0), SagaUpdate(terminal, output=output, error=error))
+    r = await load(store, "s1")
+    assert (r.status, r.owner, r.lease_expires_at) == (terminal, None, 0)
+    assert (r.output, r.error) == (output, error)
+    assert r.updated_at >= created.updated_at
+    assert await store.renew_leases("w1", 30) == 0
+    assert await store.claim("w2", ["W"], 30, 10) == []
+
+
+async def test_renew_leases_pushes_back_the_owners_live_sagas(store: Store) -> None:
+    for saga_id, owner in (("a", "w1"), ("b", "w1"), ("c", "w2"), ("done", "w1")):
+        await store.create_saga(new(saga_id, owner=owner, lease=5))
+    await store.append("b", 1, None, SagaUpdate("COMPENSATING"))
+    await store.append("done", 1, None, SagaUpdate("COMPLETED", output="1"))
+    other_before = await load(store, "c")
+
+    before = time.time()
+    assert await store.renew_leases("w1", 100) == 2
+    for saga_id in ("a", "b"):
+        r = await load(store, saga_id)
+        assert before + 99 <= r.lease_expires_at <= time.time() + 101
+        assert r.owner == "w1" and r.fence == 1
+    assert await load(store, "c") == other_before
+    assert (await load(store, "done")).lease_expires_at == 0
+    assert await store.renew_leases("nobody", 100) == 0
+
+
+async def test_claim_takes_only_expired_runnable_sagas_of_the_given_names(store: Store) -> None:
+    await store.create_saga(new("pending"))
+    await store.create_saga(new("expired", owner="dead", lease=EXPIRED))
+    await store.append("expired", 1, entry("expired", 0))
+    await store.append("expired", 1, entry("expired", 1))
+    await store.create_saga(new("rolling-back", owner="dead", lease=EXPIRED))
+    await store.append("rolling-back", 1, None, SagaUpdate("COMPENSATING", error='"why"'))
+    await store.create_saga(new("alive", owner="busy", lease=30))
+    await store.create_saga(new("other-name", "Other"))
+    await store.create_saga(new("finished", owner="dead", lease=EXPIRED))
+    await store.append("finished", 1, None, SagaUpdate("COMPLETED", output="1"))
+    await store.create_saga(new("failed", owner="dead", lease=EXPIRED))
+    await store.append("failed", 1, None, SagaUpdate("FAILED", error='"e"'))
+    await expire()
+
+    before = time.time()
+    claimed = await store.claim("w2", ["W", "Unused"], 30, 100)
+    by_id = {c.record.saga_id: c for c in claimed}
+    assert set(by_id) == {"pending", "expired", "rolling-back"}
+    assert by_id["pending"].record.fence == 1 + 1
+    for c in claimed:
+        assert c.record.owner == "w2"
+        assert c.record.fence == 2
+        assert before + 29 <= c.record.lease_expires_at <= time.time() + 31
+        assert await load(store, c.record.saga_id) == c.record
+    assert by_id["pending"].record.status == "RUNNING"
+    assert by_id["expired"].record.status == "RUNNING"
+    assert by_id["rolling-back"].record.status == "COMPENSATING"
+    assert by_id["rolling-back"].record.error == '"why"'
+    assert by_id["expired"].journal == [entry("expired", 0), entry("expired", 1)]
+    assert by_id["pending"].journal == []
+
+    assert await store.claim("w3", ["W"], 30, 100) == []  # all leased now
+    assert (await load(store, "alive")).owner == "busy"
+    assert [c.record.saga_id for c in await store.claim("w3", ["Other"], 30, 100)] == ["other-name"]
+    assert await store.claim("w3", [], 30, 100) == []
+
+
+async def test_claim_respects_its_limit(store: Store) -> None:
+    for i in range(5):
+        await store.create_saga(new(f"s{i}"))
+    first = await store.claim("w1", ["W"], 30, 2)
+    second = await store.claim("w2", ["W"], 30, 10)
+    assert len(first) == 2 and len(second) == 3
+    assert {c.record.saga_id for c in first} | {c.record.saga_id for c in second} == {
+        f"s{i}" for i in range(5)
+    }
+    assert await store.claim("w1", ["W"], 30, 0) == []
+
+
+async def test_racing_claimers_never_share_a_saga(store: Store, other: Store) -> None:
+    await store.create_saga(new("one", owner="dead", lease=EXPIRED))
+    await expire()
+    first, second = await asyncio.gather(
+        store.claim("w1", ["W"], 30, 10), other.claim("w2", ["W"], 30, 10)
+    )
+    winners = [c.record.owner for c in (*first, *second)]
+    assert len(winners) == 1
+    r = await load(other, "one")
+    assert (r.owner, r.fence) == (winners[0], 2)
+
+    for i in range(20):
+        await store.create_saga(new(f"s{i}"))
+    results = await asyncio.gather(
+        *(s.claim(f"w{i}", ["W"], 30, 3) for i in range(4) for s in (store, other))
+    )
+    taken = [c.record.saga_id for batch in results for c in batch]
+    assert len(taken) == len(set(taken)) == 20
+    for batch in results:
+        for c in batch:
+            assert (await load(store, c.record.saga_id)).owner == c.record.owner
+
+
+async def test_release_makes_a_saga_claimable_at_once(store: Store, other: Store) -> None:
+    await store.create_saga(new("s1", owner="w1", lease=30))
+    await store.create_saga(new("s2", owner="w1", lease=30))
+    assert await other.claim("w2", ["W"], 30, 10) == []
+
+    await store.release("w2", ["s1"])  # not its owner: nothing happens
+    assert (await load(store, "s1")).owner == "w1"
+    await store.release("w1", [])
+
+    await store.release("w1", ["s1"])
+    r = await load(store, "s1")
+    assert (r.owner, r.lease_expires_at, r.status, r.fence) == (None, 0, "RUNNING", 1)
+    claimed = await other.claim("w2", ["W"], 30, 10)
+    assert [(c.record.saga_id, c.record.owner, c.record.fence) for c in claimed] == [
+        ("s1", "w2", 2)
+    ]
+    assert (await load(store, "s2")).owner == "w1"
+
+
+async def test_list_sagas_filters_and_orders_newest_first(store: Store) -> None:
+    await store.create_saga(new("s1", "A"))
+    await store.create_saga(new("s2", "B", owner="w1"))
+    await store.create_saga(new("s3", "A", owner="w1"))
+    await store.create_saga(new("s4", "B", owner="w1"))
+    await store.append("s3", 1, None, SagaUpdate("COMPLETED", output="3"))
+    await store.append("s4", 1, None, SagaUpdate("COMPLETED", output="4"))
+
+    async def ids(**kwargs: object) -> list[str]:
+        return [r.saga_id for r in await store.list_sagas(**kwargs)]  # type: ignore[arg-type]
+
+    assert await ids() == ["s4", "s3", "s2", "s1"]
+    assert await ids(status="COMPLETED") == ["s4", "s3"]
+    assert await ids(status="PENDING") == ["s1"]
+    assert await ids(name="A") == ["s3", "s1"]
+    assert await ids(status="COMPLETED", name="B") == ["s4"]
+    assert await ids(status="FAILED") == []
+    assert await ids(limit=2) == ["s4", "s3"]
+    listed = await store.list_sagas()
+    assert listed[0] == await load(store, "s4")
+
+
+async def test_status_values_are_the_saga_statuses(store: Store) -> None:
+    created = await store.create_saga(new("s1"))
+    assert SagaStatus(created.record.status) is SagaStatus.PENDING
+    claimed = await store.claim("w1", ["W"], 30, 1)
+    assert SagaStatus(claimed[0].record.status) is SagaStatus.RUNNING
