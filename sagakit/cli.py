@@ -107,7 +107,8 @@ def db_option(fn: F) -> F:
         envvar="SAGAKIT_DB",
         show_envvar=True,
         metavar="URL",
-        help="The saga database: sqlite:///path.db, or a bare path to a SQLite file.",
+        help="The saga database: sqlite:///path.db (or a bare path to a SQLite file), "
+        "or postgresql://user@host:port/db.",
     )(fn)
 
 

@@ -271,9 +271,8 @@ class _Demo:
 
     async def completes(self, engine: Engine) -> None:
         self.title(1, "A checkout that completes")
-        result = await engine.run(checkout, _basket("cus_ada", "tok_visa"), saga_id="order-1001")
-        # validated again: engine.run returns a plain dict when the saga ran in this process
-        paid = CheckoutResult.model_validate(result)
+        paid = await engine.run(checkout, _basket("cus_ada", "tok_visa"), saga_id="order-1001")
+        assert isinstance(paid, CheckoutResult)  # the workflow's return annotation
         self.echo(
             f"  engine.run returned order {paid.order_id}, reservation {paid.reservation_id}, "
             f"payment {paid.payment_id}"

@@ -225,6 +225,15 @@ class Drained(BaseException):
         self.saga_id = saga_id
 
 
+class StoreUnavailable(BaseException):
+    """Internal: the store failed while a saga was running. The run stops without compensating
+    (a database fault is not a business failure) and the saga is recovered from its journal."""
+
+    def __init__(self, saga_id: str, cause: BaseException):
+        super().__init__(f"saga {saga_id!r} stopped: the store failed: {cause}")
+        self.saga_id = saga_id
+
+
 # -- the terminal-error registry ------------------------------------------------------------
 
 ErrorMapper = Callable[[BaseException], "TerminalError | None"]
@@ -279,11 +288,20 @@ def as_terminal(exc: BaseException) -> TerminalError | None:
         return TerminalError(str(exc), error_type=type(exc).__name__)
     mapper = _global_mapper
     if mapper is not None:
-        mapped = mapper(exc)
-        if mapped is not None:
-            if not isinstance(mapped, TerminalError):
-                raise TypeError(
-                    f"the global error mapper must return a TerminalError or None, got {mapped!r}"
-                )
-            return mapped
+        try:
+            mapped = mapper(exc)
+        except Exception as mapper_exc:
+            # a broken mapper is a bug that retrying cannot fix: fail the step, say why
+            return TerminalError(
+                f"the global error mapper raised {type(mapper_exc).__name__}: {mapper_exc} "
+                f"while mapping {type(exc).__name__}: {exc}",
+                error_type="ErrorMapperError",
+            )
+        if mapped is not None and not isinstance(mapped, TerminalError):
+            return TerminalError(
+                f"the global error mapper must return a TerminalError or None, got {mapped!r} "
+                f"for {type(exc).__name__}: {exc}",
+                error_type="ErrorMapperError",
+            )
+        return mapped
     return None

@@ -15,6 +15,7 @@ is *called*, so ``asyncio.gather`` over step calls numbers branches in program o
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
 from collections.abc import Awaitable, Callable
@@ -121,6 +122,14 @@ def _positional_names(fn: Callable[..., Any]) -> list[str]:
     ]
 
 
+def _is_async_callable(fn: Any) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an object whose __call__ is async
+    )
+
+
 def _output_annotation(hint: Any) -> Any:
     """``-> Order`` and ``-> StepResponse[Order]`` both mean the output is an Order."""
     if typing.get_origin(hint) is StepResponse:
@@ -145,8 +154,12 @@ class SagaStep(Generic[InT]):
     ):
         if not isinstance(name, str) or not name.strip():
             raise ValueError("a step needs a non-empty name")
-        if not callable(run):
-            raise TypeError(f"step {name!r}: run must be an async function, got {run!r}")
+        if not _is_async_callable(run):
+            # a plain function would run, then fail at `await`, and be retried: its side effect
+            # would happen once per attempt
+            raise TypeError(
+                f"step {name!r}: the step function must be an `async def fn(ctx, inp)`, got {run!r}"
+            )
         if compensate is not None and not callable(compensate):
             raise TypeError(f"step {name!r}: compensate must be callable, got {compensate!r}")
         positional = _positional_names(run)

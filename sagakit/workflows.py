@@ -24,7 +24,7 @@ class SagaWorkflowOptions:
     """Options of a workflow.
 
     Args:
-        description: shown by ``sagakit list``/``show`` and the admin tools.
+        description: what the workflow does, for people (kept on the definition).
     """
 
     description: str | None = None

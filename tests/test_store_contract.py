@@ -257,6 +257,9 @@ async def test_claim_takes_only_expired_runnable_sagas_of_the_given_names(store:
     assert by_id["rolling-back"].record.error == '"why"'
     assert by_id["expired"].journal == [entry("expired", 0), entry("expired", 1)]
     assert by_id["pending"].journal == []
+    # a saga whose owner's lease ran out was taken over; a PENDING one had no owner
+    assert by_id["expired"].taken_over and by_id["rolling-back"].taken_over
+    assert not by_id["pending"].taken_over
 
     assert await store.claim("w3", ["W"], 30, 100) == []  # all leased now
     assert (await load(store, "alive")).owner == "busy"
@@ -315,6 +318,7 @@ async def test_release_makes_a_saga_claimable_at_once(store: Store, other: Store
     assert [(c.record.saga_id, c.record.owner, c.record.fence) for c in claimed] == [
         ("s1", "w2", 2)
     ]
+    assert not claimed[0].taken_over  # given back, not abandoned
     assert (await load(store, "s2")).owner == "w1"
 
 

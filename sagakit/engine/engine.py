@@ -21,6 +21,7 @@ from ..errors import (
     SagaConflictError,
     SagaNotFoundError,
     SagaValidationError,
+    StoreUnavailable,
     UnknownWorkflowError,
 )
 from ..stores import open_store
@@ -382,6 +383,17 @@ class Engine:
                 extra={"saga_id": run.saga_id},
             )
             return None
+        except StoreUnavailable as exc:
+            log.error(
+                "saga %s stopped because the store failed (%s); it resumes from its journal "
+                "once the store answers (its lease expires or this worker releases it)",
+                run.saga_id,
+                exc.__cause__,
+                extra={"saga_id": run.saga_id},
+            )
+            with contextlib.suppress(Exception):
+                await self._store_or_raise().release(self.worker_id, [run.saga_id])
+            return None
         except LeaseLost:
             log.warning(
                 "saga %s was taken over by another worker; this worker stops running it",
@@ -422,7 +434,11 @@ class Engine:
             extra={"saga_id": record.saga_id},
         )
         self._claimed.add(record.saga_id)
-        self._launch(SagaRun(self._store_or_raise(), wf, record, claimed.journal))
+        self._launch(
+            SagaRun(
+                self._store_or_raise(), wf, record, claimed.journal, taken_over=claimed.taken_over
+            )
+        )
 
     # -- the background worker ---------------------------------------------------------------
 

@@ -25,6 +25,8 @@ from ..errors import (
     OutputNotSerializableError,
     SagaError,
     StepFailedError,
+    StoreError,
+    StoreUnavailable,
     TerminalError,
     as_terminal,
 )
@@ -82,6 +84,8 @@ class SagaRun:
         record: SagaRecord,
         journal: list[JournalEntry],
         live_input: Any = UNSET,
+        *,
+        taken_over: bool = False,
     ):
         self.saga_id = record.saga_id
         self.fence = record.fence
@@ -94,6 +98,9 @@ class SagaRun:
         self._compensations: dict[int, _Compensation] = {}
         self._nondeterminism: NonDeterminismError | None = None
         self._forward_done = False
+        #: a run that took over a saga from a dead worker: the first operation it does for real
+        #: may be the one that killed that worker, so its attempt is journaled before it starts
+        self._mark_next_attempt = taken_over
         #: one future per step executing live, done once its entry is journaled
         self._in_flight: set[asyncio.Future[None]] = set()
         #: set by the engine when it drains: no new live work starts, replay still runs
@@ -143,7 +150,12 @@ class SagaRun:
         return entry
 
     async def _write(self, entry: JournalEntry | None, update: SagaUpdate | None = None) -> None:
-        await self._store.append(self.saga_id, self.fence, entry, update)
+        try:
+            await self._store.append(self.saga_id, self.fence, entry, update)
+        except StoreError as exc:
+            # the database failing is not the saga failing: stop this run, compensate nothing,
+            # and let recovery go on from the journal once the database answers again
+            raise StoreUnavailable(self.saga_id, exc) from exc
         if entry is not None:
             self._journal[entry.seq] = entry
 
@@ -174,7 +186,7 @@ class SagaRun:
         self, step: SagaStep[Any], seq: int, inp: Any, compensation: _Compensation | None
     ) -> Any:
         entry = self._recorded(seq, EntryKind.STEP, step.name)
-        if entry is None:
+        if entry is None or entry.status == EntryStatus.RUNNING:
             self._check_draining()
             if self._forward_done:
                 # called in time (its seq is taken) but started only after the saga ended
@@ -185,7 +197,8 @@ class SagaRun:
             settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._in_flight.add(settled)
             try:
-                entry = await self._execute_step(step, seq, inp)
+                prior = 0 if entry is None else entry.attempts
+                entry = await self._execute_step(step, seq, inp, prior)
             finally:
                 self._in_flight.discard(settled)
                 settled.set_result(None)
@@ -223,11 +236,46 @@ class SagaRun:
             compensation.data = value
             compensation.failed = failed
 
-    async def _execute_step(self, step: SagaStep[Any], seq: int, inp: Any) -> JournalEntry:
+    async def _mark_attempt(self, kind: str, name: str, seq: int, attempt: int) -> None:
+        """Journal that attempt number ``attempt`` of an operation starts (recovered runs only)."""
+        now = time.time()
+        await self._write(
+            JournalEntry(
+                self.saga_id,
+                seq,
+                kind,
+                name,
+                EntryStatus.RUNNING,
+                attempt,
+                None,
+                None,
+                None,
+                now,
+                now,
+            )
+        )
+
+    async def _execute_step(
+        self, step: SagaStep[Any], seq: int, inp: Any, prior_attempts: int
+    ) -> JournalEntry:
         policy = step.retry or DEFAULT_RETRY
         timeout = step.timeout
         started = time.time()
-        attempt = 0
+        attempt = prior_attempts
+        if prior_attempts >= policy.max_attempts:
+            info = ErrorInfo(
+                "WorkerDiedError",
+                f"the worker running attempt {prior_attempts} died (crash, kill or out of "
+                f"memory); gave up after {prior_attempts} attempts",
+                step.name,
+                seq,
+            )
+            return await self._finish_step(
+                step, seq, prior_attempts, started, EntryStatus.FAILED, None, None, info
+            )
+        if self._mark_next_attempt:
+            self._mark_next_attempt = False
+            await self._mark_attempt(EntryKind.STEP, step.name, seq, attempt + 1)
         while True:
             attempt += 1
             ctx = SagaContext(self, step_seq=seq, step_name=step.name, attempt=attempt)
@@ -287,6 +335,8 @@ class SagaRun:
     ) -> JournalEntry:
         response = result if isinstance(result, StepResponse) else StepResponse(result)
         try:
+            if not response.failed:
+                output = serde.dumps(response.output, what=f"the output of step {step.name!r}")
             compensation = self._compensation_json(response, result)
             if response.failed:
                 message = response.error_message or "step failed permanently"
@@ -294,7 +344,6 @@ class SagaRun:
                 return await self._finish_step(
                     step, seq, attempts, started, EntryStatus.FAILED, None, compensation, info
                 )
-            output = serde.dumps(response.output, what=f"the output of step {step.name!r}")
         except OutputNotSerializableError as exc:
             # the side effect happened once: failing for good is the only way not to repeat it
             info = ErrorInfo("OutputNotSerializableError", exc.message, step.name, seq)
@@ -403,12 +452,13 @@ class SagaRun:
             ):
                 seq = self._take_seq()
                 entry = self._recorded(seq, EntryKind.COMPENSATION, compensation.step.name)
-                if entry is None:
+                if entry is None or entry.status == EntryStatus.RUNNING:
                     self._check_draining()
                     update = None
                     if not status_written:
                         update = SagaUpdate(SagaStatus.COMPENSATING, error=cause_json)
-                    entry = await self._execute_compensation(compensation, seq, update)
+                    prior = 0 if entry is None else entry.attempts
+                    entry = await self._execute_compensation(compensation, seq, update, prior)
                     status_written = True
                 if entry.status == EntryStatus.FAILED:
                     failures.append(ErrorInfo.from_json(serde.loads(entry.error) or {}))
@@ -429,20 +479,48 @@ class SagaRun:
         return Outcome(status, None, error_json)
 
     async def _execute_compensation(
-        self, compensation: _Compensation, seq: int, update: SagaUpdate | None
+        self, compensation: _Compensation, seq: int, update: SagaUpdate | None, prior: int
     ) -> JournalEntry:
         step = compensation.step
         policy: RetryPolicy = step.compensation_retry or DEFAULT_RETRY
         started = time.time()
-        attempt = 0
+        attempt = prior
         error: ErrorInfo | None = None
-        while True:
+        if prior >= policy.max_attempts:
+            error = ErrorInfo(
+                "WorkerDiedError",
+                f"the worker running attempt {prior} died (crash, kill or out of memory); "
+                f"gave up after {prior} attempts",
+                step.name,
+                seq,
+            )
+        elif self._mark_next_attempt:
+            self._mark_next_attempt = False
+            now = time.time()
+            marker = JournalEntry(
+                self.saga_id,
+                seq,
+                EntryKind.COMPENSATION,
+                step.name,
+                EntryStatus.RUNNING,
+                attempt + 1,
+                None,
+                None,
+                None,
+                now,
+                now,
+            )
+            await self._write(marker, update)
+            update = None
+        while error is None:
             attempt += 1
             try:
                 await step.call_compensation(compensation.data, compensation.failed)
                 break
             except Exception as exc:
                 terminal = as_terminal(exc)
+                if terminal is None and isinstance(exc, SagaError):
+                    terminal = TerminalError(str(exc), error_type=type(exc).__name__)
                 if terminal is None and attempt < policy.max_attempts:
                     delay = policy.delay_after(attempt)
                     log.warning(

@@ -60,6 +60,9 @@ class EntryKind(StrEnum):
 class EntryStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
+    #: an attempt started in a run that took the saga over from a dead worker; replaced by the
+    #: operation's result when it finishes, and counted if that worker dies too
+    RUNNING = "running"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,11 +129,14 @@ class ClaimedSaga:
 
     record: SagaRecord
     journal: list[JournalEntry]
+    #: the saga still had an owner, whose lease expired: that worker died or hung mid-saga
+    #: (a PENDING or released saga has none)
+    taken_over: bool = False
 
 
 @runtime_checkable
 class Store(Protocol):
-    """What the engine asks of a database. Implementations: memory, SQLite (PostgreSQL next)."""
+    """What the engine asks of a database. Implementations: memory, SQLite, PostgreSQL."""
 
     url: str
     #: set by the engine: a store that hears of new work from other processes (PostgreSQL's

@@ -143,7 +143,8 @@ class MemoryStore:
                     updated_at=now,
                 )
                 self._t.sagas[record.saga_id] = taken
-                claimed.append(ClaimedSaga(taken, await self.load_journal(record.saga_id)))
+                journal = await self.load_journal(record.saga_id)
+                claimed.append(ClaimedSaga(taken, journal, record.owner is not None))
         return claimed
 
     async def release(self, owner: str, saga_ids: Sequence[str]) -> None:

@@ -98,7 +98,7 @@ WHERE owner = $1 AND status IN ('PENDING', 'RUNNING', 'COMPENSATING', 'SUSPENDED
 WITH clock AS (
     SELECT extract(epoch FROM clock_timestamp())::float8 AS now
 ), picked AS (
-    SELECT s.saga_id FROM saga_instances s, clock
+    SELECT s.saga_id, s.owner AS previous_owner FROM saga_instances s, clock
     WHERE s.status IN ('PENDING', 'RUNNING', 'COMPENSATING')
       AND s.lease_expires_at < clock.now
       AND s.name = ANY($2::text[])
@@ -115,7 +115,8 @@ SET owner = $1,
 FROM picked, clock
 WHERE s.saga_id = picked.saga_id
 RETURNING s.saga_id, s.name, s.status, s.input, s.output, s.error, s.owner, s.fence,
-          s.lease_expires_at, s.created_at, s.updated_at
+          s.lease_expires_at, s.created_at, s.updated_at,
+          picked.previous_owner IS NOT NULL AS taken_over
 
 -- name: release
 UPDATE saga_instances SET owner = NULL, lease_expires_at = 0

@@ -439,13 +439,14 @@ class PostgresStore:
 
         async def fn(conn: asyncpg.Connection) -> list[ClaimedSaga]:
             rows = await conn.fetch(Q["claim"], owner, list(names), lease_seconds, limit)
-            records = [_record(tuple(r)) for r in rows]
+            records = [_record(tuple(r)[:-1]) for r in rows]
+            taken_over = {r["saga_id"]: bool(r["taken_over"]) for r in rows}
             if not records:
                 return []
             journals: dict[str, list[JournalEntry]] = {r.saga_id: [] for r in records}
             for row in await conn.fetch(Q["get_journals"], list(journals)):
                 journals[row["saga_id"]].append(_entry(tuple(row)))
-            return [ClaimedSaga(r, journals[r.saga_id]) for r in records]
+            return [ClaimedSaga(r, journals[r.saga_id], taken_over[r.saga_id]) for r in records]
 
         return await self._call(fn)
 

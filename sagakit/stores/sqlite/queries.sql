@@ -57,6 +57,14 @@ FROM saga_journal WHERE saga_id = :saga_id ORDER BY seq
 UPDATE saga_instances SET lease_expires_at = :until
 WHERE owner = :owner AND status IN ('PENDING', 'RUNNING', 'COMPENSATING', 'SUSPENDED')
 
+-- name: claim_candidates
+SELECT saga_id, owner IS NOT NULL FROM saga_instances
+WHERE status IN ('PENDING', 'RUNNING', 'COMPENSATING')
+  AND lease_expires_at < :now
+  AND name IN (SELECT value FROM json_each(:names))
+ORDER BY lease_expires_at
+LIMIT :limit
+
 -- name: claim
 UPDATE saga_instances
 SET owner = :owner,
@@ -64,14 +72,7 @@ SET owner = :owner,
     status = CASE WHEN status = 'PENDING' THEN 'RUNNING' ELSE status END,
     lease_expires_at = :until,
     updated_at = :now
-WHERE saga_id IN (
-    SELECT saga_id FROM saga_instances
-    WHERE status IN ('PENDING', 'RUNNING', 'COMPENSATING')
-      AND lease_expires_at < :now
-      AND name IN (SELECT value FROM json_each(:names))
-    ORDER BY lease_expires_at
-    LIMIT :limit
-)
+WHERE saga_id IN (SELECT value FROM json_each(:saga_ids))
 RETURNING saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
           created_at, updated_at
 

@@ -377,14 +377,22 @@ class SqliteStore:
 
         def op(conn: sqlite3.Connection) -> list[ClaimedSaga]:
             now = time.time()
+            # one write transaction: nobody changes the candidates between look and take
+            candidates = dict(
+                conn.execute(
+                    Q["claim_candidates"],
+                    {"now": now, "names": json.dumps(list(names)), "limit": limit},
+                ).fetchall()
+            )
+            if not candidates:
+                return []
             rows = conn.execute(
                 Q["claim"],
                 {
                     "owner": owner,
                     "until": now + lease_seconds,
                     "now": now,
-                    "names": json.dumps(list(names)),
-                    "limit": limit,
+                    "saga_ids": json.dumps(list(candidates)),
                 },
             ).fetchall()
             claimed = []
@@ -393,7 +401,7 @@ class SqliteStore:
                 journal = [
                     _entry(r) for r in conn.execute(Q["get_journal"], {"saga_id": record.saga_id})
                 ]
-                claimed.append(ClaimedSaga(record, journal))
+                claimed.append(ClaimedSaga(record, journal, bool(candidates[record.saga_id])))
             return claimed
 
         result: list[ClaimedSaga] = await self._write(op)
