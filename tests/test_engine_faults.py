@@ -16,6 +16,7 @@ from sagakit import (
     Engine,
     SagaCompensatedError,
     SagaContext,
+    SagaError,
     SagaStatus,
     StoreError,
     saga_step,
@@ -155,3 +156,23 @@ async def test_a_broken_error_mapper_fails_the_step_with_a_recorded_error(
         step = (await engine.get("m")).steps[0]
         assert (step.name, step.status, step.attempts) == ("Fails", "failed", 1)
     assert calls == 1
+
+
+async def test_a_caller_waiting_when_the_engine_closes_gets_a_clear_error() -> None:
+    gate = asyncio.Event()
+
+    @saga_step("Hold")
+    async def hold(ctx: SagaContext, inp: Any) -> None:
+        await gate.wait()
+
+    @saga_workflow("Held")
+    async def held(saga: SagaContext, inp: Any) -> None:
+        await hold(saga, inp)
+
+    engine = Engine("memory://")
+    async with engine:
+        handle = await engine.start(held, None, saga_id="h")
+        waiter = asyncio.create_task(handle.result())
+        await asyncio.sleep(0.05)
+    with pytest.raises(SagaError, match="stopped while waiting"):
+        await waiter

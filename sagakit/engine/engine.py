@@ -19,6 +19,7 @@ from ..errors import (
     LeaseLost,
     OutputNotSerializableError,
     SagaConflictError,
+    SagaError,
     SagaNotFoundError,
     SagaValidationError,
     StoreUnavailable,
@@ -121,6 +122,7 @@ class Engine:
         self._background: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
         self._draining = False
+        self._closing = False
 
     # -- registration ------------------------------------------------------------------------
 
@@ -183,6 +185,7 @@ class Engine:
         that another worker (or the next start) takes them over at once."""
         if self._store is None:
             return
+        self._closing = True
         if self._background is not None:
             self._background.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -199,6 +202,7 @@ class Engine:
             log.exception("could not release the leases of %d sagas", len(unfinished))
         await self._store.close()
         self._store = None
+        self._closing = False
 
     def _store_or_raise(self) -> Store:
         if self._store is None:
@@ -337,11 +341,24 @@ class Engine:
                 if task is not None:
                     # taken before awaiting: the task forgets itself as soon as it is done
                     run: SagaRun = task.sagakit_run  # type: ignore[attr-defined]
-                    outcome = await asyncio.shield(task)
+                    outcome: Outcome | None = None
+                    try:
+                        outcome = await asyncio.shield(task)
+                    except asyncio.CancelledError:
+                        this = asyncio.current_task()
+                        if this is not None and this.cancelling():
+                            raise  # the caller itself is being cancelled
+                        # else the engine stopped the run: it is closing or draining
                     if outcome is not None:
                         return _value_of(
                             saga_id, outcome.status, outcome.output, outcome.error, run.workflow
                         )
+                if self._closing or self._draining or self._store is None:
+                    raise SagaError(
+                        f"this engine stopped while waiting for saga {saga_id!r}; the saga was "
+                        "released and goes on in another worker (or the next start of this "
+                        "program): wait for it there with engine.handle(saga_id).result()"
+                    )
                 record = await store.load_saga(saga_id)
                 if record is None:
                     raise SagaNotFoundError(saga_id)
