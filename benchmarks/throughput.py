@@ -262,8 +262,9 @@ def _recovery_child(url: str, sagas: int, ready: str) -> None:
                     )
                 )
             while True:  # every saga has journaled its first step: ready to be killed
-                done = sum(len((await engine.get(f"r-{i}")).steps) for i in range(0, sagas, 97))
-                if done >= len(range(0, sagas, 97)):
+                sample = range(0, sagas, 97)
+                done = [len((await engine.get(f"r-{i}")).steps) for i in sample]
+                if all(done):
                     break
                 await asyncio.sleep(0.2)
             Path(ready).touch()
@@ -306,16 +307,21 @@ async def scenario_recovery(url: str, args: argparse.Namespace) -> None:
         return await second(saga, inp)
 
     rss0 = _rss_mb()
+    # a restart: the engine's own worker claims the expired sagas as soon as it starts
+    began, cpu0 = time.perf_counter(), time.process_time()
     async with Engine(url, max_concurrency=sagas) as engine:
         engine.register(interrupted)
-        began, cpu0 = time.perf_counter(), time.process_time()
-        taken = await engine.recover(wait=True)
+        while True:
+            listed = await engine.list(name="Interrupted", limit=sagas)
+            if all(s.status.is_terminal for s in listed):
+                break
+            await asyncio.sleep(0.1)
         wall, cpu = time.perf_counter() - began, time.process_time() - cpu0
-        statuses = {s.status for s in await engine.list(name="Interrupted", limit=sagas)}
+        statuses = sorted({str(s.status) for s in listed})
     print(
-        f"{'recovery':<13} {taken} interrupted sagas drained by one engine in {wall:.1f} s "
-        f"({taken / wall:.0f} sagas/s, CPU {cpu / max(taken, 1) * 1000:.2f} ms/saga, "
-        f"RSS +{_rss_mb() - rss0:.0f} MB); final statuses: {sorted(statuses)}"
+        f"{'recovery':<13} {len(listed)} interrupted sagas drained by one restarted engine in "
+        f"{wall:.1f} s ({len(listed) / wall:.0f} sagas/s, CPU {cpu / len(listed) * 1000:.2f} "
+        f"ms/saga, RSS +{_rss_mb() - rss0:.0f} MB); final statuses: {', '.join(statuses)}"
     )
 
 
@@ -350,7 +356,6 @@ async def main(args: argparse.Namespace) -> None:
             f"sagakit throughput: store={args.store}, {args.sagas} sagas of {args.steps} steps, "
             f"{args.concurrency} concurrent, {os.cpu_count()} CPUs"
         )
-        print("durability:", await durability(url))
         if url.startswith("sqlite"):
             raw_path = str(Path(url.removeprefix("sqlite:///")).with_name("raw.db"))
             raw1 = await asyncio.to_thread(sqlite_raw_rate, raw_path, 1)
@@ -372,6 +377,7 @@ async def main(args: argparse.Namespace) -> None:
                 await scenario_recovery(url, args)
             else:
                 await scenario_load(url, args, scenario)
+        print("durability in force:", await durability(url))
         for scenario, rate in RESULTS.items():
             print(
                 f"ratio {scenario}: {rate / raw1:.2f}x the 1-client raw commit rate, "
