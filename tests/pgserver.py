@@ -68,6 +68,38 @@ class PgServer:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
         return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=120)
 
+    def _options(self) -> str:
+        options = [
+            f"-k {self.dir}",
+            "-h 127.0.0.1",
+            f"-p {self.port}",
+            f"-c max_connections={self.max_connections}",
+            "-c shared_buffers=128MB",
+        ]
+        if not self.durable:
+            options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        return " ".join(options)
+
+    def _pg_ctl_start(self) -> None:
+        result = self._run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.dir / "log"),
+            "-o",
+            self._options(),
+            "-w",
+            "-t",
+            "60",
+            "start",
+            check=False,
+        )
+        if result.returncode != 0:
+            log = (self.dir / "log").read_text() if (self.dir / "log").exists() else ""
+            raise RuntimeError(f"pg_ctl start failed: {result.stderr}\n{log}")
+        self.started = True
+
     def start(self) -> PgServer:
         if self._as_root:
             pw = pwd.getpwnam("postgres")
@@ -84,33 +116,7 @@ class PgServer:
             "-E",
             "UTF8",
         )
-        options = [
-            f"-k {self.dir}",
-            "-h 127.0.0.1",
-            f"-p {self.port}",
-            f"-c max_connections={self.max_connections}",
-            "-c shared_buffers=128MB",
-        ]
-        if not self.durable:
-            options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
-        result = self._run(
-            str(self.bin / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.dir / "log"),
-            "-o",
-            " ".join(options),
-            "-w",
-            "-t",
-            "60",
-            "start",
-            check=False,
-        )
-        if result.returncode != 0:
-            log = (self.dir / "log").read_text() if (self.dir / "log").exists() else ""
-            raise RuntimeError(f"pg_ctl start failed: {result.stderr}\n{log}")
-        self.started = True
+        self._pg_ctl_start()
         return self
 
     def stop(self, mode: str = "fast") -> None:
@@ -130,31 +136,7 @@ class PgServer:
     def restart(self, stop_mode: str = "immediate") -> None:
         """Stop (by default as a crash would) and start again on the same data and port."""
         self.stop(stop_mode)
-        options = [
-            f"-k {self.dir}",
-            "-h 127.0.0.1",
-            f"-p {self.port}",
-            f"-c max_connections={self.max_connections}",
-        ]
-        if not self.durable:
-            options += ["-c fsync=off", "-c synchronous_commit=off"]
-        result = self._run(
-            str(self.bin / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.dir / "log"),
-            "-o",
-            " ".join(options),
-            "-w",
-            "-t",
-            "60",
-            "start",
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"pg_ctl restart failed: {result.stderr}")
-        self.started = True
+        self._pg_ctl_start()
 
     def cleanup(self) -> None:
         with contextlib.suppress(Exception):

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 class SagaStatus(StrEnum):
@@ -115,6 +115,16 @@ class SagaRecord:
     lease_expires_at: float
     created_at: float
     updated_at: float
+
+
+def record_from_row(row: Sequence[Any]) -> SagaRecord:
+    """A SagaRecord from a row whose columns are in the field order (as the stores select)."""
+    return SagaRecord(*row)
+
+
+def entry_from_row(row: Sequence[Any]) -> JournalEntry:
+    """A JournalEntry from a row whose columns are in the field order."""
+    return JournalEntry(*row)
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,8 @@ from ..base import (
     NewSaga,
     SagaRecord,
     SagaUpdate,
+    entry_from_row,
+    record_from_row,
 )
 from ..sqlfile import load_migrations, load_queries
 
@@ -67,14 +69,6 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 
 def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, _CONNECTION_ERRORS)
-
-
-def _record(row: Sequence[Any]) -> SagaRecord:
-    return SagaRecord(*row)
-
-
-def _entry(row: Sequence[Any]) -> JournalEntry:
-    return JournalEntry(*row)
 
 
 @dataclass(slots=True)
@@ -270,14 +264,14 @@ class PostgresStore:
         )
         found: dict[str, tuple[bool, SagaRecord]] = {}
         for row in rows:
-            record = _record(tuple(row)[1:])
+            record = record_from_row(tuple(row)[1:])
             found.setdefault(record.saga_id, (bool(row["created"]), record))
         missing = [op.new.saga_id for op in ops if op.new.saga_id not in found]
         for saga_id in missing:
             # inserted by a concurrent transaction after this statement's snapshot
             row = await conn.fetchrow(Q["get_saga"], saga_id)
             if row is not None:
-                found[saga_id] = (False, _record(tuple(row)))
+                found[saga_id] = (False, record_from_row(tuple(row)))
         answered: set[str] = set()
         pending = False
         for op in ops:
@@ -414,13 +408,13 @@ class PostgresStore:
     async def load_saga(self, saga_id: str) -> SagaRecord | None:
         async def fn(conn: asyncpg.Connection) -> SagaRecord | None:
             row = await conn.fetchrow(Q["get_saga"], saga_id)
-            return None if row is None else _record(tuple(row))
+            return None if row is None else record_from_row(tuple(row))
 
         return await self._read(fn)
 
     async def load_journal(self, saga_id: str) -> list[JournalEntry]:
         async def fn(conn: asyncpg.Connection) -> list[JournalEntry]:
-            return [_entry(tuple(r)) for r in await conn.fetch(Q["get_journal"], saga_id)]
+            return [entry_from_row(tuple(r)) for r in await conn.fetch(Q["get_journal"], saga_id)]
 
         return await self._read(fn)
 
@@ -439,13 +433,13 @@ class PostgresStore:
 
         async def fn(conn: asyncpg.Connection) -> list[ClaimedSaga]:
             rows = await conn.fetch(Q["claim"], owner, list(names), lease_seconds, limit)
-            records = [_record(tuple(r)[:-1]) for r in rows]
+            records = [record_from_row(tuple(r)[:-1]) for r in rows]
             taken_over = {r["saga_id"]: bool(r["taken_over"]) for r in rows}
             if not records:
                 return []
             journals: dict[str, list[JournalEntry]] = {r.saga_id: [] for r in records}
             for row in await conn.fetch(Q["get_journals"], list(journals)):
-                journals[row["saga_id"]].append(_entry(tuple(row)))
+                journals[row["saga_id"]].append(entry_from_row(tuple(row)))
             return [ClaimedSaga(r, journals[r.saga_id], taken_over[r.saga_id]) for r in records]
 
         return await self._call(fn)
@@ -465,7 +459,7 @@ class PostgresStore:
     ) -> list[SagaRecord]:
         async def fn(conn: asyncpg.Connection) -> list[SagaRecord]:
             rows = await conn.fetch(Q["list_sagas"], status, name, limit)
-            return [_record(tuple(r)) for r in rows]
+            return [record_from_row(tuple(r)) for r in rows]
 
         return await self._read(fn)
 

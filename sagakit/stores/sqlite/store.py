@@ -32,6 +32,8 @@ from ..base import (
     SagaRecord,
     SagaStatus,
     SagaUpdate,
+    entry_from_row,
+    record_from_row,
 )
 from ..sqlfile import load_migrations, load_queries
 
@@ -60,14 +62,6 @@ def path_from_url(url: str) -> str:
     if not path:
         raise StoreError(f"the SQLite URL {url!r} names no file; write sqlite:///sagakit.db")
     return path
-
-
-def _record(row: Sequence[Any]) -> SagaRecord:
-    return SagaRecord(*row)
-
-
-def _entry(row: Sequence[Any]) -> JournalEntry:
-    return JournalEntry(*row)
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -295,7 +289,7 @@ class SqliteStore:
                 },
             )
             row = conn.execute(Q["get_saga"], {"saga_id": new.saga_id}).fetchone()
-            return CreateResult(cur.rowcount == 1, _record(row))
+            return CreateResult(cur.rowcount == 1, record_from_row(row))
 
         result: CreateResult = await self._write(op)
         return result
@@ -351,13 +345,13 @@ class SqliteStore:
     async def load_saga(self, saga_id: str) -> SagaRecord | None:
         def fn(conn: sqlite3.Connection) -> SagaRecord | None:
             row = conn.execute(Q["get_saga"], {"saga_id": saga_id}).fetchone()
-            return None if row is None else _record(row)
+            return None if row is None else record_from_row(row)
 
         return await self._read(fn)
 
     async def load_journal(self, saga_id: str) -> list[JournalEntry]:
         def fn(conn: sqlite3.Connection) -> list[JournalEntry]:
-            return [_entry(r) for r in conn.execute(Q["get_journal"], {"saga_id": saga_id})]
+            return [entry_from_row(r) for r in conn.execute(Q["get_journal"], {"saga_id": saga_id})]
 
         return await self._read(fn)
 
@@ -397,9 +391,10 @@ class SqliteStore:
             ).fetchall()
             claimed = []
             for row in rows:
-                record = _record(row)
+                record = record_from_row(row)
                 journal = [
-                    _entry(r) for r in conn.execute(Q["get_journal"], {"saga_id": record.saga_id})
+                    entry_from_row(r)
+                    for r in conn.execute(Q["get_journal"], {"saga_id": record.saga_id})
                 ]
                 claimed.append(ClaimedSaga(record, journal, bool(candidates[record.saga_id])))
             return claimed
@@ -421,7 +416,7 @@ class SqliteStore:
     ) -> list[SagaRecord]:
         def fn(conn: sqlite3.Connection) -> list[SagaRecord]:
             params = {"status": status, "name": name, "limit": limit}
-            return [_record(r) for r in conn.execute(Q["list_sagas"], params)]
+            return [record_from_row(r) for r in conn.execute(Q["list_sagas"], params)]
 
         return await self._read(fn)
 
