@@ -74,6 +74,15 @@ def _jsonable(value: Any) -> Any:
         return value
 
 
+def _terminal_form(exc: Exception) -> TerminalError | None:
+    """The terminal form of a step's or compensation's error, or None to retry it."""
+    terminal = as_terminal(exc)
+    if terminal is None and isinstance(exc, SagaError):
+        # our own errors (bad input, misuse) would fail the same way again
+        terminal = TerminalError(str(exc), error_type=type(exc).__name__)
+    return terminal
+
+
 class SagaRun:
     """Drives one saga function to a terminal state (or until its lease is lost)."""
 
@@ -285,30 +294,32 @@ class SagaRun:
                 async with deadline:
                     result = await step.run(ctx, value)
             except Exception as exc:
-                terminal = as_terminal(exc)
-                if terminal is None and isinstance(exc, SagaError):
-                    # our own errors (bad step input, misuse) would fail the same way again
-                    terminal = TerminalError(str(exc), error_type=type(exc).__name__)
+                terminal = _terminal_form(exc)
                 timed_out = deadline.expired()
                 if terminal is None and attempt < policy.max_attempts:
-                    delay = policy.delay_after(attempt)
-                    log.info(
-                        "step %s of saga %s failed (attempt %d of %d), retrying in %.2fs: %r",
-                        step.name,
-                        self.saga_id,
-                        attempt,
-                        policy.max_attempts,
-                        delay,
-                        exc,
-                        extra={"saga_id": self.saga_id, "step": step.name, "seq": seq},
-                    )
-                    await asyncio.sleep(delay)
+                    await self._wait_to_retry(f"step {step.name}", seq, attempt, policy, exc)
                     continue
                 info = self._failure_info(exc, terminal, step, seq, attempt, timed_out)
                 return await self._finish_step(
                     step, seq, attempt, started, EntryStatus.FAILED, None, None, info
                 )
             return await self._record_result(step, seq, attempt, started, result)
+
+    async def _wait_to_retry(
+        self, what: str, seq: int, attempt: int, policy: RetryPolicy, exc: Exception
+    ) -> None:
+        delay = policy.delay_after(attempt)
+        log.info(
+            "%s of saga %s failed (attempt %d of %d), retrying in %.2fs: %r",
+            what,
+            self.saga_id,
+            attempt,
+            policy.max_attempts,
+            delay,
+            exc,
+            extra={"saga_id": self.saga_id, "seq": seq},
+        )
+        await asyncio.sleep(delay)
 
     def _failure_info(
         self,
@@ -518,23 +529,10 @@ class SagaRun:
                 await step.call_compensation(compensation.data, compensation.failed)
                 break
             except Exception as exc:
-                terminal = as_terminal(exc)
-                if terminal is None and isinstance(exc, SagaError):
-                    terminal = TerminalError(str(exc), error_type=type(exc).__name__)
+                terminal = _terminal_form(exc)
                 if terminal is None and attempt < policy.max_attempts:
-                    delay = policy.delay_after(attempt)
-                    log.warning(
-                        "compensation of step %s of saga %s failed (attempt %d of %d), "
-                        "retrying in %.2fs: %r",
-                        step.name,
-                        self.saga_id,
-                        attempt,
-                        policy.max_attempts,
-                        delay,
-                        exc,
-                        extra={"saga_id": self.saga_id, "step": step.name, "seq": seq},
-                    )
-                    await asyncio.sleep(delay)
+                    what = f"compensation of step {step.name}"
+                    await self._wait_to_retry(what, seq, attempt, policy, exc)
                     continue
                 base = ErrorInfo.from_exception(terminal or exc)
                 message = base.message if terminal else f"{exc} (gave up after {attempt} attempts)"
