@@ -67,10 +67,12 @@ class FlakyStore(MemoryStore):
 
     failing = False
 
-    async def append(self, *args: Any, **kwargs: Any) -> None:
+    def append(self, *args: Any, **kwargs: Any) -> asyncio.Future[None]:
         if self.failing:
-            raise StoreError("disk full")
-        await super().append(*args, **kwargs)
+            failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            failed.set_exception(StoreError("disk full"))
+            return failed
+        return super().append(*args, **kwargs)
 
 
 async def test_a_store_failure_stops_the_run_without_compensating() -> None:

@@ -74,6 +74,11 @@ def _jsonable(value: Any) -> Any:
         return value
 
 
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 def _terminal_form(exc: Exception) -> TerminalError | None:
     """The terminal form of a step's or compensation's error, or None to retry it."""
     terminal = as_terminal(exc)
@@ -110,6 +115,8 @@ class SagaRun:
         #: a run that took over a saga from a dead worker: the first operation it does for real
         #: may be the one that killed that worker, so its attempt is journaled before it starts
         self._mark_next_attempt = taken_over
+        #: writes queued by this run and not yet seen committed (see _write_behind)
+        self._unsettled: list[asyncio.Future[None]] = []
         #: one future per step executing live, done once its entry is journaled
         self._in_flight: set[asyncio.Future[None]] = set()
         #: set by the engine when it drains: no new live work starts, replay still runs
@@ -158,15 +165,40 @@ class SagaRun:
             raise error
         return entry
 
-    async def _write(self, entry: JournalEntry | None, update: SagaUpdate | None = None) -> None:
+    def _write_behind(self, entry: JournalEntry | None, update: SagaUpdate | None = None) -> None:
+        """Queue a write and go on: the saga function may compute on the result while it
+        commits, but nothing leaves the run (a step, a compensation, a wait, the outcome)
+        before :meth:`_settle` saw it committed. Appends commit in the order they are queued."""
         try:
-            await self._store.append(self.saga_id, self.fence, entry, update)
+            future = self._store.append(self.saga_id, self.fence, entry, update)
         except StoreError as exc:
-            # the database failing is not the saga failing: stop this run, compensate nothing,
-            # and let recovery go on from the journal once the database answers again
             raise StoreUnavailable(self.saga_id, exc) from exc
+        # retrieved here so a run that ends before settling does not log "never retrieved"
+        future.add_done_callback(_retrieve)
+        self._unsettled.append(future)
         if entry is not None:
             self._journal[entry.seq] = entry
+
+    async def _settle(self) -> None:
+        """Wait until every queued write of this run committed; raise the first failure."""
+        failure: BaseException | None = None
+        while self._unsettled:
+            future = self._unsettled.pop(0)
+            try:
+                await future
+            except StoreError as exc:
+                # the database failing is not the saga failing: stop this run, compensate
+                # nothing, and let recovery go on from the journal once the database answers
+                failure = failure or StoreUnavailable(self.saga_id, exc)
+            except BaseException as exc:  # LeaseLost: another worker owns the saga now
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    async def _write(self, entry: JournalEntry | None, update: SagaUpdate | None = None) -> None:
+        """Queue a write and wait until it (and every write queued before it) committed."""
+        self._write_behind(entry, update)
+        await self._settle()
 
     async def _value(self, seq: int, kind: str, produce: Callable[[], Any]) -> Any:
         entry = self._recorded(seq, kind, kind)
@@ -186,7 +218,7 @@ class SagaRun:
                 now,
                 now,
             )
-            await self._write(entry)
+            self._write_behind(entry)
         return serde.loads(entry.output)
 
     # -- steps -------------------------------------------------------------------------------
@@ -269,6 +301,7 @@ class SagaRun:
     ) -> JournalEntry:
         policy = step.retry or DEFAULT_RETRY
         timeout = step.timeout
+        await self._settle()  # what the saga did before must be durable before this side effect
         started = time.time()
         attempt = prior_attempts
         if prior_attempts >= policy.max_attempts:
@@ -399,7 +432,8 @@ class SagaRun:
             started,
             time.time(),
         )
-        await self._write(entry)
+        # the saga function may go on at once: the next side effect settles this write first
+        self._write_behind(entry)
         return entry
 
     # -- the whole saga ----------------------------------------------------------------------
@@ -494,6 +528,7 @@ class SagaRun:
     ) -> JournalEntry:
         step = compensation.step
         policy: RetryPolicy = step.compensation_retry or DEFAULT_RETRY
+        await self._settle()
         started = time.time()
         attempt = prior
         error: ErrorInfo | None = None

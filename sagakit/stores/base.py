@@ -15,6 +15,7 @@ Rules every implementation keeps (the contract tests check them):
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -163,14 +164,20 @@ class Store(Protocol):
         """Insert the saga unless its id exists; return the row that is there either way."""
         ...
 
-    async def append(
+    def append(
         self,
         saga_id: str,
         fence: int,
         entry: JournalEntry | None,
         update: SagaUpdate | None = None,
-    ) -> None:
-        """Write a journal entry and/or a status change, fenced; return once committed."""
+    ) -> asyncio.Future[None]:
+        """Queue a journal entry and/or a status change, fenced; the future is done once it
+        committed (or failed: :class:`~sagakit.errors.LeaseLost`, StoreError).
+
+        The write is queued when this is called, not when the future is awaited: appends of
+        one saga commit in the order they were called, so a caller may queue an entry, go on
+        with pure computation, and await the future only before its next side effect.
+        """
         ...
 
     async def load_saga(self, saga_id: str) -> SagaRecord | None: ...

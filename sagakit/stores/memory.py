@@ -6,6 +6,7 @@ shared by every engine of this process that names it (to test several workers wi
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -74,16 +75,18 @@ class MemoryStore:
         self._t.journal[new.saga_id] = {}
         return CreateResult(True, record)
 
-    async def append(
+    def append(
         self,
         saga_id: str,
         fence: int,
         entry: JournalEntry | None,
         update: SagaUpdate | None = None,
-    ) -> None:
+    ) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         record = self._t.sagas.get(saga_id)
         if record is None or record.fence != fence:
-            raise LeaseLost(saga_id)
+            done.set_exception(LeaseLost(saga_id))
+            return done
         if entry is not None:
             self._t.journal[saga_id][entry.seq] = entry
         changes: dict[str, object] = {"updated_at": time.time()}
@@ -97,6 +100,8 @@ class MemoryStore:
                 changes["owner"] = None
                 changes["lease_expires_at"] = 0.0
         self._t.sagas[saga_id] = replace(record, **changes)  # type: ignore[arg-type]
+        done.set_result(None)
+        return done
 
     async def load_saga(self, saga_id: str) -> SagaRecord | None:
         return self._t.sagas.get(saga_id)
