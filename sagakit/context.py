@@ -10,7 +10,7 @@ from __future__ import annotations
 import random as _random
 import uuid as _uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import SagaError
@@ -28,6 +28,16 @@ class RunDriver(Protocol):
     def call_step(self, step: SagaStep[Any], inp: Any) -> Awaitable[Any]: ...
 
     def record_value(self, kind: str, produce: Callable[[], Any]) -> Awaitable[Any]: ...
+
+    def sleep(self, seconds: float) -> Awaitable[Any]: ...
+
+    def wait_for_signal(self, name: str, timeout: float | None) -> Awaitable[Any]: ...
+
+    def promise_value(self, name: str) -> Awaitable[Any]: ...
+
+    async def complete_promise(self, name: str, value: Any, error: str | None) -> None: ...
+
+    def set_state(self, key: str, value: Any) -> None: ...
 
 
 class SagaContext:
@@ -101,6 +111,46 @@ class SagaContext:
             return _ready(_random.random())
         return _map(self._driver.record_value("random", _random.random), float)
 
+    # -- waiting -----------------------------------------------------------------------------
+
+    def sleep(self, duration: timedelta | float) -> Awaitable[None]:
+        """A durable timer: the saga is suspended (nothing of it stays in memory) and goes on
+        after ``duration``, even if every process was restarted in between."""
+        self._saga_only("sleep")
+        return self._driver.sleep(_as_seconds(duration, "sleep duration"))
+
+    def wait_for_signal(
+        self, name: str, timeout: timedelta | float | None = None
+    ) -> Awaitable[Any]:
+        """Wait for the signal ``name`` (sent with ``engine.signal``) and return its payload.
+
+        A signal sent before the saga waits is kept for it; each signal is taken by one wait.
+        The saga is suspended while it waits. Past ``timeout`` this raises a terminal
+        :class:`~sagakit.errors.SagaTimeoutError` (the saga rolls back unless it catches it).
+        """
+        self._saga_only("wait_for_signal")
+        seconds = None if timeout is None else _as_seconds(timeout, "timeout")
+        return self._driver.wait_for_signal(_check_name(name, "signal"), seconds)
+
+    def promise(self, name: str) -> DurablePromise:
+        """The saga's durable promise ``name``: await ``.value()`` in the saga; complete it with
+        ``.resolve(value)`` / ``.reject(message)`` here or from a workflow handler."""
+        self._saga_only("promise")
+        return DurablePromise(self._driver, _check_name(name, "promise"))
+
+    def set_state(self, key: str, value: Any) -> None:
+        """Publish ``value`` (JSON) under ``key``, durably: ``engine.query(saga_id, key)`` reads
+        it from any process."""
+        self._saga_only("set_state")
+        self._driver.set_state(_check_name(key, "state key"), value)
+
+    def _saga_only(self, what: str) -> None:
+        if self.in_step:
+            raise SagaError(
+                f"ctx.{what} was called inside step {self._step_name!r}; call it from the saga "
+                "function, with the saga's ctx"
+            )
+
     def _call_step(self, step: SagaStep[Any], inp: Any) -> Awaitable[Any]:
         if self.in_step:
             raise SagaError(
@@ -112,6 +162,49 @@ class SagaContext:
     def __repr__(self) -> str:
         where = f" step={self._step_name!r} attempt={self._attempt}" if self.in_step else ""
         return f"<SagaContext saga_id={self.saga_id!r}{where}>"
+
+
+class DurablePromise:
+    """A value the saga waits for that something else provides once (as in Restate
+    workflows): a handler, another branch of the saga, an outside system."""
+
+    __slots__ = ("_driver", "name")
+
+    def __init__(self, driver: RunDriver, name: str):
+        self._driver = driver
+        self.name = name
+
+    def value(self) -> Awaitable[Any]:
+        """Wait (suspended) until the promise is resolved and return its value; raise
+        :class:`~sagakit.errors.PromiseRejectedError` if it was rejected."""
+        return self._driver.promise_value(self.name)
+
+    async def resolve(self, value: Any = None) -> None:
+        """Complete the promise with ``value`` (JSON). A promise completes once: completing it
+        again with something else raises PromiseAlreadyCompletedError."""
+        await self._driver.complete_promise(self.name, value, None)
+
+    async def reject(self, message: str) -> None:
+        """Complete the promise with a failure: its waiters get PromiseRejectedError."""
+        await self._driver.complete_promise(self.name, None, str(message))
+
+    def __repr__(self) -> str:
+        return f"<DurablePromise {self.name!r}>"
+
+
+def _as_seconds(value: timedelta | float, what: str) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if not isinstance(seconds, int | float) or seconds != seconds:
+        raise SagaError(f"{what} must be a timedelta or a number of seconds, got {value!r}")
+    if seconds < 0:
+        raise SagaError(f"{what} must not be negative, got {value!r}")
+    return float(seconds)
+
+
+def _check_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise SagaError(f"a {what} name must be a non-empty string, got {name!r}")
+    return name
 
 
 async def _ready(value: Any) -> Any:

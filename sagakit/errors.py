@@ -174,6 +174,50 @@ class SagaNotFoundError(SagaError, LookupError):
         self.saga_id = saga_id
 
 
+class SagaTimeoutError(TerminalError):
+    """A wait ran past its ``timeout``, or the saga past its deadline
+    (``SagaWorkflowOptions(deadline=...)``). Terminal: the saga rolls back unless it catches
+    this."""
+
+
+class PromiseRejectedError(TerminalError):
+    """The durable promise the saga waited on was rejected (``promise.reject(message)``)."""
+
+
+class PromiseAlreadyCompletedError(SagaError):
+    """A durable promise can be resolved or rejected once; it was already, another way."""
+
+    def __init__(self, saga_id: str, name: str):
+        super().__init__(
+            f"promise {name!r} of saga {saga_id!r} is already resolved or rejected with "
+            "another value; a promise completes once"
+        )
+        self.saga_id = saga_id
+        self.name = name
+
+
+class SagaFinishedError(SagaError):
+    """The saga has ended, so it can no longer receive a signal or an event."""
+
+    def __init__(self, saga_id: str, status: str, what: str = "a signal"):
+        super().__init__(
+            f"saga {saga_id!r} has ended ({status}) and can no longer receive {what}; "
+            "start a new saga instead"
+        )
+        self.saga_id = saga_id
+        self.status = status
+
+
+class UnknownHandlerError(SagaError, LookupError):
+    """No handler of that name on the workflow or virtual object."""
+
+    def __init__(self, owner: str, name: str, known: Iterable[str] = ()):
+        names = ", ".join(sorted(known)) or "none"
+        super().__init__(f"{owner} has no handler {name!r} (it has: {names})")
+        self.owner = owner
+        self.name = name
+
+
 class UnknownWorkflowError(SagaError, LookupError):
     """A workflow name was used that this engine has not registered."""
 
@@ -213,6 +257,25 @@ class LeaseLost(BaseException):
 
     def __init__(self, saga_id: str):
         super().__init__(f"lease on saga {saga_id!r} was lost to another worker")
+        self.saga_id = saga_id
+
+
+class EventsArrived(BaseException):
+    """Internal: a guarded write found events the writer had not seen; nothing was written.
+    The wait that wrote it decides again with the new events."""
+
+    def __init__(self, saga_id: str):
+        super().__init__(f"saga {saga_id!r} received events meanwhile")
+        self.saga_id = saga_id
+
+
+class Suspended(BaseException):
+    """Internal: the saga waits (a timer, a signal, a promise). Raised through the saga
+    function so that the run ends and leaves nothing in memory; a BaseException so that saga
+    code catching ``Exception`` cannot swallow it."""
+
+    def __init__(self, saga_id: str):
+        super().__init__(f"saga {saga_id!r} is suspended")
         self.saga_id = saga_id
 
 

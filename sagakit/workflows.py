@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from . import serde
@@ -25,9 +26,18 @@ class SagaWorkflowOptions:
 
     Args:
         description: what the workflow does, for people (kept on the definition).
+        deadline: how long a saga of this workflow may take from its start. Past it, the
+            step or wait it is in fails with a terminal
+            :class:`~sagakit.errors.SagaTimeoutError` and the saga rolls back (unless it
+            catches the error); a suspended saga is woken for it.
     """
 
     description: str | None = None
+    deadline: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        if self.deadline is not None and self.deadline <= timedelta(0):
+            raise ValueError(f"deadline must be positive, got {self.deadline}")
 
 
 class SagaWorkflow(Generic[InT, OutT]):

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from datetime import timedelta
 from typing import Any, TypeVar, overload
@@ -20,16 +21,18 @@ from ..errors import (
     OutputNotSerializableError,
     SagaConflictError,
     SagaError,
+    SagaFinishedError,
     SagaNotFoundError,
     SagaValidationError,
     StoreUnavailable,
     UnknownWorkflowError,
 )
 from ..stores import open_store
-from ..stores.base import ClaimedSaga, NewSaga, SagaStatus, Store
+from ..stores.base import ClaimedSaga, DeliveryOutcome, EventKind, NewSaga, SagaStatus, Store
 from ..workflows import SagaWorkflow
 from .run import Outcome, SagaRun
 from .snapshots import SagaSnapshot, error_for
+from .waits import saga_scope
 
 log = logging.getLogger("sagakit.engine")
 
@@ -37,6 +40,10 @@ InT = TypeVar("InT")
 OutT = TypeVar("OutT")
 
 _MAX_SAGA_ID = 200
+#: the longest pause between two looks at the store while waiting for another worker's saga
+_RESULT_POLL_MAX = 0.25
+#: a timer is claimed this long after it is due, so that the store's clock agrees it is
+_TIMER_SLACK = 0.002
 
 
 class SagaHandle:
@@ -298,6 +305,73 @@ class Engine:
             raise SagaNotFoundError(saga_id)
         return SagaSnapshot.build(record, await store.load_journal(saga_id))
 
+    # -- talking to running sagas ------------------------------------------------------------
+
+    async def signal(self, saga_id: str, name: str, payload: Any = None) -> None:
+        """Send the signal ``name`` with ``payload`` (JSON) to a saga.
+
+        Kept until the saga waits for it (``saga.wait_for_signal(name)``); each signal is taken
+        by one wait, in the order they were sent.
+
+        Raises:
+            SagaNotFoundError: no saga has this id.
+            SagaFinishedError: the saga has ended; nothing would ever take the signal.
+        """
+        if not isinstance(name, str) or not name:
+            raise SagaValidationError(f"a signal name must be a non-empty string, got {name!r}")
+        try:
+            body = serde.dumps(payload, what=f"the payload of signal {name!r}")
+        except OutputNotSerializableError as exc:
+            raise SagaValidationError(exc.message) from exc
+        delivery = await self._store_or_raise().deliver(saga_id, EventKind.SIGNAL, name, body)
+        if delivery.outcome == DeliveryOutcome.NOT_FOUND:
+            raise SagaNotFoundError(saga_id)
+        if delivery.outcome == DeliveryOutcome.FINISHED:
+            raise SagaFinishedError(saga_id, str(delivery.status))
+        if delivery.status == SagaStatus.SUSPENDED:
+            self._poke()
+
+    async def notify(self, saga_id: str, token: str, event: Any = None) -> bool:
+        """Deliver ``event`` to the wait whose token is ``token`` (``snapshot.wait_token``).
+
+        Returns True when that wait is the saga's current one (the event answers it: it is
+        returned by ``wait_for_signal``, or is the promise's value, or ends a sleep), False
+        when the token is stale (that wait is over, or the saga ended) and nothing was
+        delivered.
+
+        Raises:
+            SagaNotFoundError: no saga has this id.
+        """
+        try:
+            body = serde.dumps(event, what="the event")
+        except OutputNotSerializableError as exc:
+            raise SagaValidationError(exc.message) from exc
+        delivery = await self._store_or_raise().deliver(
+            saga_id, EventKind.NOTIFY, str(token), body, token=str(token)
+        )
+        if delivery.outcome == DeliveryOutcome.NOT_FOUND:
+            raise SagaNotFoundError(saga_id)
+        if delivery.outcome != DeliveryOutcome.DELIVERED:
+            return False
+        if delivery.status == SagaStatus.SUSPENDED:
+            self._poke()
+        return True
+
+    async def query(self, saga_id: str, key: str, default: Any = None) -> Any:
+        """The value the saga published under ``key`` with ``saga.set_state`` (``default`` if
+        it published none). Reads the store: works from any process.
+
+        Raises:
+            SagaNotFoundError: no saga has this id.
+        """
+        store = self._store_or_raise()
+        state = await store.load_state(saga_scope(saga_id))
+        if key in state:
+            return serde.loads(state[key])
+        if await store.load_saga(saga_id) is None:
+            raise SagaNotFoundError(saga_id)
+        return default
+
     async def list(
         self, status: SagaStatus | str | None = None, name: str | None = None, limit: int = 50
     ) -> list[SagaSnapshot]:
@@ -349,10 +423,12 @@ class Engine:
                         if this is not None and this.cancelling():
                             raise  # the caller itself is being cancelled
                         # else the engine stopped the run: it is closing or draining
-                    if outcome is not None:
+                    if outcome is not None and outcome.status.is_terminal:
                         return _value_of(
                             saga_id, outcome.status, outcome.output, outcome.error, run.workflow
                         )
+                    if outcome is not None:
+                        continue  # suspended: it goes on later, here or in another worker
                 if self._closing or self._draining or self._store is None:
                     raise SagaError(
                         f"this engine stopped while waiting for saga {saga_id!r}; the saga was "
@@ -367,7 +443,7 @@ class Engine:
                     workflow = self._workflows.get(record.name)
                     return _value_of(saga_id, status, record.output, record.error, workflow)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.25)
+                delay = min(delay * 2, _RESULT_POLL_MAX)
 
     # -- running -----------------------------------------------------------------------------
 
@@ -391,6 +467,13 @@ class Engine:
     async def _drive(self, run: SagaRun) -> Outcome | None:
         try:
             outcome = await run.execute()
+            while outcome.again:  # events arrived as it suspended: they may answer its wait
+                run = run.again()
+                run.draining = self._draining
+                task = asyncio.current_task()
+                if task is not None:
+                    task.sagakit_run = run  # type: ignore[attr-defined]
+                outcome = await run.execute()
         except Drained:
             with contextlib.suppress(Exception):
                 await self._store_or_raise().release(self.worker_id, [run.saga_id])
@@ -429,6 +512,17 @@ class Engine:
             with contextlib.suppress(Exception):
                 await self._store_or_raise().release(self.worker_id, [run.saga_id])
             return None
+        if outcome.status == SagaStatus.SUSPENDED:
+            log.info(
+                "saga %s (%s) suspended until %s",
+                run.saga_id,
+                run.workflow.name,
+                "an event" if outcome.wake_at is None else f"{outcome.wake_at:.3f} or an event",
+                extra={"saga_id": run.saga_id, "status": str(outcome.status)},
+            )
+            if outcome.wake_at is not None:
+                self._wake_at(outcome.wake_at)
+            return outcome
         log.info(
             "saga %s (%s) ended %s",
             run.saga_id,
@@ -436,6 +530,8 @@ class Engine:
             outcome.status,
             extra={"saga_id": run.saga_id, "status": str(outcome.status)},
         )
+        if run.record.object_key is not None:
+            self._poke()  # the next call of this object key may run now
         return outcome
 
     def _run_claimed(self, claimed: ClaimedSaga) -> None:
@@ -453,9 +549,24 @@ class Engine:
         self._claimed.add(record.saga_id)
         self._launch(
             SagaRun(
-                self._store_or_raise(), wf, record, claimed.journal, taken_over=claimed.taken_over
+                self._store_or_raise(),
+                wf,
+                record,
+                claimed.journal,
+                taken_over=claimed.taken_over,
+                events=claimed.events,
             )
         )
+
+    def _poke(self) -> None:
+        """Look for work now (a saga became due here: an event, a timer, an object's turn)."""
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def _wake_at(self, when: float) -> None:
+        """Look for work when a timer this engine set falls due (other engines poll for it)."""
+        delay = max(0.0, when - time.time()) + _TIMER_SLACK
+        asyncio.get_running_loop().call_later(delay, self._poke)
 
     # -- the background worker ---------------------------------------------------------------
 

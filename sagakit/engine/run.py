@@ -21,29 +21,37 @@ from ..context import SagaContext
 from ..errors import (
     Drained,
     ErrorInfo,
+    EventsArrived,
     NonDeterminismError,
     OutputNotSerializableError,
     SagaError,
     StepFailedError,
     StoreError,
     StoreUnavailable,
+    Suspended,
     TerminalError,
     as_terminal,
 )
 from ..retry import DEFAULT_RETRY, RetryPolicy
 from ..steps import UNSET, SagaStep, StepResponse
 from ..stores.base import (
+    NEVER,
     EntryKind,
     EntryStatus,
     JournalEntry,
+    SagaEvent,
     SagaRecord,
     SagaStatus,
     SagaUpdate,
+    StateWrite,
     Store,
 )
 from ..workflows import SagaWorkflow
+from .waits import PendingWait, WaitsMixin
 
 log = logging.getLogger("sagakit.engine")
+
+_PAST_DEADLINE = "the saga ran past its deadline (SagaWorkflowOptions.deadline)"
 
 #: JSON text stored as a step's compensation data when the step said "nothing to compensate"
 NOTHING_TO_COMPENSATE = "null"
@@ -51,11 +59,15 @@ NOTHING_TO_COMPENSATE = "null"
 
 @dataclass(slots=True)
 class Outcome:
-    """How a run ended: the saga's final status with its JSON output or error."""
+    """How a run ended: the saga's status (terminal, or SUSPENDED) with its JSON output or
+    error. ``again``: events arrived as the saga was suspending; run it again now."""
 
     status: SagaStatus
     output: str | None
     error: str | None
+    again: bool = False
+    #: for SUSPENDED: when a timer wakes the saga (None: only an event does)
+    wake_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -88,8 +100,9 @@ def _terminal_form(exc: Exception) -> TerminalError | None:
     return terminal
 
 
-class SagaRun:
-    """Drives one saga function to a terminal state (or until its lease is lost)."""
+class SagaRun(WaitsMixin):
+    """Drives one saga function to a terminal state, to a wait (SUSPENDED), or until its lease
+    is lost."""
 
     def __init__(
         self,
@@ -100,6 +113,7 @@ class SagaRun:
         live_input: Any = UNSET,
         *,
         taken_over: bool = False,
+        events: list[SagaEvent] | None = None,
     ):
         self.saga_id = record.saga_id
         self.fence = record.fence
@@ -121,6 +135,25 @@ class SagaRun:
         self._in_flight: set[asyncio.Future[None]] = set()
         #: set by the engine when it drains: no new live work starts, replay still runs
         self.draining = False
+        self._events = events
+        self._pending_waits: list[PendingWait] = []
+        deadline = workflow.options.deadline
+        self._deadline_at = (
+            None if deadline is None else record.created_at + deadline.total_seconds()
+        )
+        self._object_key = record.object_key
+        self._object_state: dict[str, str] | None = None
+
+    def again(self) -> SagaRun:
+        """A fresh run of the same saga from what this one journaled (after events arrived)."""
+        return SagaRun(
+            self._store,
+            self.workflow,
+            self.record,
+            sorted(self._journal.values(), key=lambda e: e.seq),
+            self._live_input,
+            events=self._events,
+        )
 
     # -- the RunDriver protocol (what SagaContext calls) --------------------------------------
 
@@ -165,12 +198,21 @@ class SagaRun:
             raise error
         return entry
 
-    def _write_behind(self, entry: JournalEntry | None, update: SagaUpdate | None = None) -> None:
+    def _write_behind(
+        self,
+        entry: JournalEntry | None,
+        update: SagaUpdate | None = None,
+        *,
+        state: tuple[StateWrite, ...] = (),
+        guard: int | None = None,
+    ) -> None:
         """Queue a write and go on: the saga function may compute on the result while it
         commits, but nothing leaves the run (a step, a compensation, a wait, the outcome)
         before :meth:`_settle` saw it committed. Appends commit in the order they are queued."""
         try:
-            future = self._store.append(self.saga_id, self.fence, entry, update)
+            future = self._store.append(
+                self.saga_id, self.fence, entry, update, guard=guard, state=state
+            )
         except StoreError as exc:
             raise StoreUnavailable(self.saga_id, exc) from exc
         # retrieved here so a run that ends before settling does not log "never retrieved"
@@ -195,10 +237,23 @@ class SagaRun:
         if failure is not None:
             raise failure
 
-    async def _write(self, entry: JournalEntry | None, update: SagaUpdate | None = None) -> None:
+    async def _write(
+        self,
+        entry: JournalEntry | None,
+        update: SagaUpdate | None = None,
+        *,
+        guard: int | None = None,
+    ) -> None:
         """Queue a write and wait until it (and every write queued before it) committed."""
-        self._write_behind(entry, update)
-        await self._settle()
+        if guard is not None:
+            await self._settle()  # a refused guarded write must not take others down with it
+        self._write_behind(entry, update, guard=guard)
+        try:
+            await self._settle()
+        except EventsArrived:
+            if entry is not None and self._journal.get(entry.seq) is entry:
+                del self._journal[entry.seq]  # it was not written
+            raise
 
     async def _value(self, seq: int, kind: str, produce: Callable[[], Any]) -> Any:
         entry = self._recorded(seq, kind, kind)
@@ -321,7 +376,15 @@ class SagaRun:
         while True:
             attempt += 1
             ctx = SagaContext(self, step_seq=seq, step_name=step.name, attempt=attempt)
-            deadline = asyncio.timeout(timeout)
+            left = None if self._deadline_at is None else self._deadline_at - time.time()
+            if left is not None and left <= 0:
+                info = ErrorInfo("SagaTimeoutError", _PAST_DEADLINE, step.name, seq)
+                return await self._finish_step(
+                    step, seq, attempt - 1, started, EntryStatus.FAILED, None, None, info
+                )
+            # the attempt is cut at its own timeout or at the saga's deadline, whichever is first
+            cut_by_deadline = left is not None and (timeout is None or left < timeout)
+            deadline = asyncio.timeout(left if cut_by_deadline else timeout)
             try:
                 value = step.input.validate(inp)
                 async with deadline:
@@ -329,6 +392,11 @@ class SagaRun:
             except Exception as exc:
                 terminal = _terminal_form(exc)
                 timed_out = deadline.expired()
+                if timed_out and cut_by_deadline:
+                    info = ErrorInfo("SagaTimeoutError", _PAST_DEADLINE, step.name, seq)
+                    return await self._finish_step(
+                        step, seq, attempt, started, EntryStatus.FAILED, None, None, info
+                    )
                 if terminal is None and attempt < policy.max_attempts:
                     await self._wait_to_retry(f"step {step.name}", seq, attempt, policy, exc)
                     continue
@@ -450,6 +518,9 @@ class SagaRun:
             else:
                 inp = self.workflow.input.validate(serde.loads(self.record.input))
             result = await self.workflow.handler(ctx, inp)
+        except Suspended:
+            await self._wait_in_flight()
+            return await self._suspend()
         except Exception as exc:
             self._forward_done = True
             await self._wait_in_flight()
@@ -475,6 +546,24 @@ class SagaRun:
         update = SagaUpdate(SagaStatus.COMPLETED, output=output)
         await self._write(None, update)
         return Outcome(SagaStatus.COMPLETED, output, None)
+
+    async def _suspend(self) -> Outcome:
+        """Leave the saga SUSPENDED in its waits, released, until a timer or an event."""
+        waits = sorted(self._pending_waits, key=lambda w: w.seq)
+        times = [w.until for w in waits if w.until is not None]
+        wake_at = min(times) if times else None
+        update = SagaUpdate(
+            SagaStatus.SUSPENDED,
+            wake_at=NEVER if wake_at is None else wake_at,
+            wait_token=waits[0].token if waits else None,
+        )
+        seen = self._events[-1].seq if self._events else 0
+        try:
+            await self._write(None, update, guard=seen)
+        except EventsArrived:
+            self._events = None  # read them again in the next run
+            return Outcome(SagaStatus.RUNNING, None, None, again=True)
+        return Outcome(SagaStatus.SUSPENDED, None, None, wake_at=wake_at)
 
     async def _wait_in_flight(self) -> None:
         """Let steps still executing finish and journal their result before the saga ends.

@@ -14,11 +14,11 @@ from ..errors import (
     SagaCompensatedError,
     SagaError,
 )
-from ..stores.base import JournalEntry, SagaRecord, SagaStatus
+from ..stores.base import NEVER, JournalEntry, SagaRecord, SagaStatus
 
 
 def _time(epoch: float | None) -> datetime | None:
-    return None if not epoch else datetime.fromtimestamp(epoch, UTC)
+    return None if not epoch or epoch >= NEVER else datetime.fromtimestamp(epoch, UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +71,12 @@ class SagaSnapshot:
     steps: tuple[StepSnapshot, ...]
     owner: str | None = None
     lease_expires_at: datetime | None = None
+    #: while the saga waits: the token of its wait, for ``engine.notify``
+    wait_token: str | None = None
+    #: while SUSPENDED on a timer: when it wakes
+    wake_at: datetime | None = None
+    #: the virtual object (``Name/key``) a handler saga runs for
+    object_key: str | None = None
 
     @classmethod
     def build(cls, record: SagaRecord, journal: list[JournalEntry] | None) -> SagaSnapshot:
@@ -89,6 +95,11 @@ class SagaSnapshot:
             steps=tuple(StepSnapshot.from_entry(e) for e in journal or ()),
             owner=record.owner,
             lease_expires_at=_time(record.lease_expires_at),
+            wait_token=record.wait_token,
+            wake_at=(
+                _time(record.lease_expires_at) if record.status == SagaStatus.SUSPENDED else None
+            ),
+            object_key=record.object_key,
         )
 
 

@@ -1,7 +1,13 @@
 """The Store protocol: what the engine needs from a database, and nothing about steps or workflows.
 
-A store keeps three things: saga rows (status, input, output, error, lease), journal entries
-(one per durable operation, ordered by ``seq``), and leases (who runs a saga until when).
+A store keeps: saga rows (status, input, output, error, lease), journal entries (one per
+durable operation, ordered by ``seq``), leases (who runs a saga until when), events delivered to
+sagas (signals, promise outcomes, notifications; numbered per saga in arrival order), and
+published state (key/value pairs in a scope: a saga's queryable state, a virtual object's state).
+
+A saga row's ``lease_expires_at`` is the time from which a worker may take the saga: the end of
+its owner's lease while it runs, the wake-up time while it is SUSPENDED (:data:`NEVER` when only
+an event can wake it). Delivering an event to a SUSPENDED saga makes it due at once.
 
 Rules every implementation keeps (the contract tests check them):
 
@@ -9,6 +15,11 @@ Rules every implementation keeps (the contract tests check them):
   holds, else it raises :class:`~sagakit.errors.LeaseLost` and writes nothing.
 * an ``append`` that carries a saga update commits the entry and the update together.
 * ``append`` returns only after its transaction committed (durably, for a durable store).
+* an ``append`` with a ``guard`` writes only if the saga has received exactly ``guard`` events,
+  else it raises :class:`~sagakit.errors.EventsArrived` and writes nothing: a wait decides on
+  the events it has seen and must not miss one that arrived meanwhile.
+* a saga with an ``object_key`` runs only when every saga of that key that arrived before it is
+  finished (claim skips it; create gives it its owner only then).
 * lease expiry is judged by the store's clock, so that workers on machines with skewed clocks
   agree on who owns what.
 """
@@ -17,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
@@ -56,6 +67,13 @@ class EntryKind(StrEnum):
     NOW = "now"
     UUID = "uuid"
     RANDOM = "random"
+    SLEEP = "sleep"
+    SIGNAL = "signal"
+    PROMISE = "promise"
+    #: a value published with ``set_state`` or a virtual object's ``set``/``clear``
+    STATE = "state"
+    #: a virtual object's ``get``: the value read, so that a replay reads the same
+    STATE_GET = "state_get"
 
 
 class EntryStatus(StrEnum):
@@ -84,13 +102,74 @@ class JournalEntry:
     finished_at: float
 
 
+#: ``lease_expires_at`` of a saga that only an event (or an operator) wakes
+NEVER = 1e18
+
+
 @dataclass(frozen=True, slots=True)
 class SagaUpdate:
-    """A change of a saga's status, written in the same transaction as a journal entry."""
+    """A change of a saga's status, written in the same transaction as a journal entry.
 
-    status: str
+    ``SUSPENDED`` releases the saga (no owner) until ``wake_at`` (:data:`NEVER` for no time)
+    and publishes ``wait_token``, the token of the wait it is suspended in. ``clear_wait``
+    withdraws the token once that wait is over.
+    """
+
+    status: str | None = None
     output: str | None = None
     error: str | None = None
+    wake_at: float | None = None
+    wait_token: str | None = None
+    clear_wait: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StateWrite:
+    """Set (``value`` is JSON text) or clear (``value`` is None) ``key`` in ``scope``."""
+
+    scope: str
+    key: str
+    value: str | None
+
+
+class EventKind(StrEnum):
+    SIGNAL = "signal"
+    PROMISE = "promise"
+    #: an event for the wait whose token is ``name`` (``engine.notify``)
+    NOTIFY = "notify"
+
+
+@dataclass(frozen=True, slots=True)
+class SagaEvent:
+    """Something delivered to a saga, kept until a wait of the saga takes it."""
+
+    saga_id: str
+    #: 1, 2, 3... in the order the saga received them
+    seq: int
+    kind: str
+    name: str
+    payload: str
+    created_at: float
+
+
+class DeliveryOutcome(StrEnum):
+    DELIVERED = "delivered"
+    NOT_FOUND = "not_found"
+    #: the saga has ended: nothing will ever take the event
+    FINISHED = "finished"
+    #: a NOTIFY whose token is not the saga's current wait token
+    STALE = "stale"
+    #: a unique event (a promise outcome) that the saga has already received
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    outcome: DeliveryOutcome
+    #: the saga's status (None when not found)
+    status: str | None = None
+    #: for DUPLICATE: the payload received first
+    existing: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +180,8 @@ class NewSaga:
     #: the worker that will run it now, or ``None`` to leave it PENDING for any worker
     owner: str | None
     lease_seconds: float
+    #: sagas of one object key run one at a time, in arrival order (virtual objects)
+    object_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +197,9 @@ class SagaRecord:
     lease_expires_at: float
     created_at: float
     updated_at: float
+    wait_token: str | None = None
+    event_count: int = 0
+    object_key: str | None = None
 
 
 def record_from_row(row: Sequence[Any]) -> SagaRecord:
@@ -126,6 +210,11 @@ def record_from_row(row: Sequence[Any]) -> SagaRecord:
 def entry_from_row(row: Sequence[Any]) -> JournalEntry:
     """A JournalEntry from a row whose columns are in the field order."""
     return JournalEntry(*row)
+
+
+def event_from_row(row: Sequence[Any]) -> SagaEvent:
+    """A SagaEvent from a row whose columns are in the field order."""
+    return SagaEvent(*row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +232,8 @@ class ClaimedSaga:
     #: the saga still had an owner, whose lease expired: that worker died or hung mid-saga
     #: (a PENDING or released saga has none)
     taken_over: bool = False
+    #: the events the saga has received (for its waits)
+    events: list[SagaEvent] = field(default_factory=list)
 
 
 @runtime_checkable
@@ -170,9 +261,13 @@ class Store(Protocol):
         fence: int,
         entry: JournalEntry | None,
         update: SagaUpdate | None = None,
+        *,
+        guard: int | None = None,
+        state: Sequence[StateWrite] = (),
     ) -> asyncio.Future[None]:
-        """Queue a journal entry and/or a status change, fenced; the future is done once it
-        committed (or failed: :class:`~sagakit.errors.LeaseLost`, StoreError).
+        """Queue a journal entry, a status change and state writes, fenced (and guarded, see
+        the module's rules), to commit together; the future is done once they committed (or
+        failed: :class:`~sagakit.errors.LeaseLost`, ``EventsArrived``, StoreError).
 
         The write is queued when this is called, not when the future is awaited: appends of
         one saga commit in the order they were called, so a caller may queue an entry, go on
@@ -183,6 +278,33 @@ class Store(Protocol):
     async def load_saga(self, saga_id: str) -> SagaRecord | None: ...
 
     async def load_journal(self, saga_id: str) -> list[JournalEntry]: ...
+
+    async def deliver(
+        self,
+        saga_id: str,
+        kind: str,
+        name: str,
+        payload: str,
+        *,
+        token: str | None = None,
+        unique: bool = False,
+    ) -> Delivery:
+        """Give a saga an event, in one transaction: refused when the saga is unknown or has
+        ended, when ``token`` is given and is not the saga's wait token, or when ``unique`` and
+        an event of this kind and name was received already. A SUSPENDED saga becomes due."""
+        ...
+
+    async def load_events(self, saga_id: str, after: int = 0) -> list[SagaEvent]:
+        """The saga's events numbered above ``after``, in order."""
+        ...
+
+    async def load_state(self, scope: str) -> dict[str, str]:
+        """Every key of ``scope`` with its JSON text."""
+        ...
+
+    async def wake_workers(self) -> None:
+        """Tell idle workers (of every process) to look for work now."""
+        ...
 
     async def renew_leases(self, owner: str, lease_seconds: float) -> int:
         """Push back the lease of every non-terminal saga ``owner`` holds; return how many."""

@@ -11,25 +11,48 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from ..errors import LeaseLost
+from ..errors import EventsArrived, LeaseLost
 from .base import (
+    NEVER,
     RUNNABLE_STATUSES,
     ClaimedSaga,
     CreateResult,
+    Delivery,
+    DeliveryOutcome,
     JournalEntry,
     NewSaga,
+    SagaEvent,
     SagaRecord,
     SagaStatus,
     SagaUpdate,
+    StateWrite,
 )
 
 _ACTIVE = frozenset({*RUNNABLE_STATUSES, SagaStatus.SUSPENDED.value})
+_CLAIMABLE = _ACTIVE
 
 
 class _Tables:
     def __init__(self) -> None:
         self.sagas: dict[str, SagaRecord] = {}
         self.journal: dict[str, dict[int, JournalEntry]] = {}
+        self.events: dict[str, list[SagaEvent]] = {}
+        self.state: dict[str, dict[str, str]] = {}
+        self.arrival: dict[str, int] = {}
+        #: the on_work callbacks of every store open on these tables (the "other processes")
+        self.listeners: list[MemoryStore] = []
+
+    def is_head(self, saga_id: str, object_key: str | None) -> bool:
+        """No unfinished saga of the same object key arrived before this one."""
+        if object_key is None:
+            return True
+        mine = self.arrival[saga_id]
+        return not any(
+            r.object_key == object_key
+            and self.arrival[r.saga_id] < mine
+            and not SagaStatus(r.status).is_terminal
+            for r in self.sagas.values()
+        )
 
 
 _named: dict[str, _Tables] = {}
@@ -48,31 +71,37 @@ class MemoryStore:
             self._t = _Tables()
 
     async def open(self) -> None:
-        return None
+        if self not in self._t.listeners:
+            self._t.listeners.append(self)
 
     async def close(self) -> None:
-        return None
+        if self in self._t.listeners:
+            self._t.listeners.remove(self)
 
     async def create_saga(self, new: NewSaga) -> CreateResult:
         existing = self._t.sagas.get(new.saga_id)
         if existing is not None:
             return CreateResult(False, existing)
         now = time.time()
+        self._t.arrival[new.saga_id] = len(self._t.arrival) + 1
+        owner = new.owner if self._t.is_head(new.saga_id, new.object_key) else None
         record = SagaRecord(
             saga_id=new.saga_id,
             name=new.name,
-            status=(SagaStatus.RUNNING if new.owner else SagaStatus.PENDING).value,
+            status=(SagaStatus.RUNNING if owner else SagaStatus.PENDING).value,
             input=new.input,
             output=None,
             error=None,
-            owner=new.owner,
+            owner=owner,
             fence=1,
-            lease_expires_at=now + new.lease_seconds if new.owner else 0.0,
+            lease_expires_at=now + new.lease_seconds if owner else 0.0,
             created_at=now,
             updated_at=now,
+            object_key=new.object_key,
         )
         self._t.sagas[new.saga_id] = record
         self._t.journal[new.saga_id] = {}
+        self._t.events[new.saga_id] = []
         return CreateResult(True, record)
 
     def append(
@@ -81,27 +110,82 @@ class MemoryStore:
         fence: int,
         entry: JournalEntry | None,
         update: SagaUpdate | None = None,
+        *,
+        guard: int | None = None,
+        state: Sequence[StateWrite] = (),
     ) -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         record = self._t.sagas.get(saga_id)
         if record is None or record.fence != fence:
             done.set_exception(LeaseLost(saga_id))
             return done
+        if guard is not None and record.event_count != guard:
+            done.set_exception(EventsArrived(saga_id))
+            return done
         if entry is not None:
             self._t.journal[saga_id][entry.seq] = entry
+        for write in state:
+            scope = self._t.state.setdefault(write.scope, {})
+            if write.value is None:
+                scope.pop(write.key, None)
+            else:
+                scope[write.key] = write.value
         changes: dict[str, object] = {"updated_at": time.time()}
         if update is not None:
-            changes["status"] = update.status
-            if update.output is not None:
-                changes["output"] = update.output
-            if update.error is not None:
-                changes["error"] = update.error
-            if SagaStatus(update.status).is_terminal:
-                changes["owner"] = None
-                changes["lease_expires_at"] = 0.0
+            changes.update(_changes(update))
         self._t.sagas[saga_id] = replace(record, **changes)  # type: ignore[arg-type]
+        finished = update is not None and SagaStatus(update.status or record.status).is_terminal
+        if record.object_key and finished:
+            self._notify_all()  # the next saga of this object key may run now
         done.set_result(None)
         return done
+
+    async def deliver(
+        self,
+        saga_id: str,
+        kind: str,
+        name: str,
+        payload: str,
+        *,
+        token: str | None = None,
+        unique: bool = False,
+    ) -> Delivery:
+        record = self._t.sagas.get(saga_id)
+        if record is None:
+            return Delivery(DeliveryOutcome.NOT_FOUND)
+        if SagaStatus(record.status).is_terminal:
+            return Delivery(DeliveryOutcome.FINISHED, record.status)
+        if token is not None and record.wait_token != token:
+            return Delivery(DeliveryOutcome.STALE, record.status)
+        events = self._t.events[saga_id]
+        if unique:
+            for event in events:
+                if event.kind == kind and event.name == name:
+                    return Delivery(DeliveryOutcome.DUPLICATE, record.status, event.payload)
+        now = time.time()
+        count = record.event_count + 1
+        events.append(SagaEvent(saga_id, count, kind, name, payload, now))
+        changes: dict[str, object] = {"event_count": count}
+        if record.status == SagaStatus.SUSPENDED:
+            changes["lease_expires_at"] = 0.0
+        self._t.sagas[saga_id] = replace(record, **changes)  # type: ignore[arg-type]
+        if record.status == SagaStatus.SUSPENDED:
+            self._notify_all()
+        return Delivery(DeliveryOutcome.DELIVERED, record.status)
+
+    async def load_events(self, saga_id: str, after: int = 0) -> list[SagaEvent]:
+        return [e for e in self._t.events.get(saga_id, []) if e.seq > after]
+
+    async def load_state(self, scope: str) -> dict[str, str]:
+        return dict(self._t.state.get(scope, {}))
+
+    async def wake_workers(self) -> None:
+        self._notify_all()
+
+    def _notify_all(self) -> None:
+        for store in self._t.listeners:
+            if store.on_work is not None:
+                store.on_work()
 
     async def load_saga(self, saga_id: str) -> SagaRecord | None:
         return self._t.sagas.get(saga_id)
@@ -130,13 +214,14 @@ class MemoryStore:
             if len(claimed) >= limit:
                 break
             if (
-                record.status in RUNNABLE_STATUSES
+                record.status in _CLAIMABLE
                 and record.name in wanted
                 and record.lease_expires_at < now
+                and self._t.is_head(record.saga_id, record.object_key)
             ):
                 status = (
                     SagaStatus.RUNNING.value
-                    if record.status == SagaStatus.PENDING.value
+                    if record.status in (SagaStatus.PENDING.value, SagaStatus.SUSPENDED.value)
                     else record.status
                 )
                 taken = replace(
@@ -149,7 +234,8 @@ class MemoryStore:
                 )
                 self._t.sagas[record.saga_id] = taken
                 journal = await self.load_journal(record.saga_id)
-                claimed.append(ClaimedSaga(taken, journal, record.owner is not None))
+                events = list(self._t.events.get(record.saga_id, []))
+                claimed.append(ClaimedSaga(taken, journal, record.owner is not None, events))
         return claimed
 
     async def release(self, owner: str, saga_ids: Sequence[str]) -> None:
@@ -168,3 +254,25 @@ class MemoryStore:
         ]
         rows.sort(key=lambda r: (r.created_at, r.saga_id), reverse=True)
         return rows[:limit]
+
+
+def _changes(update: SagaUpdate) -> dict[str, object]:
+    """The row changes a SagaUpdate makes (as the SQL stores make them)."""
+    changes: dict[str, object] = {}
+    if update.status is not None:
+        changes["status"] = update.status
+        if SagaStatus(update.status).is_terminal:
+            changes["owner"] = None
+            changes["lease_expires_at"] = 0.0
+            changes["wait_token"] = None
+        elif update.status == SagaStatus.SUSPENDED:
+            changes["owner"] = None
+            changes["lease_expires_at"] = NEVER if update.wake_at is None else update.wake_at
+            changes["wait_token"] = update.wait_token
+    if update.output is not None:
+        changes["output"] = update.output
+    if update.error is not None:
+        changes["error"] = update.error
+    if update.clear_wait:
+        changes["wait_token"] = None
+    return changes

@@ -30,39 +30,50 @@ WITH new AS (
     FROM new n, clock
     ON CONFLICT (saga_id) DO NOTHING
     RETURNING saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
-              created_at, updated_at
+              created_at, updated_at, wait_token, event_count, object_key
 )
 SELECT true AS created, * FROM inserted
 UNION ALL
 SELECT false AS created, s.saga_id, s.name, s.status, s.input, s.output, s.error, s.owner,
-       s.fence, s.lease_expires_at, s.created_at, s.updated_at
+       s.fence, s.lease_expires_at, s.created_at, s.updated_at, s.wait_token, s.event_count,
+       s.object_key
 FROM saga_instances s JOIN new n USING (saga_id)
 
 -- name: append
+-- $1-$9 one row per saga: the fence to check, the events seen (guard), the status change;
+-- $10-$20 the journal entries; $21-$24 the state writes (value NULL: clear)
 WITH upd AS (
-    SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[])
-        AS u(saga_id, fence, status, output, error)
+    SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[],
+                         $6::text[], $7::float8[], $8::bool[], $9::text[])
+        AS u(saga_id, fence, guard, status, output, error, wake_at, set_token, token)
 ), ok AS (
     UPDATE saga_instances s
     SET status = coalesce(u.status, s.status),
         output = coalesce(u.output, s.output),
         error = coalesce(u.error, s.error),
-        owner = CASE WHEN u.status IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED')
+        owner = CASE WHEN u.status IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED',
+                                       'SUSPENDED')
                      THEN NULL ELSE s.owner END,
         lease_expires_at = CASE WHEN u.status IN ('COMPLETED', 'COMPENSATED', 'FAILED',
-                                                  'CANCELLED')
-                                THEN 0 ELSE s.lease_expires_at END,
+                                                  'CANCELLED') THEN 0
+                                WHEN u.status = 'SUSPENDED' THEN u.wake_at
+                                ELSE s.lease_expires_at END,
+        wait_token = CASE WHEN u.status IN ('COMPLETED', 'COMPENSATED', 'FAILED',
+                                            'CANCELLED') THEN NULL
+                          WHEN u.set_token THEN u.token
+                          ELSE s.wait_token END,
         updated_at = extract(epoch FROM clock_timestamp())
     FROM upd u
     WHERE s.saga_id = u.saga_id AND s.fence = u.fence
+      AND (u.guard IS NULL OR s.event_count = u.guard)
     RETURNING s.saga_id
 ), entries AS (
     INSERT INTO saga_journal
         (saga_id, seq, kind, name, status, attempts, output, compensation, error,
          started_at, finished_at)
-    SELECT e.* FROM unnest($6::text[], $7::int4[], $8::text[], $9::text[], $10::text[],
-                           $11::int4[], $12::text[], $13::text[], $14::text[],
-                           $15::float8[], $16::float8[])
+    SELECT e.* FROM unnest($10::text[], $11::int4[], $12::text[], $13::text[], $14::text[],
+                           $15::int4[], $16::text[], $17::text[], $18::text[],
+                           $19::float8[], $20::float8[])
         AS e(saga_id, seq, kind, name, status, attempts, output, compensation, error,
              started_at, finished_at)
     WHERE e.saga_id IN (SELECT saga_id FROM ok)
@@ -71,12 +82,83 @@ WITH upd AS (
         attempts = excluded.attempts, output = excluded.output,
         compensation = excluded.compensation, error = excluded.error,
         started_at = excluded.started_at, finished_at = excluded.finished_at
+), writes AS (
+    SELECT * FROM unnest($21::text[], $22::text[], $23::text[], $24::text[])
+        AS w(saga_id, scope, key, value)
+    WHERE w.saga_id IN (SELECT saga_id FROM ok)
+), state_set AS (
+    INSERT INTO saga_state (scope, key, value, updated_at)
+    SELECT w.scope, w.key, w.value, extract(epoch FROM clock_timestamp())
+    FROM writes w WHERE w.value IS NOT NULL
+    ON CONFLICT (scope, key) DO UPDATE SET
+        value = excluded.value, updated_at = excluded.updated_at
+), state_clear AS (
+    DELETE FROM saga_state d USING writes w
+    WHERE w.value IS NULL AND d.scope = w.scope AND d.key = w.key
 )
 SELECT saga_id FROM ok
 
+-- name: saga_fence
+SELECT fence FROM saga_instances WHERE saga_id = $1
+
+-- name: lock_object
+SELECT pg_advisory_xact_lock(7261002, hashtext($1))
+
+-- name: create_object_saga
+-- under the object's lock: it runs now (owned) only if no earlier saga of its key is unfinished
+WITH busy AS (
+    SELECT EXISTS (SELECT 1 FROM saga_instances p
+                   WHERE p.object_key = $6
+                     AND p.status NOT IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED'))
+        AS busy
+), clock AS (
+    SELECT extract(epoch FROM clock_timestamp())::float8 AS now
+)
+INSERT INTO saga_instances
+    (saga_id, name, status, input, owner, fence, lease_expires_at, created_at, updated_at,
+     object_key, arrival)
+SELECT $1, $2,
+       CASE WHEN $4::text IS NULL OR busy THEN 'PENDING' ELSE 'RUNNING' END,
+       $3, CASE WHEN busy THEN NULL ELSE $4::text END, 1,
+       CASE WHEN $4::text IS NULL OR busy THEN 0 ELSE clock.now + $5 END,
+       clock.now, clock.now, $6, nextval('saga_arrival')
+FROM busy, clock
+ON CONFLICT (saga_id) DO NOTHING
+RETURNING saga_id
+
+-- name: saga_for_event
+SELECT status, wait_token, event_count FROM saga_instances WHERE saga_id = $1 FOR UPDATE
+
+-- name: find_event
+SELECT payload FROM saga_events WHERE saga_id = $1 AND kind = $2 AND name = $3
+ORDER BY seq LIMIT 1
+
+-- name: add_event
+WITH counted AS (
+    UPDATE saga_instances
+    SET event_count = event_count + 1,
+        lease_expires_at = CASE WHEN status = 'SUSPENDED' THEN 0 ELSE lease_expires_at END
+    WHERE saga_id = $1
+    RETURNING event_count
+)
+INSERT INTO saga_events (saga_id, seq, kind, name, payload, created_at)
+SELECT $1, counted.event_count, $2, $3, $4, extract(epoch FROM clock_timestamp())
+FROM counted
+
+-- name: get_events
+SELECT saga_id, seq, kind, name, payload, created_at FROM saga_events
+WHERE saga_id = $1 AND seq > $2 ORDER BY seq
+
+-- name: get_events_of
+SELECT saga_id, seq, kind, name, payload, created_at FROM saga_events
+WHERE saga_id = ANY($1::text[]) ORDER BY saga_id, seq
+
+-- name: get_state
+SELECT key, value FROM saga_state WHERE scope = $1
+
 -- name: get_saga
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
-       created_at, updated_at
+       created_at, updated_at, wait_token, event_count, object_key
 FROM saga_instances WHERE saga_id = $1
 
 -- name: get_journal
@@ -99,9 +181,13 @@ WITH clock AS (
     SELECT extract(epoch FROM clock_timestamp())::float8 AS now
 ), picked AS (
     SELECT s.saga_id, s.owner AS previous_owner FROM saga_instances s, clock
-    WHERE s.status IN ('PENDING', 'RUNNING', 'COMPENSATING')
+    WHERE s.status IN ('PENDING', 'RUNNING', 'COMPENSATING', 'SUSPENDED')
       AND s.lease_expires_at < clock.now
       AND s.name = ANY($2::text[])
+      AND (s.object_key IS NULL OR NOT EXISTS (
+            SELECT 1 FROM saga_instances p
+            WHERE p.object_key = s.object_key AND p.arrival < s.arrival
+              AND p.status NOT IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED')))
     ORDER BY s.lease_expires_at
     LIMIT $4
     FOR UPDATE OF s SKIP LOCKED
@@ -109,14 +195,14 @@ WITH clock AS (
 UPDATE saga_instances s
 SET owner = $1,
     fence = s.fence + 1,
-    status = CASE WHEN s.status = 'PENDING' THEN 'RUNNING' ELSE s.status END,
+    status = CASE WHEN s.status IN ('PENDING', 'SUSPENDED') THEN 'RUNNING' ELSE s.status END,
     lease_expires_at = clock.now + $3,
     updated_at = clock.now
 FROM picked, clock
 WHERE s.saga_id = picked.saga_id
 RETURNING s.saga_id, s.name, s.status, s.input, s.output, s.error, s.owner, s.fence,
-          s.lease_expires_at, s.created_at, s.updated_at,
-          picked.previous_owner IS NOT NULL AS taken_over
+          s.lease_expires_at, s.created_at, s.updated_at, s.wait_token, s.event_count,
+          s.object_key, picked.previous_owner IS NOT NULL AS taken_over
 
 -- name: release
 UPDATE saga_instances SET owner = NULL, lease_expires_at = 0
@@ -127,7 +213,7 @@ SELECT pg_notify('sagakit_work', '')
 
 -- name: list_sagas
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
-       created_at, updated_at
+       created_at, updated_at, wait_token, event_count, object_key
 FROM saga_instances
 WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR name = $2)
 ORDER BY created_at DESC, saga_id DESC

@@ -28,15 +28,22 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from ...errors import LeaseLost, StoreError
+from ...errors import EventsArrived, LeaseLost, StoreError
 from ..base import (
+    NEVER,
     ClaimedSaga,
     CreateResult,
+    Delivery,
+    DeliveryOutcome,
     JournalEntry,
     NewSaga,
+    SagaEvent,
     SagaRecord,
+    SagaStatus,
     SagaUpdate,
+    StateWrite,
     entry_from_row,
+    event_from_row,
     record_from_row,
 )
 from ..sqlfile import load_migrations, load_queries
@@ -67,6 +74,53 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+@dataclass(slots=True)
+class _StatusRow:
+    """The merged status change of one saga in one append statement."""
+
+    guard: int | None = None
+    status: str | None = None
+    output: str | None = None
+    error: str | None = None
+    wake_at: float | None = None
+    set_token: bool = False
+    token: str | None = None
+
+    def add(self, op: _Append) -> None:
+        if op.guard is not None:
+            self.guard = op.guard
+        update = op.update
+        if update is None:
+            return
+        if update.status is not None:
+            self.status = update.status
+            if update.status == SagaStatus.SUSPENDED:
+                self.wake_at = NEVER if update.wake_at is None else update.wake_at
+                self.set_token, self.token = True, update.wait_token
+        if update.output is not None:
+            self.output = update.output
+        if update.error is not None:
+            self.error = update.error
+        if update.clear_wait:
+            self.set_token, self.token = True, None
+
+
+def _append_groups(appends: list[_Append]) -> list[list[_Append]]:
+    """Unguarded appends first, in one statement; then the guarded ones, at most one per saga
+    per statement, so that a refused guard never takes another write down with it."""
+    groups: list[list[_Append]] = [[op for op in appends if op.guard is None]]
+    for op in appends:
+        if op.guard is None:
+            continue
+        for group in groups[1:]:
+            if all(other.saga_id != op.saga_id for other in group):
+                group.append(op)
+                break
+        else:
+            groups.append([op])
+    return [g for g in groups if g]
+
+
 def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, _CONNECTION_ERRORS)
 
@@ -84,6 +138,8 @@ class _Append:
     entry: JournalEntry | None
     update: SagaUpdate | None
     future: asyncio.Future[None]
+    guard: int | None = None
+    state: Sequence[StateWrite] = ()
 
 
 @dataclass(slots=True)
@@ -208,16 +264,24 @@ class PostgresStore:
                 return
 
     async def _run_batch(self, batch: _Batch) -> None:
-        for start in range(0, len(batch.creates), MAX_BATCH):
-            creates = batch.creates[start : start + MAX_BATCH]
+        plain = [op for op in batch.creates if op.new.object_key is None]
+        for start in range(0, len(plain), MAX_BATCH):
+            creates = plain[start : start + MAX_BATCH]
             await self._retrying(
                 functools.partial(self._write_creates, ops=creates), [op.future for op in creates]
             )
-        for start in range(0, len(batch.appends), MAX_BATCH):
-            appends = batch.appends[start : start + MAX_BATCH]
-            await self._retrying(
-                functools.partial(self._write_appends, ops=appends), [op.future for op in appends]
-            )
+        for op in batch.creates:
+            if op.new.object_key is not None:
+                await self._retrying(
+                    functools.partial(self._write_object_create, op=op), [op.future]
+                )
+        for group in _append_groups(batch.appends):
+            for start in range(0, len(group), MAX_BATCH):
+                appends = group[start : start + MAX_BATCH]
+                await self._retrying(
+                    functools.partial(self._write_appends, ops=appends),
+                    [op.future for op in appends],
+                )
         for call in batch.calls:
             await self._retrying(functools.partial(self._write_call, op=call), [call.future])
 
@@ -298,35 +362,45 @@ class PostgresStore:
     ) -> None:
         # one status row per (saga, fence): the last update of the batch wins, as it would have
         # if the appends had been committed one by one in order
-        updates: dict[tuple[str, int], list[str | None]] = {}
+        rows: dict[tuple[str, int], _StatusRow] = {}
+        entries: dict[tuple[str, int], JournalEntry] = {}
+        writes: dict[tuple[str, str], tuple[str, str | None]] = {}
         for op in ops:
-            row = updates.setdefault((op.saga_id, op.fence), [None, None, None])
-            if op.update is not None:
-                row[0] = op.update.status
-                if op.update.output is not None:
-                    row[1] = op.update.output
-                if op.update.error is not None:
-                    row[2] = op.update.error
-        entries = [op.entry for op in ops if op.entry is not None]
-        keys = list(updates)
+            row = rows.setdefault((op.saga_id, op.fence), _StatusRow())
+            row.add(op)
+            if op.entry is not None:
+                entries[(op.entry.saga_id, op.entry.seq)] = op.entry  # the last one wins
+            for write in op.state:
+                writes[(write.scope, write.key)] = (op.saga_id, write.value)
+        keys = list(rows)
+        status = [rows[k] for k in keys]
+        journal = list(entries.values())
         ok_rows = await conn.fetch(
             Q["append"],
             [k[0] for k in keys],
             [k[1] for k in keys],
-            [updates[k][0] for k in keys],
-            [updates[k][1] for k in keys],
-            [updates[k][2] for k in keys],
-            [e.saga_id for e in entries],
-            [e.seq for e in entries],
-            [e.kind for e in entries],
-            [e.name for e in entries],
-            [e.status for e in entries],
-            [e.attempts for e in entries],
-            [e.output for e in entries],
-            [e.compensation for e in entries],
-            [e.error for e in entries],
-            [e.started_at for e in entries],
-            [e.finished_at for e in entries],
+            [r.guard for r in status],
+            [r.status for r in status],
+            [r.output for r in status],
+            [r.error for r in status],
+            [r.wake_at for r in status],
+            [r.set_token for r in status],
+            [r.token for r in status],
+            [e.saga_id for e in journal],
+            [e.seq for e in journal],
+            [e.kind for e in journal],
+            [e.name for e in journal],
+            [e.status for e in journal],
+            [e.attempts for e in journal],
+            [e.output for e in journal],
+            [e.compensation for e in journal],
+            [e.error for e in journal],
+            [e.started_at for e in journal],
+            [e.finished_at for e in journal],
+            [w[0] for w in writes.values()],
+            [k[0] for k in writes],
+            [k[1] for k in writes],
+            [w[1] for w in writes.values()],
         )
         accepted = {r["saga_id"] for r in ok_rows}
         for op in ops:
@@ -334,8 +408,36 @@ class PostgresStore:
                 continue
             if op.saga_id in accepted:
                 op.future.set_result(None)
+            elif (
+                op.guard is not None
+                and await conn.fetchval(Q["saga_fence"], op.saga_id) == op.fence
+            ):
+                op.future.set_exception(EventsArrived(op.saga_id))
             else:
                 op.future.set_exception(LeaseLost(op.saga_id))
+
+    async def _write_object_create(
+        self, conn: asyncpg.Connection, retry: bool, op: _Create
+    ) -> None:
+        new = op.new
+        async with conn.transaction():
+            await conn.execute(Q["lock_object"], new.object_key)
+            inserted = await conn.fetchval(
+                Q["create_object_saga"],
+                new.saga_id,
+                new.name,
+                new.input,
+                new.owner,
+                new.lease_seconds,
+                new.object_key,
+            )
+            row = await conn.fetchrow(Q["get_saga"], new.saga_id)
+        record = record_from_row(tuple(row))
+        created = inserted is not None or (retry and _made_by(new, record))
+        if not op.future.done():
+            op.future.set_result(CreateResult(created, record))
+        if created and record.owner is None:
+            await conn.execute(Q["notify_work"])
 
     async def _write_call(self, conn: asyncpg.Connection, retry: bool, op: _Call) -> None:
         result = await op.fn(conn)
@@ -405,10 +507,64 @@ class PostgresStore:
         fence: int,
         entry: JournalEntry | None,
         update: SagaUpdate | None = None,
+        *,
+        guard: int | None = None,
+        state: Sequence[StateWrite] = (),
     ) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._enqueue().appends.append(_Append(saga_id, fence, entry, update, future))
+        op = _Append(saga_id, fence, entry, update, future, guard, tuple(state))
+        self._enqueue().appends.append(op)
         return future
+
+    async def deliver(
+        self,
+        saga_id: str,
+        kind: str,
+        name: str,
+        payload: str,
+        *,
+        token: str | None = None,
+        unique: bool = False,
+    ) -> Delivery:
+        async def fn(conn: asyncpg.Connection) -> Delivery:
+            async with conn.transaction():
+                row = await conn.fetchrow(Q["saga_for_event"], saga_id)  # locks the saga row
+                if row is None:
+                    return Delivery(DeliveryOutcome.NOT_FOUND)
+                status, wait_token = row["status"], row["wait_token"]
+                if SagaStatus(status).is_terminal:
+                    return Delivery(DeliveryOutcome.FINISHED, status)
+                if token is not None and wait_token != token:
+                    return Delivery(DeliveryOutcome.STALE, status)
+                if unique:
+                    found = await conn.fetchval(Q["find_event"], saga_id, kind, name)
+                    if found is not None:
+                        return Delivery(DeliveryOutcome.DUPLICATE, status, found)
+                await conn.execute(Q["add_event"], saga_id, kind, name, payload)
+                if status == SagaStatus.SUSPENDED:
+                    await conn.execute(Q["notify_work"])
+            return Delivery(DeliveryOutcome.DELIVERED, status)
+
+        return await self._call(fn)
+
+    async def load_events(self, saga_id: str, after: int = 0) -> list[SagaEvent]:
+        async def fn(conn: asyncpg.Connection) -> list[SagaEvent]:
+            rows = await conn.fetch(Q["get_events"], saga_id, after)
+            return [event_from_row(tuple(r)) for r in rows]
+
+        return await self._read(fn)
+
+    async def load_state(self, scope: str) -> dict[str, str]:
+        async def fn(conn: asyncpg.Connection) -> dict[str, str]:
+            return {r["key"]: r["value"] for r in await conn.fetch(Q["get_state"], scope)}
+
+        return await self._read(fn)
+
+    async def wake_workers(self) -> None:
+        async def fn(conn: asyncpg.Connection) -> None:
+            await conn.execute(Q["notify_work"])
+
+        await self._call(fn)
 
     async def load_saga(self, saga_id: str) -> SagaRecord | None:
         async def fn(conn: asyncpg.Connection) -> SagaRecord | None:
@@ -445,7 +601,15 @@ class PostgresStore:
             journals: dict[str, list[JournalEntry]] = {r.saga_id: [] for r in records}
             for row in await conn.fetch(Q["get_journals"], list(journals)):
                 journals[row["saga_id"]].append(entry_from_row(tuple(row)))
-            return [ClaimedSaga(r, journals[r.saga_id], taken_over[r.saga_id]) for r in records]
+            events: dict[str, list[SagaEvent]] = {r.saga_id: [] for r in records}
+            with_events = [r.saga_id for r in records if r.event_count]
+            if with_events:
+                for row in await conn.fetch(Q["get_events_of"], with_events):
+                    events[row["saga_id"]].append(event_from_row(tuple(row)))
+            return [
+                ClaimedSaga(r, journals[r.saga_id], taken_over[r.saga_id], events[r.saga_id])
+                for r in records
+            ]
 
         return await self._call(fn)
 

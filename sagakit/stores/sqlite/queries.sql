@@ -11,29 +11,90 @@ INSERT INTO saga_schema_version (version) VALUES (:version)
 
 -- name: insert_saga
 INSERT INTO saga_instances
-    (saga_id, name, status, input, owner, fence, lease_expires_at, created_at, updated_at)
+    (saga_id, name, status, input, owner, fence, lease_expires_at, created_at, updated_at,
+     object_key, arrival)
 VALUES
-    (:saga_id, :name, :status, :input, :owner, 1, :lease_expires_at, :now, :now)
+    (:saga_id, :name, :status, :input, :owner, 1, :lease_expires_at, :now, :now,
+     :object_key,
+     CASE WHEN :object_key IS NULL THEN NULL
+          ELSE (SELECT coalesce(max(arrival), 0) + 1 FROM saga_instances
+                WHERE object_key = :object_key) END)
 ON CONFLICT (saga_id) DO NOTHING
+
+-- name: object_busy
+-- an unfinished saga of the same object key arrived before this one
+SELECT EXISTS (
+    SELECT 1 FROM saga_instances p
+    WHERE p.object_key = :object_key AND p.arrival < :arrival
+      AND p.status NOT IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED'))
+
+-- name: arrival
+SELECT arrival FROM saga_instances WHERE saga_id = :saga_id
+
+-- name: own_saga
+UPDATE saga_instances SET status = 'RUNNING', owner = :owner, lease_expires_at = :until
+WHERE saga_id = :saga_id
 
 -- name: get_saga
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
-       created_at, updated_at
+       created_at, updated_at, wait_token, event_count, object_key
 FROM saga_instances WHERE saga_id = :saga_id
 
 -- name: touch_saga
 UPDATE saga_instances SET updated_at = :now
-WHERE saga_id = :saga_id AND fence = :fence
+WHERE saga_id = :saga_id AND fence = :fence AND (:guard IS NULL OR event_count = :guard)
 
 -- name: update_saga_status
+-- a terminal status or SUSPENDED releases the saga; SUSPENDED until :wake_at
 UPDATE saga_instances
-SET status = :status,
+SET status = coalesce(:status, status),
     output = coalesce(:output, output),
     error = coalesce(:error, error),
-    owner = CASE WHEN :terminal THEN NULL ELSE owner END,
-    lease_expires_at = CASE WHEN :terminal THEN 0 ELSE lease_expires_at END,
+    owner = CASE WHEN :terminal OR :suspended THEN NULL ELSE owner END,
+    lease_expires_at = CASE WHEN :terminal THEN 0
+                            WHEN :suspended THEN :wake_at
+                            ELSE lease_expires_at END,
+    wait_token = CASE WHEN :terminal OR :clear_wait THEN NULL
+                      WHEN :suspended THEN :wait_token
+                      ELSE wait_token END,
     updated_at = :now
 WHERE saga_id = :saga_id AND fence = :fence
+  AND (:guard IS NULL OR event_count = :guard)
+
+-- name: saga_fence
+SELECT fence FROM saga_instances WHERE saga_id = :saga_id
+
+-- name: set_state
+INSERT INTO saga_state (scope, key, value, updated_at) VALUES (:scope, :key, :value, :now)
+ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+
+-- name: clear_state
+DELETE FROM saga_state WHERE scope = :scope AND key = :key
+
+-- name: get_state
+SELECT key, value FROM saga_state WHERE scope = :scope
+
+-- name: saga_for_event
+SELECT status, wait_token, event_count FROM saga_instances WHERE saga_id = :saga_id
+
+-- name: find_event
+SELECT payload FROM saga_events WHERE saga_id = :saga_id AND kind = :kind AND name = :name
+ORDER BY seq LIMIT 1
+
+-- name: insert_event
+INSERT INTO saga_events (saga_id, seq, kind, name, payload, created_at)
+VALUES (:saga_id, :seq, :kind, :name, :payload, :now)
+
+-- name: count_event
+-- a SUSPENDED saga becomes due at once
+UPDATE saga_instances
+SET event_count = :seq,
+    lease_expires_at = CASE WHEN status = 'SUSPENDED' THEN 0 ELSE lease_expires_at END
+WHERE saga_id = :saga_id
+
+-- name: get_events
+SELECT saga_id, seq, kind, name, payload, created_at FROM saga_events
+WHERE saga_id = :saga_id AND seq > :after ORDER BY seq
 
 -- name: upsert_entry
 INSERT INTO saga_journal
@@ -58,23 +119,28 @@ UPDATE saga_instances SET lease_expires_at = :until
 WHERE owner = :owner AND status IN ('PENDING', 'RUNNING', 'COMPENSATING', 'SUSPENDED')
 
 -- name: claim_candidates
-SELECT saga_id, owner IS NOT NULL FROM saga_instances
-WHERE status IN ('PENDING', 'RUNNING', 'COMPENSATING')
-  AND lease_expires_at < :now
-  AND name IN (SELECT value FROM json_each(:names))
-ORDER BY lease_expires_at
+-- due sagas (lease over, or wake-up time reached), but of an object key only the first
+SELECT s.saga_id, s.owner IS NOT NULL FROM saga_instances s
+WHERE s.status IN ('PENDING', 'RUNNING', 'COMPENSATING', 'SUSPENDED')
+  AND s.lease_expires_at < :now
+  AND s.name IN (SELECT value FROM json_each(:names))
+  AND (s.object_key IS NULL OR NOT EXISTS (
+        SELECT 1 FROM saga_instances p
+        WHERE p.object_key = s.object_key AND p.arrival < s.arrival
+          AND p.status NOT IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED')))
+ORDER BY s.lease_expires_at
 LIMIT :limit
 
 -- name: claim
 UPDATE saga_instances
 SET owner = :owner,
     fence = fence + 1,
-    status = CASE WHEN status = 'PENDING' THEN 'RUNNING' ELSE status END,
+    status = CASE WHEN status IN ('PENDING', 'SUSPENDED') THEN 'RUNNING' ELSE status END,
     lease_expires_at = :until,
     updated_at = :now
 WHERE saga_id IN (SELECT value FROM json_each(:saga_ids))
 RETURNING saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
-          created_at, updated_at
+          created_at, updated_at, wait_token, event_count, object_key
 
 -- name: release
 UPDATE saga_instances SET owner = NULL, lease_expires_at = 0
@@ -82,7 +148,7 @@ WHERE owner = :owner AND saga_id IN (SELECT value FROM json_each(:saga_ids))
 
 -- name: list_sagas
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
-       created_at, updated_at
+       created_at, updated_at, wait_token, event_count, object_key
 FROM saga_instances
 WHERE (:status IS NULL OR status = :status) AND (:name IS NULL OR name = :name)
 ORDER BY created_at DESC, saga_id DESC

@@ -31,16 +31,22 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ...errors import LeaseLost, StoreError
+from ...errors import EventsArrived, LeaseLost, StoreError
 from ..base import (
+    NEVER,
     ClaimedSaga,
     CreateResult,
+    Delivery,
+    DeliveryOutcome,
     JournalEntry,
     NewSaga,
+    SagaEvent,
     SagaRecord,
     SagaStatus,
     SagaUpdate,
+    StateWrite,
     entry_from_row,
+    event_from_row,
     record_from_row,
 )
 from ..sqlfile import load_migrations, load_queries
@@ -266,7 +272,7 @@ class SqliteStore:
             for op in ops:
                 try:
                     results.append((True, op(conn)))
-                except (LeaseLost, sqlite3.IntegrityError) as exc:
+                except (LeaseLost, EventsArrived, sqlite3.IntegrityError) as exc:
                     # statement-level: the rest of the transaction stands
                     results.append((False, exc))
             conn.execute("COMMIT")
@@ -302,18 +308,34 @@ class SqliteStore:
                 {
                     "saga_id": new.saga_id,
                     "name": new.name,
-                    "status": SagaStatus.RUNNING if new.owner else SagaStatus.PENDING,
+                    "status": SagaStatus.PENDING,
                     "input": new.input,
-                    "owner": new.owner,
-                    "lease_expires_at": now + new.lease_seconds if new.owner else 0.0,
+                    "owner": None,
+                    "lease_expires_at": 0.0,
                     "now": now,
+                    "object_key": new.object_key,
                 },
             )
+            created = cur.rowcount == 1
+            if created and new.owner is not None and not self._object_busy(conn, new):
+                conn.execute(
+                    Q["own_saga"],
+                    {"saga_id": new.saga_id, "owner": new.owner, "until": now + new.lease_seconds},
+                )
             row = conn.execute(Q["get_saga"], {"saga_id": new.saga_id}).fetchone()
-            return CreateResult(cur.rowcount == 1, record_from_row(row))
+            return CreateResult(created, record_from_row(row))
 
         result: CreateResult = await self._write(op)
         return result
+
+    @staticmethod
+    def _object_busy(conn: sqlite3.Connection, new: NewSaga) -> bool:
+        """Whether an earlier saga of the new saga's object key is still unfinished."""
+        if new.object_key is None:
+            return False
+        arrival = conn.execute(Q["arrival"], {"saga_id": new.saga_id}).fetchone()[0]
+        params = {"object_key": new.object_key, "arrival": arrival}
+        return bool(conn.execute(Q["object_busy"], params).fetchone()[0])
 
     def append(
         self,
@@ -321,48 +343,97 @@ class SqliteStore:
         fence: int,
         entry: JournalEntry | None,
         update: SagaUpdate | None = None,
+        *,
+        guard: int | None = None,
+        state: Sequence[StateWrite] = (),
     ) -> asyncio.Future[None]:
         def op(conn: sqlite3.Connection) -> None:
             now = time.time()
             if update is None:
-                cur = conn.execute(
-                    Q["touch_saga"], {"saga_id": saga_id, "fence": fence, "now": now}
-                )
+                params: dict[str, Any] = {"saga_id": saga_id, "fence": fence, "now": now}
+                cur = conn.execute(Q["touch_saga"], {**params, "guard": guard})
             else:
                 cur = conn.execute(
-                    Q["update_saga_status"],
-                    {
-                        "saga_id": saga_id,
-                        "fence": fence,
-                        "status": update.status,
-                        "output": update.output,
-                        "error": update.error,
-                        "terminal": SagaStatus(update.status).is_terminal,
-                        "now": now,
-                    },
+                    Q["update_saga_status"], _update_params(saga_id, fence, update, guard, now)
                 )
             if cur.rowcount != 1:
+                row = conn.execute(Q["saga_fence"], {"saga_id": saga_id}).fetchone()
+                if guard is not None and row is not None and row[0] == fence:
+                    raise EventsArrived(saga_id)
                 raise LeaseLost(saga_id)
             if entry is not None:
-                conn.execute(
-                    Q["upsert_entry"],
-                    {
-                        "saga_id": entry.saga_id,
-                        "seq": entry.seq,
-                        "kind": entry.kind,
-                        "name": entry.name,
-                        "status": entry.status,
-                        "attempts": entry.attempts,
-                        "output": entry.output,
-                        "compensation": entry.compensation,
-                        "error": entry.error,
-                        "started_at": entry.started_at,
-                        "finished_at": entry.finished_at,
-                    },
-                )
+                conn.execute(Q["upsert_entry"], _entry_params(entry))
+            for write in state:
+                if write.value is None:
+                    conn.execute(Q["clear_state"], {"scope": write.scope, "key": write.key})
+                else:
+                    conn.execute(
+                        Q["set_state"],
+                        {"scope": write.scope, "key": write.key, "value": write.value, "now": now},
+                    )
 
         future: asyncio.Future[None] = self._queue_write(op)
         return future
+
+    async def deliver(
+        self,
+        saga_id: str,
+        kind: str,
+        name: str,
+        payload: str,
+        *,
+        token: str | None = None,
+        unique: bool = False,
+    ) -> Delivery:
+        def op(conn: sqlite3.Connection) -> Delivery:
+            row = conn.execute(Q["saga_for_event"], {"saga_id": saga_id}).fetchone()
+            if row is None:
+                return Delivery(DeliveryOutcome.NOT_FOUND)
+            status, wait_token, count = row
+            if SagaStatus(status).is_terminal:
+                return Delivery(DeliveryOutcome.FINISHED, status)
+            if token is not None and wait_token != token:
+                return Delivery(DeliveryOutcome.STALE, status)
+            if unique:
+                params = {"saga_id": saga_id, "kind": kind, "name": name}
+                found = conn.execute(Q["find_event"], params).fetchone()
+                if found is not None:
+                    return Delivery(DeliveryOutcome.DUPLICATE, status, found[0])
+            seq = count + 1
+            conn.execute(
+                Q["insert_event"],
+                {
+                    "saga_id": saga_id,
+                    "seq": seq,
+                    "kind": kind,
+                    "name": name,
+                    "payload": payload,
+                    "now": time.time(),
+                },
+            )
+            conn.execute(Q["count_event"], {"saga_id": saga_id, "seq": seq})
+            return Delivery(DeliveryOutcome.DELIVERED, status)
+
+        result: Delivery = await self._write(op)
+        return result
+
+    async def load_events(self, saga_id: str, after: int = 0) -> list[SagaEvent]:
+        def fn(conn: sqlite3.Connection) -> list[SagaEvent]:
+            params = {"saga_id": saga_id, "after": after}
+            return [event_from_row(r) for r in conn.execute(Q["get_events"], params)]
+
+        return await self._read(fn)
+
+    async def load_state(self, scope: str) -> dict[str, str]:
+        def fn(conn: sqlite3.Connection) -> dict[str, str]:
+            return dict(conn.execute(Q["get_state"], {"scope": scope}).fetchall())
+
+        return await self._read(fn)
+
+    async def wake_workers(self) -> None:
+        # other processes on this file find new work at their next poll; this one looks now
+        if self.on_work is not None:
+            self.on_work()
 
     async def load_saga(self, saga_id: str) -> SagaRecord | None:
         def fn(conn: sqlite3.Connection) -> SagaRecord | None:
@@ -418,7 +489,12 @@ class SqliteStore:
                     entry_from_row(r)
                     for r in conn.execute(Q["get_journal"], {"saga_id": record.saga_id})
                 ]
-                claimed.append(ClaimedSaga(record, journal, bool(candidates[record.saga_id])))
+                events = [
+                    event_from_row(r)
+                    for r in conn.execute(Q["get_events"], {"saga_id": record.saga_id, "after": 0})
+                ]
+                taken_over = bool(candidates[record.saga_id])
+                claimed.append(ClaimedSaga(record, journal, taken_over, events))
             return claimed
 
         result: list[ClaimedSaga] = await self._write(op)
@@ -441,6 +517,43 @@ class SqliteStore:
             return [record_from_row(r) for r in conn.execute(Q["list_sagas"], params)]
 
         return await self._read(fn)
+
+
+def _update_params(
+    saga_id: str, fence: int, update: SagaUpdate, guard: int | None, now: float
+) -> dict[str, Any]:
+    status = None if update.status is None else SagaStatus(update.status)
+    suspended = status == SagaStatus.SUSPENDED
+    return {
+        "saga_id": saga_id,
+        "fence": fence,
+        "guard": guard,
+        "status": update.status,
+        "output": update.output,
+        "error": update.error,
+        "terminal": status is not None and status.is_terminal,
+        "suspended": suspended,
+        "wake_at": NEVER if update.wake_at is None else update.wake_at,
+        "wait_token": update.wait_token,
+        "clear_wait": update.clear_wait,
+        "now": now,
+    }
+
+
+def _entry_params(entry: JournalEntry) -> dict[str, Any]:
+    return {
+        "saga_id": entry.saga_id,
+        "seq": entry.seq,
+        "kind": entry.kind,
+        "name": entry.name,
+        "status": entry.status,
+        "attempts": entry.attempts,
+        "output": entry.output,
+        "compensation": entry.compensation,
+        "error": entry.error,
+        "started_at": entry.started_at,
+        "finished_at": entry.finished_at,
+    }
 
 
 def _settle(
