@@ -4,7 +4,7 @@ Steps with compensations, run by a saga function whose every durable operation i
 that a saga survives crashes, restarts and racing workers. Embedded on SQLite by default.
 """
 
-from .context import SagaContext
+from .context import DurablePromise, SagaContext
 from .engine import Engine, SagaHandle, SagaSnapshot, StepSnapshot
 from .errors import (
     CompensationFailedError,
@@ -12,19 +12,31 @@ from .errors import (
     ErrorInfo,
     NonDeterminismError,
     OutputNotSerializableError,
+    PromiseAlreadyCompletedError,
+    PromiseRejectedError,
     SagaCompensatedError,
     SagaConflictError,
     SagaError,
+    SagaFinishedError,
     SagaNotFoundError,
+    SagaTimeoutError,
     SagaValidationError,
     StepFailedError,
     StoreError,
     TerminalError,
+    UnknownHandlerError,
     UnknownWorkflowError,
     clear_terminal_errors,
     register_terminal_errors,
     set_global_error_mapper,
     unregister_terminal_errors,
+)
+from .long_workflows import HandlerContext, SagaLongWorkflow, create_saga_long_workflow
+from .objects import (
+    ObjectContext,
+    SagaVirtualObject,
+    SharedObjectContext,
+    create_saga_virtual_object,
 )
 from .retry import RetryPolicy
 from .steps import (
@@ -43,35 +55,48 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CompensationFailedError",
+    "DurablePromise",
     "Engine",
     "EngineNotStartedError",
     "ErrorInfo",
+    "HandlerContext",
     "NonDeterminismError",
+    "ObjectContext",
     "OutputNotSerializableError",
+    "PromiseAlreadyCompletedError",
+    "PromiseRejectedError",
     "RetryPolicy",
     "SagaCompensatedError",
     "SagaConflictError",
     "SagaContext",
     "SagaError",
+    "SagaFinishedError",
     "SagaHandle",
+    "SagaLongWorkflow",
     "SagaNotFoundError",
     "SagaSnapshot",
     "SagaStatus",
     "SagaStep",
     "SagaStepOptions",
+    "SagaTimeoutError",
     "SagaValidationError",
+    "SagaVirtualObject",
     "SagaWorkflow",
     "SagaWorkflowOptions",
+    "SharedObjectContext",
     "StepFailedError",
     "StepResponse",
     "StepSnapshot",
     "StoreError",
     "TerminalError",
+    "UnknownHandlerError",
     "UnknownWorkflowError",
     "__version__",
     "clear_terminal_errors",
+    "create_saga_long_workflow",
     "create_saga_step",
     "create_saga_step_strict",
+    "create_saga_virtual_object",
     "create_saga_workflow",
     "register_terminal_errors",
     "saga_step",

@@ -144,6 +144,10 @@ class SagaContext:
         self._saga_only("set_state")
         self._driver.set_state(_check_name(key, "state key"), value)
 
+    def _object_driver(self) -> Any:
+        """The run behind this context, for a virtual object's state (objects.py)."""
+        return self._driver
+
     def _saga_only(self, what: str) -> None:
         if self.in_step:
             raise SagaError(

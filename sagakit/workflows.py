@@ -64,7 +64,8 @@ class SagaWorkflow(Generic[InT, OutT]):
                 f"it takes ({', '.join(positional)})"
             )
         self.name = name
-        self.handler = handler
+        #: the saga function ``async def fn(saga, inp)``
+        self.function = handler
         self.options = options or SagaWorkflowOptions()
         hints = _type_hints(handler)
         self.input = serde.Converter(hints.get(positional[1]), f"input of saga {name!r}")

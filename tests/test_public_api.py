@@ -37,8 +37,26 @@ PROMISED = {
     "SagaStatus",
 }
 
+#: every name issue 5 (long-running sagas) promises, importable from ``sagakit``
+PROMISED_LONG_RUNNING = {
+    "SagaTimeoutError",
+    "SagaWorkflowOptions",
+    "create_saga_long_workflow",
+    "create_saga_virtual_object",
+}
+
 #: the whole public surface as it stands
-ALL = PROMISED | {
+ALL = PROMISED | PROMISED_LONG_RUNNING | {
+    "DurablePromise",
+    "HandlerContext",
+    "ObjectContext",
+    "PromiseAlreadyCompletedError",
+    "PromiseRejectedError",
+    "SagaFinishedError",
+    "SagaLongWorkflow",
+    "SagaVirtualObject",
+    "SharedObjectContext",
+    "UnknownHandlerError",
     "EngineNotStartedError",
     "ErrorInfo",
     "OutputNotSerializableError",

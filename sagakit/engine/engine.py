@@ -21,18 +21,19 @@ from ..errors import (
     OutputNotSerializableError,
     SagaConflictError,
     SagaError,
-    SagaFinishedError,
     SagaNotFoundError,
     SagaValidationError,
     StoreUnavailable,
     UnknownWorkflowError,
 )
+from ..long_workflows import SagaLongWorkflow
+from ..objects import SagaVirtualObject
 from ..stores import open_store
-from ..stores.base import ClaimedSaga, DeliveryOutcome, EventKind, NewSaga, SagaStatus, Store
+from ..stores.base import ClaimedSaga, NewSaga, SagaStatus, Store
 from ..workflows import SagaWorkflow
 from .run import Outcome, SagaRun
 from .snapshots import SagaSnapshot, error_for
-from .waits import saga_scope
+from .talk import TalkMixin
 
 log = logging.getLogger("sagakit.engine")
 
@@ -82,7 +83,7 @@ def _seconds(value: float | timedelta | None) -> float | None:
     return value
 
 
-class Engine:
+class Engine(TalkMixin):
     """Runs sagas durably on a store.
 
     Args:
@@ -124,6 +125,7 @@ class Engine:
         self._store_arg = store
         self._store: Store | None = None
         self._workflows: dict[str, SagaWorkflow[Any, Any]] = {}
+        self._objects: dict[str, SagaVirtualObject] = {}
         self._tasks: dict[str, asyncio.Task[Outcome | None]] = {}
         self._claimed: set[str] = set()
         self._background: asyncio.Task[None] | None = None
@@ -133,13 +135,26 @@ class Engine:
 
     # -- registration ------------------------------------------------------------------------
 
-    def register(self, *workflows: SagaWorkflow[Any, Any]) -> None:
-        """Make workflows startable by name and recoverable by this engine's worker."""
+    def register(self, *workflows: SagaWorkflow[Any, Any] | SagaVirtualObject) -> None:
+        """Make workflows (and virtual objects) startable by name and recoverable by this
+        engine's worker."""
         for workflow in workflows:
+            if isinstance(workflow, SagaVirtualObject):
+                known_object = self._objects.get(workflow.name)
+                if known_object is not None and known_object is not workflow:
+                    raise SagaConflictError(
+                        f"another virtual object is already registered as {workflow.name!r}"
+                    )
+                self._objects[workflow.name] = workflow
+                self.register(*workflow.workflows)
+                continue
             if not isinstance(workflow, SagaWorkflow):
                 raise TypeError(
-                    f"register takes saga workflows (made with @saga_workflow), got {workflow!r}"
+                    "register takes saga workflows (made with @saga_workflow) and virtual "
+                    f"objects, got {workflow!r}"
                 )
+            if isinstance(workflow, SagaLongWorkflow):
+                workflow.check_ready()
             known = self._workflows.get(workflow.name)
             if known is not None and known is not workflow:
                 raise SagaConflictError(
@@ -250,8 +265,18 @@ class Engine:
             SagaValidationError: the input does not match the workflow's input type.
             SagaConflictError: ``saga_id`` belongs to a saga of another workflow.
         """
+        return await self._start(self._resolve(workflow), inp, saga_id, run_here=run_here)
+
+    async def _start(
+        self,
+        wf: SagaWorkflow[Any, Any],
+        inp: Any,
+        saga_id: str | None,
+        *,
+        run_here: bool,
+        object_key: str | None = None,
+    ) -> SagaHandle:
         store = self._store_or_raise()
-        wf = self._resolve(workflow)
         saga_id = _check_saga_id(saga_id)
         value = wf.input.validate(inp)
         try:
@@ -269,15 +294,16 @@ class Engine:
                 input=input_json,
                 owner=self.worker_id if run_here else None,
                 lease_seconds=self.lease.total_seconds(),
+                object_key=object_key,
             )
         )
         if not created.created:
             _check_same_workflow(saga_id, created.record.name, wf.name)
             return SagaHandle(self, saga_id)
-        if run_here:
-            self._launch(SagaRun(store, wf, created.record, [], live_input=value))
-        elif self._wakeup is not None:
-            self._wakeup.set()
+        if created.record.owner == self.worker_id:
+            self._launch(SagaRun(store, wf, created.record, [], live_input=value, events=[]))
+        else:  # for a worker (maybe this one), or waiting for its object key's turn
+            self._poke()
         return SagaHandle(self, saga_id)
 
     async def run(
@@ -304,73 +330,6 @@ class Engine:
         if record is None:
             raise SagaNotFoundError(saga_id)
         return SagaSnapshot.build(record, await store.load_journal(saga_id))
-
-    # -- talking to running sagas ------------------------------------------------------------
-
-    async def signal(self, saga_id: str, name: str, payload: Any = None) -> None:
-        """Send the signal ``name`` with ``payload`` (JSON) to a saga.
-
-        Kept until the saga waits for it (``saga.wait_for_signal(name)``); each signal is taken
-        by one wait, in the order they were sent.
-
-        Raises:
-            SagaNotFoundError: no saga has this id.
-            SagaFinishedError: the saga has ended; nothing would ever take the signal.
-        """
-        if not isinstance(name, str) or not name:
-            raise SagaValidationError(f"a signal name must be a non-empty string, got {name!r}")
-        try:
-            body = serde.dumps(payload, what=f"the payload of signal {name!r}")
-        except OutputNotSerializableError as exc:
-            raise SagaValidationError(exc.message) from exc
-        delivery = await self._store_or_raise().deliver(saga_id, EventKind.SIGNAL, name, body)
-        if delivery.outcome == DeliveryOutcome.NOT_FOUND:
-            raise SagaNotFoundError(saga_id)
-        if delivery.outcome == DeliveryOutcome.FINISHED:
-            raise SagaFinishedError(saga_id, str(delivery.status))
-        if delivery.status == SagaStatus.SUSPENDED:
-            self._poke()
-
-    async def notify(self, saga_id: str, token: str, event: Any = None) -> bool:
-        """Deliver ``event`` to the wait whose token is ``token`` (``snapshot.wait_token``).
-
-        Returns True when that wait is the saga's current one (the event answers it: it is
-        returned by ``wait_for_signal``, or is the promise's value, or ends a sleep), False
-        when the token is stale (that wait is over, or the saga ended) and nothing was
-        delivered.
-
-        Raises:
-            SagaNotFoundError: no saga has this id.
-        """
-        try:
-            body = serde.dumps(event, what="the event")
-        except OutputNotSerializableError as exc:
-            raise SagaValidationError(exc.message) from exc
-        delivery = await self._store_or_raise().deliver(
-            saga_id, EventKind.NOTIFY, str(token), body, token=str(token)
-        )
-        if delivery.outcome == DeliveryOutcome.NOT_FOUND:
-            raise SagaNotFoundError(saga_id)
-        if delivery.outcome != DeliveryOutcome.DELIVERED:
-            return False
-        if delivery.status == SagaStatus.SUSPENDED:
-            self._poke()
-        return True
-
-    async def query(self, saga_id: str, key: str, default: Any = None) -> Any:
-        """The value the saga published under ``key`` with ``saga.set_state`` (``default`` if
-        it published none). Reads the store: works from any process.
-
-        Raises:
-            SagaNotFoundError: no saga has this id.
-        """
-        store = self._store_or_raise()
-        state = await store.load_state(saga_scope(saga_id))
-        if key in state:
-            return serde.loads(state[key])
-        if await store.load_saga(saga_id) is None:
-            raise SagaNotFoundError(saga_id)
-        return default
 
     async def list(
         self, status: SagaStatus | str | None = None, name: str | None = None, limit: int = 50

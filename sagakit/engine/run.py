@@ -32,6 +32,7 @@ from ..errors import (
     TerminalError,
     as_terminal,
 )
+from ..objects import operation_writes
 from ..retry import DEFAULT_RETRY, RetryPolicy
 from ..steps import UNSET, SagaStep, StepResponse
 from ..stores.base import (
@@ -47,7 +48,7 @@ from ..stores.base import (
     Store,
 )
 from ..workflows import SagaWorkflow
-from .waits import PendingWait, WaitsMixin
+from .waits import PendingWait, WaitsMixin, object_scope
 
 log = logging.getLogger("sagakit.engine")
 
@@ -143,6 +144,8 @@ class SagaRun(WaitsMixin):
         )
         self._object_key = record.object_key
         self._object_state: dict[str, str] | None = None
+        #: object state written by the step attempt that just succeeded
+        self._step_writes: tuple[StateWrite, ...] = ()
 
     def again(self) -> SagaRun:
         """A fresh run of the same saga from what this one journaled (after events arrived)."""
@@ -385,6 +388,8 @@ class SagaRun(WaitsMixin):
             # the attempt is cut at its own timeout or at the saga's deadline, whichever is first
             cut_by_deadline = left is not None and (timeout is None or left < timeout)
             deadline = asyncio.timeout(left if cut_by_deadline else timeout)
+            writes: list[tuple[str, str | None]] = []
+            marker = operation_writes.set(writes)
             try:
                 value = step.input.validate(inp)
                 async with deadline:
@@ -404,6 +409,9 @@ class SagaRun(WaitsMixin):
                 return await self._finish_step(
                     step, seq, attempt, started, EntryStatus.FAILED, None, None, info
                 )
+            finally:
+                operation_writes.reset(marker)
+            self._step_writes = self._object_writes(writes)
             return await self._record_result(step, seq, attempt, started, result)
 
     async def _wait_to_retry(
@@ -500,8 +508,10 @@ class SagaRun(WaitsMixin):
             started,
             time.time(),
         )
+        # state written by a step that succeeded commits with its entry; a failed one's is dropped
+        writes, self._step_writes = self._step_writes, ()
         # the saga function may go on at once: the next side effect settles this write first
-        self._write_behind(entry)
+        self._write_behind(entry, state=writes if status == EntryStatus.COMPLETED else ())
         return entry
 
     # -- the whole saga ----------------------------------------------------------------------
@@ -517,7 +527,7 @@ class SagaRun(WaitsMixin):
                 inp = self._live_input
             else:
                 inp = self.workflow.input.validate(serde.loads(self.record.input))
-            result = await self.workflow.handler(ctx, inp)
+            result = await self.workflow.function(ctx, inp)
         except Suspended:
             await self._wait_in_flight()
             return await self._suspend()
@@ -647,8 +657,11 @@ class SagaRun(WaitsMixin):
             )
             await self._write(marker, update)
             update = None
+        writes: list[tuple[str, str | None]] = []
         while error is None:
             attempt += 1
+            writes = []
+            token = operation_writes.set(writes)
             try:
                 await step.call_compensation(compensation.data, compensation.failed)
                 break
@@ -669,6 +682,8 @@ class SagaRun(WaitsMixin):
                     extra={"saga_id": self.saga_id, "step": step.name, "seq": seq},
                 )
                 break
+            finally:
+                operation_writes.reset(token)
         entry = JournalEntry(
             self.saga_id,
             seq,
@@ -682,8 +697,22 @@ class SagaRun(WaitsMixin):
             started,
             time.time(),
         )
-        await self._write(entry, update)
+        state = self._object_writes(writes) if error is None else ()
+        self._write_behind(entry, update, state=state)
+        await self._settle()
         return entry
+
+    def _object_writes(self, writes: list[tuple[str, str | None]]) -> tuple[StateWrite, ...]:
+        if not writes or self._object_key is None:
+            return ()
+        scope = object_scope(self._object_key)
+        if self._object_state is not None:
+            for key, value in writes:
+                if value is None:
+                    self._object_state.pop(key, None)
+                else:
+                    self._object_state[key] = value
+        return tuple(StateWrite(scope, key, value) for key, value in writes)
 
     async def _fail_nondeterministic(self, exc: NonDeterminismError) -> Outcome:
         log.error("%s", exc, extra={"saga_id": self.saga_id})

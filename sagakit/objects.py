@@ -1,0 +1,178 @@
+"""Virtual objects (as in Restate and restate-saga): keyed entities with durable state.
+
+``cart = create_saga_virtual_object("ShoppingCart")``; ``@cart.handler()`` marks an exclusive
+handler ``async def add(saga, obj, inp)``: each call is a saga of its own, and the calls for one
+key run one at a time, in arrival order, across every process. ``@cart.handler(kind="shared")``
+marks a read-only handler ``async def items(obj, inp)`` that runs at once, beside the others.
+
+``obj.get(key)``, ``obj.set(key, value)`` and ``obj.clear(key)`` work on the state of the
+object's key. In the handler's saga function a write is a journaled operation of its own; in a
+step or a compensation it is written with that step's or compensation's journal entry (and
+dropped if the attempt fails), so a rolled-back call leaves the state as its compensations left
+it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, Protocol
+
+from . import serde
+from .context import SagaContext
+from .errors import SagaError
+from .steps import _positional_names, _type_hints
+from .workflows import SagaWorkflow
+
+ExclusiveFn = Callable[[SagaContext, "ObjectContext", Any], Awaitable[Any]]
+SharedFn = Callable[["SharedObjectContext", Any], Awaitable[Any]]
+HandlerKind = Literal["exclusive", "shared"]
+
+#: state writes made inside the step or compensation running now: (key, JSON or None)
+operation_writes: contextvars.ContextVar[list[tuple[str, str | None]] | None] = (
+    contextvars.ContextVar("sagakit_operation_writes", default=None)
+)
+
+
+class ObjectDriver(Protocol):
+    """What the engine's run provides behind an ObjectContext."""
+
+    def object_set(self, key: str, value: str | None) -> None: ...
+
+    async def object_get(self, key: str) -> str | None: ...
+
+
+class StateReader(Protocol):
+    """What the engine provides behind a SharedObjectContext."""
+
+    async def read_object_state(self, object_key: str) -> dict[str, str]: ...
+
+
+class ObjectContext:
+    """An exclusive handler's handle on its object's durable state."""
+
+    __slots__ = ("_driver", "_pending", "key", "object_name")
+
+    def __init__(self, driver: ObjectDriver, object_name: str, key: str):
+        self._driver = driver
+        self.object_name = object_name
+        self.key = key
+        #: writes made in steps and compensations, not yet journaled (visible to get)
+        self._pending: dict[str, str | None] = {}
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """The value under ``key`` (journaled: a replay reads what the first run read)."""
+        buffered = operation_writes.get()
+        if buffered is not None:
+            for name, value in reversed(buffered):
+                if name == key:
+                    return default if value is None else serde.loads(value)
+        raw = await self._driver.object_get(key)
+        return default if raw is None else serde.loads(raw)
+
+    def set(self, key: str, value: Any) -> None:
+        """Set ``key`` to ``value`` (JSON), durably (see the module docstring for when)."""
+        self._write(key, serde.dumps(value, what=f"the value of {key!r}"))
+
+    def clear(self, key: str) -> None:
+        """Remove ``key``."""
+        self._write(key, None)
+
+    def _write(self, key: str, value: str | None) -> None:
+        buffered = operation_writes.get()
+        if buffered is not None:
+            buffered.append((key, value))  # written with the step's or compensation's entry
+        else:
+            self._driver.object_set(key, value)
+
+    def __repr__(self) -> str:
+        return f"<ObjectContext {self.object_name}/{self.key}>"
+
+
+class SharedObjectContext:
+    """A shared handler's read-only handle on its object's state (as committed now)."""
+
+    __slots__ = ("_reader", "key", "object_name")
+
+    def __init__(self, reader: StateReader, object_name: str, key: str):
+        self._reader = reader
+        self.object_name = object_name
+        self.key = key
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        state = await self._reader.read_object_state(f"{self.object_name}/{self.key}")
+        return serde.loads(state[key]) if key in state else default
+
+    def set(self, key: str, value: Any) -> None:
+        raise SagaError(
+            f"handler of {self.object_name!r} is shared: it can only read; change state in an "
+            "exclusive handler"
+        )
+
+    clear = set
+
+
+class ObjectHandler:
+    """One handler of a virtual object."""
+
+    def __init__(self, obj: SagaVirtualObject, name: str, fn: Callable[..., Any], kind: str):
+        if kind not in ("exclusive", "shared"):
+            raise ValueError(f"handler kind must be 'exclusive' or 'shared', got {kind!r}")
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"handler {name!r} of {obj.name!r} must be an `async def`")
+        positional = _positional_names(fn)
+        wanted = 3 if kind == "exclusive" else 2
+        if len(positional) < wanted:
+            shape = "(saga, obj, inp)" if kind == "exclusive" else "(obj, inp)"
+            raise TypeError(f"{kind} handler {name!r} of {obj.name!r} must take {shape}")
+        self.name = name
+        self.kind = kind
+        self.fn = fn
+        hint = _type_hints(fn).get(positional[wanted - 1])
+        self.input = serde.Converter(hint, f"input of handler {name!r} of {obj.name!r}")
+        self.workflow: SagaWorkflow[Any, Any] | None = None
+        if kind == "exclusive":
+            self.workflow = SagaWorkflow(f"{obj.name}/{name}", self._run_as_saga)
+
+    async def _run_as_saga(self, saga: SagaContext, call: dict[str, Any]) -> Any:
+        obj = ObjectContext(saga._object_driver(), call["object"], call["key"])
+        return await self.fn(saga, obj, self.input.validate(call["input"]))
+
+
+class SagaVirtualObject:
+    """A keyed entity with durable state and handlers (see the module docstring)."""
+
+    def __init__(self, name: str):
+        if not isinstance(name, str) or not name.strip() or "/" in name:
+            raise ValueError(f"a virtual object needs a non-empty name without '/', got {name!r}")
+        self.name = name
+        self.handlers: dict[str, ObjectHandler] = {}
+
+    def handler(
+        self, name: str | None = None, *, kind: HandlerKind = "exclusive"
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorate an exclusive ``async def fn(saga, obj, inp)`` or, with ``kind="shared"``,
+        a read-only ``async def fn(obj, inp)``."""
+
+        def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+            key = name or fn.__name__
+            if key in self.handlers:
+                raise SagaError(f"virtual object {self.name!r} already has a handler {key!r}")
+            self.handlers[key] = ObjectHandler(self, key, fn, kind)
+            return fn
+
+        return wrap
+
+    @property
+    def workflows(self) -> list[SagaWorkflow[Any, Any]]:
+        """The saga workflows of its exclusive handlers (what the engine registers)."""
+        return [h.workflow for h in self.handlers.values() if h.workflow is not None]
+
+    def __repr__(self) -> str:
+        return f"<SagaVirtualObject {self.name!r} handlers={sorted(self.handlers)}>"
+
+
+def create_saga_virtual_object(name: str) -> SagaVirtualObject:
+    """A virtual object called ``name``; add handlers with ``@obj.handler()``."""
+    return SagaVirtualObject(name)
