@@ -1,7 +1,7 @@
 """Throughput and latency of durable sagas, beside the raw commit rate of the same database.
 
     python -m benchmarks.throughput --store sqlite|postgres [--scenario noop|io|compensation|
-        recovery|all] [--sagas N] [--concurrency C] [--steps K] [--fail-rate F] [--url URL]
+        recovery|signals|all] [--sagas N] [--concurrency C] [--steps K] [--fail-rate F] [--url URL]
 
 For one run it prints: sagas/s and steps/s at C concurrent sagas; p50/p95/p99 of one saga's
 latency (start to result) at that load and alone; CPU ms per saga (this process: the engine and
@@ -15,8 +15,9 @@ synchronous_commit on) and SQLite a file in a temporary folder (WAL, synchronous
 Scenarios: ``noop`` (K steps that do nothing: the engine's overhead), ``io`` (each step awaits
 ``asyncio.sleep(0.005)``, like a call to a service), ``compensation`` (the last step fails for
 good, the others are compensated), ``recovery`` (N sagas interrupted by a SIGKILL of their
-process in their second step, then drained by one fresh engine). The issue's scenario of 10,000
-sagas suspended on signals needs signals, which do not exist yet.
+process in their second step, then drained by one fresh engine), ``signals`` (N sagas suspended
+on a signal: the worker's RSS while they wait, then the latency from each signal to its saga
+going on; see benchmarks/signals.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from benchmarks.signals import scenario_signals
 from sagakit import (
     Engine,
     SagaCompensatedError,
@@ -368,13 +370,15 @@ async def main(args: argparse.Namespace) -> None:
             f"{args.concurrency} clients"
         )
         scenarios = (
-            ["noop", "io", "compensation", "recovery"]
+            ["noop", "io", "compensation", "recovery", "signals"]
             if args.scenario == "all"
             else [args.scenario]
         )
         for scenario in scenarios:
             if scenario == "recovery":
                 await scenario_recovery(url, args)
+            elif scenario == "signals":
+                await scenario_signals(url, args)
             else:
                 await scenario_load(url, args, scenario)
         print("durability in force:", await durability(url))
@@ -397,11 +401,15 @@ if __name__ == "__main__":
     parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--url", default=None, help="an existing database instead of a new one")
     parser.add_argument(
-        "--scenario", choices=["noop", "io", "compensation", "recovery", "all"], default="noop"
+        "--scenario",
+        choices=["noop", "io", "compensation", "recovery", "signals", "all"],
+        default="noop",
     )
     parser.add_argument("--sagas", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--fail-rate", type=float, default=0.0)
     parser.add_argument("--recovery-sagas", type=int, default=10000)
+    parser.add_argument("--signal-sagas", type=int, default=10000)
+    parser.add_argument("--signal-concurrency", type=int, default=4)
     asyncio.run(main(parser.parse_args()))

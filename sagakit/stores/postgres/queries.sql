@@ -126,24 +126,35 @@ FROM busy, clock
 ON CONFLICT (saga_id) DO NOTHING
 RETURNING saga_id
 
--- name: saga_for_event
-SELECT status, wait_token, event_count FROM saga_instances WHERE saga_id = $1 FOR UPDATE
-
--- name: find_event
-SELECT payload FROM saga_events WHERE saga_id = $1 AND kind = $2 AND name = $3
-ORDER BY seq LIMIT 1
-
--- name: add_event
-WITH counted AS (
+-- name: deliver
+-- one statement: look at the saga (locked), refuse (unknown, ended, stale token, duplicate) or
+-- number the event, store it, make a SUSPENDED saga due and wake the workers
+WITH saga AS (
+    SELECT status, wait_token FROM saga_instances WHERE saga_id = $1 FOR UPDATE
+), dup AS (
+    SELECT payload FROM saga_events
+    WHERE $6 AND saga_id = $1 AND kind = $2 AND name = $3
+    ORDER BY seq LIMIT 1
+), counted AS (
     UPDATE saga_instances
     SET event_count = event_count + 1,
         lease_expires_at = CASE WHEN status = 'SUSPENDED' THEN 0 ELSE lease_expires_at END
     WHERE saga_id = $1
-    RETURNING event_count
+      AND status NOT IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED')
+      AND ($5::text IS NULL OR wait_token IS NOT DISTINCT FROM $5::text)
+      AND NOT EXISTS (SELECT 1 FROM dup)
+    RETURNING event_count, status
+), stored AS (
+    INSERT INTO saga_events (saga_id, seq, kind, name, payload, created_at)
+    SELECT $1, counted.event_count, $2, $3, $4, extract(epoch FROM clock_timestamp())
+    FROM counted
+), woken AS (
+    SELECT pg_notify('sagakit_work', '') FROM counted WHERE counted.status = 'SUSPENDED'
 )
-INSERT INTO saga_events (saga_id, seq, kind, name, payload, created_at)
-SELECT $1, counted.event_count, $2, $3, $4, extract(epoch FROM clock_timestamp())
-FROM counted
+SELECT (SELECT status FROM saga) AS status,
+       (SELECT payload FROM dup) AS duplicate,
+       (SELECT event_count FROM counted) AS seq,
+       (SELECT count(*) FROM woken) AS woken
 
 -- name: get_events
 SELECT saga_id, seq, kind, name, payload, created_at FROM saga_events

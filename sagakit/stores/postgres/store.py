@@ -527,23 +527,17 @@ class PostgresStore:
         unique: bool = False,
     ) -> Delivery:
         async def fn(conn: asyncpg.Connection) -> Delivery:
-            async with conn.transaction():
-                row = await conn.fetchrow(Q["saga_for_event"], saga_id)  # locks the saga row
-                if row is None:
-                    return Delivery(DeliveryOutcome.NOT_FOUND)
-                status, wait_token = row["status"], row["wait_token"]
-                if SagaStatus(status).is_terminal:
-                    return Delivery(DeliveryOutcome.FINISHED, status)
-                if token is not None and wait_token != token:
-                    return Delivery(DeliveryOutcome.STALE, status)
-                if unique:
-                    found = await conn.fetchval(Q["find_event"], saga_id, kind, name)
-                    if found is not None:
-                        return Delivery(DeliveryOutcome.DUPLICATE, status, found)
-                await conn.execute(Q["add_event"], saga_id, kind, name, payload)
-                if status == SagaStatus.SUSPENDED:
-                    await conn.execute(Q["notify_work"])
-            return Delivery(DeliveryOutcome.DELIVERED, status)
+            row = await conn.fetchrow(Q["deliver"], saga_id, kind, name, payload, token, unique)
+            status = row["status"]
+            if status is None:
+                return Delivery(DeliveryOutcome.NOT_FOUND)
+            if row["seq"] is not None:
+                return Delivery(DeliveryOutcome.DELIVERED, status)
+            if SagaStatus(status).is_terminal:
+                return Delivery(DeliveryOutcome.FINISHED, status)
+            if row["duplicate"] is not None:
+                return Delivery(DeliveryOutcome.DUPLICATE, status, row["duplicate"])
+            return Delivery(DeliveryOutcome.STALE, status)
 
         return await self._call(fn)
 
