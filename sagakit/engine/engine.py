@@ -31,7 +31,8 @@ from ..objects import SagaVirtualObject
 from ..stores import open_store
 from ..stores.base import ClaimedSaga, NewSaga, SagaStatus, Store
 from ..workflows import SagaWorkflow
-from .run import Outcome, SagaRun
+from .outcome import Outcome
+from .run import SagaRun
 from .snapshots import SagaSnapshot, error_for
 from .talk import TalkMixin
 

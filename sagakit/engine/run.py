@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from .. import serde
@@ -29,8 +28,6 @@ from ..errors import (
     StoreError,
     StoreUnavailable,
     Suspended,
-    TerminalError,
-    as_terminal,
 )
 from ..objects import operation_writes
 from ..retry import DEFAULT_RETRY, RetryPolicy
@@ -48,6 +45,8 @@ from ..stores.base import (
     Store,
 )
 from ..workflows import SagaWorkflow
+from .outcome import Outcome, _Compensation, terminal_form
+from .rollback import RollbackMixin
 from .waits import PendingWait, WaitsMixin, object_scope
 
 log = logging.getLogger("sagakit.engine")
@@ -56,27 +55,6 @@ _PAST_DEADLINE = "the saga ran past its deadline (SagaWorkflowOptions.deadline)"
 
 #: JSON text stored as a step's compensation data when the step said "nothing to compensate"
 NOTHING_TO_COMPENSATE = "null"
-
-
-@dataclass(slots=True)
-class Outcome:
-    """How a run ended: the saga's status (terminal, or SUSPENDED) with its JSON output or
-    error. ``again``: events arrived as the saga was suspending; run it again now."""
-
-    status: SagaStatus
-    output: str | None
-    error: str | None
-    again: bool = False
-    #: for SUSPENDED: when a timer wakes the saga (None: only an event does)
-    wake_at: float | None = None
-
-
-@dataclass(slots=True)
-class _Compensation:
-    seq: int
-    step: SagaStep[Any]
-    data: Any
-    failed: bool
 
 
 def _jsonable(value: Any) -> Any:
@@ -92,16 +70,7 @@ def _retrieve(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-def _terminal_form(exc: Exception) -> TerminalError | None:
-    """The terminal form of a step's or compensation's error, or None to retry it."""
-    terminal = as_terminal(exc)
-    if terminal is None and isinstance(exc, SagaError):
-        # our own errors (bad input, misuse) would fail the same way again
-        terminal = TerminalError(str(exc), error_type=type(exc).__name__)
-    return terminal
-
-
-class SagaRun(WaitsMixin):
+class SagaRun(RollbackMixin, WaitsMixin):
     """Drives one saga function to a terminal state, to a wait (SUSPENDED), or until its lease
     is lost."""
 
@@ -395,7 +364,7 @@ class SagaRun(WaitsMixin):
                 async with deadline:
                     result = await step.run(ctx, value)
             except Exception as exc:
-                terminal = _terminal_form(exc)
+                terminal = terminal_form(exc)
                 timed_out = deadline.expired()
                 if timed_out and cut_by_deadline:
                     info = ErrorInfo("SagaTimeoutError", _PAST_DEADLINE, step.name, seq)
@@ -584,123 +553,6 @@ class SagaRun(WaitsMixin):
         """
         while self._in_flight:
             await asyncio.wait(list(self._in_flight))
-
-    async def _rollback(self, cause: ErrorInfo) -> Outcome:
-        """Run the registered compensations in reverse order, each journaled, then finish."""
-        failures: list[ErrorInfo] = []
-        status_written = self.record.status == SagaStatus.COMPENSATING
-        cause_json = serde.dumps({"kind": "compensating", "cause": cause.to_json()})
-        try:
-            for compensation in sorted(
-                self._compensations.values(), key=lambda c: c.seq, reverse=True
-            ):
-                seq = self._take_seq()
-                entry = self._recorded(seq, EntryKind.COMPENSATION, compensation.step.name)
-                if entry is None or entry.status == EntryStatus.RUNNING:
-                    self._check_draining()
-                    update = None
-                    if not status_written:
-                        update = SagaUpdate(SagaStatus.COMPENSATING, error=cause_json)
-                    prior = 0 if entry is None else entry.attempts
-                    entry = await self._execute_compensation(compensation, seq, update, prior)
-                    status_written = True
-                if entry.status == EntryStatus.FAILED:
-                    failures.append(ErrorInfo.from_json(serde.loads(entry.error) or {}))
-        except NonDeterminismError as exc:
-            return await self._fail_nondeterministic(exc)
-        if failures:
-            error = {
-                "kind": "compensation_failed",
-                "cause": cause.to_json(),
-                "compensation_failures": [f.to_json() for f in failures],
-            }
-            status = SagaStatus.FAILED
-        else:
-            error = {"kind": "compensated", "cause": cause.to_json()}
-            status = SagaStatus.COMPENSATED
-        error_json = serde.dumps(error)
-        await self._write(None, SagaUpdate(status, error=error_json))
-        return Outcome(status, None, error_json)
-
-    async def _execute_compensation(
-        self, compensation: _Compensation, seq: int, update: SagaUpdate | None, prior: int
-    ) -> JournalEntry:
-        step = compensation.step
-        policy: RetryPolicy = step.compensation_retry or DEFAULT_RETRY
-        await self._settle()
-        started = time.time()
-        attempt = prior
-        error: ErrorInfo | None = None
-        if prior >= policy.max_attempts:
-            error = ErrorInfo(
-                "WorkerDiedError",
-                f"the worker running attempt {prior} died (crash, kill or out of memory); "
-                f"gave up after {prior} attempts",
-                step.name,
-                seq,
-            )
-        elif self._mark_next_attempt:
-            self._mark_next_attempt = False
-            now = time.time()
-            marker = JournalEntry(
-                self.saga_id,
-                seq,
-                EntryKind.COMPENSATION,
-                step.name,
-                EntryStatus.RUNNING,
-                attempt + 1,
-                None,
-                None,
-                None,
-                now,
-                now,
-            )
-            await self._write(marker, update)
-            update = None
-        writes: list[tuple[str, str | None]] = []
-        while error is None:
-            attempt += 1
-            writes = []
-            token = operation_writes.set(writes)
-            try:
-                await step.call_compensation(compensation.data, compensation.failed)
-                break
-            except Exception as exc:
-                terminal = _terminal_form(exc)
-                if terminal is None and attempt < policy.max_attempts:
-                    what = f"compensation of step {step.name}"
-                    await self._wait_to_retry(what, seq, attempt, policy, exc)
-                    continue
-                base = ErrorInfo.from_exception(terminal or exc)
-                message = base.message if terminal else f"{exc} (gave up after {attempt} attempts)"
-                error = ErrorInfo(base.type, message, step.name, seq)
-                log.error(
-                    "compensation of step %s of saga %s failed for good: %s",
-                    step.name,
-                    self.saga_id,
-                    error,
-                    extra={"saga_id": self.saga_id, "step": step.name, "seq": seq},
-                )
-                break
-            finally:
-                operation_writes.reset(token)
-        entry = JournalEntry(
-            self.saga_id,
-            seq,
-            EntryKind.COMPENSATION,
-            step.name,
-            EntryStatus.COMPLETED if error is None else EntryStatus.FAILED,
-            attempt,
-            None,
-            None,
-            None if error is None else serde.dumps(error.to_json()),
-            started,
-            time.time(),
-        )
-        state = self._object_writes(writes) if error is None else ()
-        self._write_behind(entry, update, state=state)
-        await self._settle()
-        return entry
 
     def _object_writes(self, writes: list[tuple[str, str | None]]) -> tuple[StateWrite, ...]:
         if not writes or self._object_key is None:

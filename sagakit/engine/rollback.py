@@ -1,0 +1,184 @@
+"""Rolling a saga back: its registered compensations in reverse order, each a journaled
+operation with its own retries, so that a crash in the middle of a rollback resumes it and never
+repeats a compensation that finished. Mixed into :class:`~sagakit.engine.run.SagaRun`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from .. import serde
+from ..errors import ErrorInfo, NonDeterminismError
+from ..objects import operation_writes
+from ..retry import DEFAULT_RETRY, RetryPolicy
+from ..stores.base import (
+    EntryKind,
+    EntryStatus,
+    JournalEntry,
+    SagaRecord,
+    SagaStatus,
+    SagaUpdate,
+    StateWrite,
+)
+from .outcome import Outcome, _Compensation, terminal_form
+
+log = logging.getLogger("sagakit.engine")
+
+
+class RollbackMixin:
+    """The rollback of a run (see the module docstring)."""
+
+    saga_id: str
+    record: SagaRecord
+    _compensations: dict[int, _Compensation]
+    _mark_next_attempt: bool
+
+    if TYPE_CHECKING:  # provided by SagaRun
+
+        def _take_seq(self) -> int: ...
+
+        def _recorded(self, seq: int, kind: str, name: str) -> JournalEntry | None: ...
+
+        def _check_draining(self) -> None: ...
+
+        def _write_behind(
+            self,
+            entry: JournalEntry | None,
+            update: SagaUpdate | None = None,
+            *,
+            state: tuple[StateWrite, ...] = (),
+        ) -> None: ...
+
+        async def _settle(self) -> None: ...
+
+        async def _write(
+            self, entry: JournalEntry | None, update: SagaUpdate | None = None
+        ) -> None: ...
+
+        async def _wait_to_retry(
+            self, what: str, seq: int, attempt: int, policy: RetryPolicy, exc: Exception
+        ) -> None: ...
+
+        def _object_writes(
+            self, writes: list[tuple[str, str | None]]
+        ) -> tuple[StateWrite, ...]: ...
+
+        async def _fail_nondeterministic(self, exc: NonDeterminismError) -> Outcome: ...
+
+    async def _rollback(self, cause: ErrorInfo) -> Outcome:
+        """Run the registered compensations in reverse order, each journaled, then finish."""
+        failures: list[ErrorInfo] = []
+        status_written = self.record.status == SagaStatus.COMPENSATING
+        cause_json = serde.dumps({"kind": "compensating", "cause": cause.to_json()})
+        try:
+            for compensation in sorted(
+                self._compensations.values(), key=lambda c: c.seq, reverse=True
+            ):
+                seq = self._take_seq()
+                entry = self._recorded(seq, EntryKind.COMPENSATION, compensation.step.name)
+                if entry is None or entry.status == EntryStatus.RUNNING:
+                    self._check_draining()
+                    update = None
+                    if not status_written:
+                        update = SagaUpdate(SagaStatus.COMPENSATING, error=cause_json)
+                    prior = 0 if entry is None else entry.attempts
+                    entry = await self._execute_compensation(compensation, seq, update, prior)
+                    status_written = True
+                if entry.status == EntryStatus.FAILED:
+                    failures.append(ErrorInfo.from_json(serde.loads(entry.error) or {}))
+        except NonDeterminismError as exc:
+            return await self._fail_nondeterministic(exc)
+        if failures:
+            error = {
+                "kind": "compensation_failed",
+                "cause": cause.to_json(),
+                "compensation_failures": [f.to_json() for f in failures],
+            }
+            status = SagaStatus.FAILED
+        else:
+            error = {"kind": "compensated", "cause": cause.to_json()}
+            status = SagaStatus.COMPENSATED
+        error_json = serde.dumps(error)
+        await self._write(None, SagaUpdate(status, error=error_json))
+        return Outcome(status, None, error_json)
+
+    async def _execute_compensation(
+        self, compensation: _Compensation, seq: int, update: SagaUpdate | None, prior: int
+    ) -> JournalEntry:
+        step = compensation.step
+        policy: RetryPolicy = step.compensation_retry or DEFAULT_RETRY
+        await self._settle()
+        started = time.time()
+        attempt = prior
+        error: ErrorInfo | None = None
+        if prior >= policy.max_attempts:
+            error = ErrorInfo(
+                "WorkerDiedError",
+                f"the worker running attempt {prior} died (crash, kill or out of memory); "
+                f"gave up after {prior} attempts",
+                step.name,
+                seq,
+            )
+        elif self._mark_next_attempt:
+            self._mark_next_attempt = False
+            now = time.time()
+            marker = JournalEntry(
+                self.saga_id,
+                seq,
+                EntryKind.COMPENSATION,
+                step.name,
+                EntryStatus.RUNNING,
+                attempt + 1,
+                None,
+                None,
+                None,
+                now,
+                now,
+            )
+            await self._write(marker, update)
+            update = None
+        writes: list[tuple[str, str | None]] = []
+        while error is None:
+            attempt += 1
+            writes = []
+            token = operation_writes.set(writes)
+            try:
+                await step.call_compensation(compensation.data, compensation.failed)
+                break
+            except Exception as exc:
+                terminal = terminal_form(exc)
+                if terminal is None and attempt < policy.max_attempts:
+                    what = f"compensation of step {step.name}"
+                    await self._wait_to_retry(what, seq, attempt, policy, exc)
+                    continue
+                base = ErrorInfo.from_exception(terminal or exc)
+                message = base.message if terminal else f"{exc} (gave up after {attempt} attempts)"
+                error = ErrorInfo(base.type, message, step.name, seq)
+                log.error(
+                    "compensation of step %s of saga %s failed for good: %s",
+                    step.name,
+                    self.saga_id,
+                    error,
+                    extra={"saga_id": self.saga_id, "step": step.name, "seq": seq},
+                )
+                break
+            finally:
+                operation_writes.reset(token)
+        entry = JournalEntry(
+            self.saga_id,
+            seq,
+            EntryKind.COMPENSATION,
+            step.name,
+            EntryStatus.COMPLETED if error is None else EntryStatus.FAILED,
+            attempt,
+            None,
+            None,
+            None if error is None else serde.dumps(error.to_json()),
+            started,
+            time.time(),
+        )
+        state = self._object_writes(writes) if error is None else ()
+        self._write_behind(entry, update, state=state)
+        await self._settle()
+        return entry
