@@ -42,6 +42,8 @@ class ObjectDriver(Protocol):
 
     async def object_get(self, key: str) -> str | None: ...
 
+    async def object_peek(self, key: str) -> str | None: ...
+
 
 class StateReader(Protocol):
     """What the engine provides behind a SharedObjectContext."""
@@ -62,13 +64,17 @@ class ObjectContext:
         self._pending: dict[str, str | None] = {}
 
     async def get(self, key: str, default: Any = None) -> Any:
-        """The value under ``key`` (journaled: a replay reads what the first run read)."""
+        """The value under ``key``. In the handler's saga function the read is journaled (a
+        replay reads what the first run read); in a step or compensation it is a plain read,
+        like any side effect there, and sees that operation's own writes."""
         buffered = operation_writes.get()
         if buffered is not None:
             for name, value in reversed(buffered):
                 if name == key:
                     return default if value is None else serde.loads(value)
-        raw = await self._driver.object_get(key)
+            raw = await self._driver.object_peek(key)
+        else:
+            raw = await self._driver.object_get(key)
         return default if raw is None else serde.loads(raw)
 
     def set(self, key: str, value: Any) -> None:
@@ -105,12 +111,16 @@ class SharedObjectContext:
         return serde.loads(state[key]) if key in state else default
 
     def set(self, key: str, value: Any) -> None:
-        raise SagaError(
+        raise self._read_only()
+
+    def clear(self, key: str) -> None:
+        raise self._read_only()
+
+    def _read_only(self) -> SagaError:
+        return SagaError(
             f"handler of {self.object_name!r} is shared: it can only read; change state in an "
             "exclusive handler"
         )
-
-    clear = set
 
 
 class ObjectHandler:

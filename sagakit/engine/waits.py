@@ -152,12 +152,17 @@ class WaitsMixin:
         if entry is not None:
             value: str | None = serde.loads(entry.output)
             return value
-        if self._object_state is None:
-            assert self._object_key is not None
-            self._object_state = await self._read_state(object_scope(self._object_key))
-        current = self._object_state.get(key)
+        current = await self.object_peek(key)
         self._write_behind(self._entry(seq, EntryKind.STATE_GET, key, serde.dumps(current)))
         return current
+
+    async def object_peek(self, key: str) -> str | None:
+        """The object's value under ``key`` now, with this run's own writes (not journaled)."""
+        if self._object_state is None:
+            assert self._object_key is not None
+            await self._settle()  # this run's own writes are in the store before it is read
+            self._object_state = await self._read_state(object_scope(self._object_key))
+        return self._object_state.get(key)
 
     # -- state -------------------------------------------------------------------------------
 

@@ -126,6 +126,9 @@ FROM busy, clock
 ON CONFLICT (saga_id) DO NOTHING
 RETURNING saga_id
 
+-- name: lock_saga
+SELECT 1 FROM saga_instances WHERE saga_id = $1 FOR UPDATE
+
 -- name: deliver
 -- one statement: look at the saga (locked), refuse (unknown, ended, stale token, duplicate) or
 -- number the event, store it, make a SUSPENDED saga due and wake the workers

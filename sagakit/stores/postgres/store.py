@@ -527,7 +527,16 @@ class PostgresStore:
         unique: bool = False,
     ) -> Delivery:
         async def fn(conn: asyncpg.Connection) -> Delivery:
-            row = await conn.fetchrow(Q["deliver"], saga_id, kind, name, payload, token, unique)
+            if unique:
+                # the duplicate check must see an event committed by whoever held the saga's
+                # row before us: lock it first, so that the next statement's snapshot is later
+                async with conn.transaction():
+                    await conn.execute(Q["lock_saga"], saga_id)
+                    row = await conn.fetchrow(
+                        Q["deliver"], saga_id, kind, name, payload, token, unique
+                    )
+            else:
+                row = await conn.fetchrow(Q["deliver"], saga_id, kind, name, payload, token, False)
             status = row["status"]
             if status is None:
                 return Delivery(DeliveryOutcome.NOT_FOUND)
