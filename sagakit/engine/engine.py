@@ -370,9 +370,12 @@ class Engine(TalkMixin):
         store = self._store_or_raise()
         async with asyncio.timeout(_seconds(timeout)):
             delay = 0.005
+            awaited: asyncio.Task[Outcome | None] | None = None
             while True:
                 task = self._tasks.get(saga_id)
-                if task is not None:
+                # each run once: a run that ended SUSPENDED may not be forgotten yet
+                if task is not None and task is not awaited:
+                    awaited = task
                     # taken before awaiting: the task forgets itself as soon as it is done
                     run: SagaRun = task.sagakit_run  # type: ignore[attr-defined]
                     outcome: Outcome | None = None
@@ -387,8 +390,7 @@ class Engine(TalkMixin):
                         return _value_of(
                             saga_id, outcome.status, outcome.output, outcome.error, run.workflow
                         )
-                    if outcome is not None:
-                        continue  # suspended: it goes on later, here or in another worker
+                    # else suspended (or stopped): it goes on later, here or in another worker
                 if self._closing or self._draining or self._store is None:
                     raise SagaError(
                         f"this engine stopped while waiting for saga {saga_id!r}; the saga was "

@@ -4,7 +4,9 @@ for real what it does not, and roll back when the saga fails for good.
 A run starts from the saga's journal as read once (empty for a saga started here). Each durable
 operation takes the next sequence number; if the journal has that entry the recorded result is
 returned (or its recorded error raised) without doing the work, else the work is done and its
-entry is committed before the saga function goes on.
+entry is queued for the store's next group commit. The saga function may go on computing at
+once, but nothing leaves the run before what came before it is committed: not the next step's
+body, a compensation, a wait, nor the outcome handed to the caller (see ``_write_behind``).
 """
 
 from __future__ import annotations

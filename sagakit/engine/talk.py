@@ -165,7 +165,7 @@ class TalkMixin:
         shared handler runs now, here, reading the state as committed.
 
         Raises:
-            UnknownWorkflowError / UnknownHandlerError: no such object or handler registered.
+            UnknownHandlerError: no such object or handler registered here.
             SagaCompensatedError: the handler's saga failed and rolled back.
         """
         obj = self._objects.get(object_name)
