@@ -46,30 +46,34 @@ PROMISED_LONG_RUNNING = {
 }
 
 #: the whole public surface as it stands
-ALL = PROMISED | PROMISED_LONG_RUNNING | {
-    "DurablePromise",
-    "HandlerContext",
-    "ObjectContext",
-    "PromiseAlreadyCompletedError",
-    "PromiseRejectedError",
-    "SagaFinishedError",
-    "SagaLongWorkflow",
-    "SagaVirtualObject",
-    "SharedObjectContext",
-    "UnknownHandlerError",
-    "EngineNotStartedError",
-    "ErrorInfo",
-    "OutputNotSerializableError",
-    "SagaConflictError",
-    "SagaStep",
-    "SagaValidationError",
-    "SagaWorkflow",
-    "SagaWorkflowOptions",
-    "StepFailedError",
-    "StepSnapshot",
-    "StoreError",
-    "__version__",
-}
+ALL = (
+    PROMISED
+    | PROMISED_LONG_RUNNING
+    | {
+        "DurablePromise",
+        "HandlerContext",
+        "ObjectContext",
+        "PromiseAlreadyCompletedError",
+        "PromiseRejectedError",
+        "SagaFinishedError",
+        "SagaLongWorkflow",
+        "SagaVirtualObject",
+        "SharedObjectContext",
+        "UnknownHandlerError",
+        "EngineNotStartedError",
+        "ErrorInfo",
+        "OutputNotSerializableError",
+        "SagaConflictError",
+        "SagaStep",
+        "SagaValidationError",
+        "SagaWorkflow",
+        "SagaWorkflowOptions",
+        "StepFailedError",
+        "StepSnapshot",
+        "StoreError",
+        "__version__",
+    }
+)
 
 
 def test_all_is_pinned() -> None:
