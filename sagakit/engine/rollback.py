@@ -71,6 +71,9 @@ class RollbackMixin:
         failures: list[ErrorInfo] = []
         status_written = self.record.status == SagaStatus.COMPENSATING
         cause_json = serde.dumps({"kind": "compensating", "cause": cause.to_json()})
+        # the decision to roll back (the failure that caused it) is durable before anything is
+        # undone; the compensations' own entries then commit behind them, in order
+        await self._settle()
         try:
             for compensation in sorted(
                 self._compensations.values(), key=lambda c: c.seq, reverse=True
@@ -108,7 +111,6 @@ class RollbackMixin:
     ) -> JournalEntry:
         step = compensation.step
         policy: RetryPolicy = step.compensation_retry or DEFAULT_RETRY
-        await self._settle()
         started = time.time()
         attempt = prior
         error: ErrorInfo | None = None
@@ -180,5 +182,4 @@ class RollbackMixin:
         )
         state = self._object_writes(writes) if error is None else ()
         self._write_behind(entry, update, state=state)
-        await self._settle()
         return entry
