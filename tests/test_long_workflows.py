@@ -10,8 +10,6 @@ the same database (``shared_store_url``).
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -35,49 +33,9 @@ from sagakit import (
     saga_workflow,
 )
 from tests.conftest import make_engine
-
-#: the longest any one wait of these tests may take: a bug fails a test, it never hangs it
-WAIT = 10.0
-#: how long a saga must stay put for a test to believe it does not move on its own
-STILL = 0.3
-
+from tests.waiting import STILL, WAIT, Gate, eventually, suspended
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-class Gate:
-    """Holds a step inside its body until the test opens it; tells the test it got there."""
-
-    def __init__(self) -> None:
-        self.entered = asyncio.Event()
-        self.opened = asyncio.Event()
-
-    async def hold(self) -> None:
-        self.entered.set()
-        await self.opened.wait()
-
-    async def reached(self) -> None:
-        async with asyncio.timeout(WAIT):
-            await self.entered.wait()
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], what: str, timeout: float = WAIT
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-async def suspended(engine: Engine, saga_id: str) -> None:
-    """Wait until the saga is SUSPENDED in the store."""
-
-    async def check() -> bool:
-        return (await engine.get(saga_id)).status == SagaStatus.SUSPENDED
-
-    await eventually(check, f"saga {saga_id} to suspend")
 
 
 def approval_workflow(name: str = "Approval") -> tuple[Any, list[Any]]:

@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +39,7 @@ from sagakit import (
     saga_step,
 )
 from tests.conftest import fast_retry, make_engine, make_store_url
-
-#: the longest any one wait of these tests may take: a bug fails a test, it never hangs it
-WAIT = 10.0
-#: how long a call must stay put for a test to believe it does not move on its own
-STILL = 0.3
+from tests.waiting import STILL, WAIT, Gate, eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,35 +47,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # -- helpers ----------------------------------------------------------------------------------
 
 
-class Gate:
-    """Holds a step inside its body until the test opens it; tells the test it got there."""
-
-    def __init__(self) -> None:
-        self.entered = asyncio.Event()
-        self.opened = asyncio.Event()
-
-    async def hold(self) -> None:
-        self.entered.set()
-        await self.opened.wait()
-
-    async def reached(self) -> None:
-        async with asyncio.timeout(WAIT):
-            await self.entered.wait()
-
-
 async def within(awaitable: Awaitable[Any], seconds: float = WAIT) -> Any:
     async with asyncio.timeout(seconds):
         return await awaitable
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], what: str, timeout: float = WAIT
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def assert_one_at_a_time(ledger: list[tuple[str, str]]) -> None:

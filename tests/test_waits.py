@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -22,7 +21,6 @@ from sagakit import (
     SagaContext,
     SagaError,
     SagaNotFoundError,
-    SagaSnapshot,
     SagaStatus,
     SagaValidationError,
     SagaWorkflowOptions,
@@ -36,55 +34,9 @@ from sagakit.errors import (
     SagaTimeoutError,
 )
 from tests.conftest import fast_retry, make_engine
-
-#: the longest any one wait of these tests may take: a bug fails a test, it never hangs it
-WAIT = 10.0
-#: how long a saga must stay put for a test to believe it does not move on its own
-STILL = 0.3
-
+from tests.waiting import STILL, WAIT, Gate, eventually, suspended
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-class Gate:
-    """Holds a step inside its body until the test opens it; tells the test it got there."""
-
-    def __init__(self) -> None:
-        self.entered = asyncio.Event()
-        self.opened = asyncio.Event()
-
-    async def hold(self) -> None:
-        self.entered.set()
-        await self.opened.wait()
-
-    async def reached(self) -> None:
-        async with asyncio.timeout(WAIT):
-            await self.entered.wait()
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], what: str, timeout: float = WAIT
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-async def suspended(engine: Engine, saga_id: str) -> SagaSnapshot:
-    """Wait until the saga is SUSPENDED in the store and no task of this engine runs it."""
-    found: list[SagaSnapshot] = []
-
-    async def check() -> bool:
-        snap = await engine.get(saga_id)
-        if snap.status == SagaStatus.SUSPENDED and saga_id not in engine._tasks:
-            found.append(snap)
-            return True
-        return False
-
-    await eventually(check, f"saga {saga_id!r} to be SUSPENDED")
-    return found[-1]
 
 
 async def published(engine: Engine, saga_id: str, key: str) -> Any:
@@ -935,26 +887,6 @@ async def test_a_step_timeout_that_retries_then_compensates(engine: Engine) -> N
     assert undone == ["Reserve"]
     entry = next(s for s in (await engine.get("timesout")).steps if s.name == "Slow")
     assert (entry.status, entry.attempts) == ("failed", 3)
-
-
-async def test_a_step_timeout_retry_that_succeeds(engine: Engine) -> None:
-    attempts: list[int] = []
-
-    @saga_step("SlowOnce", retry=fast_retry(3), timeout=timedelta(milliseconds=100))
-    async def slow_once(ctx: SagaContext, inp: Any) -> str:
-        attempts.append(ctx.attempt)
-        if ctx.attempt == 1:
-            await asyncio.sleep(5)
-        return "ok"
-
-    @saga_workflow("TimesOutOnce")
-    async def wf(saga: SagaContext, inp: Any) -> Any:
-        return await slow_once(saga, None)
-
-    assert await engine.run(wf, None, saga_id="once", timeout=WAIT) == "ok"
-    assert attempts == [1, 2]
-    entry = next(s for s in (await engine.get("once")).steps if s.name == "SlowOnce")
-    assert (entry.status, entry.attempts) == ("completed", 2)
 
 
 @pytest.mark.parametrize("misuse", ["sleep", "wait_for_signal", "promise", "set_state"])

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 from .. import serde
 from ..errors import (
     OutputNotSerializableError,
-    SagaFinishedError,
     SagaNotFoundError,
     SagaValidationError,
     UnknownHandlerError,
@@ -18,7 +17,7 @@ from ..errors import (
 from ..long_workflows import HandlerContext, SagaLongWorkflow
 from ..objects import SagaVirtualObject, SharedObjectContext
 from ..stores.base import DeliveryOutcome, EventKind, SagaStatus, Store
-from .waits import deliver_promise, object_scope, saga_scope
+from .waits import deliver_promise, object_scope, refuse_undelivered, saga_scope
 
 if TYPE_CHECKING:
     from ..workflows import SagaWorkflow
@@ -59,15 +58,9 @@ class TalkMixin:
         """
         if not isinstance(name, str) or not name:
             raise SagaValidationError(f"a signal name must be a non-empty string, got {name!r}")
-        try:
-            body = serde.dumps(payload, what=f"the payload of signal {name!r}")
-        except OutputNotSerializableError as exc:
-            raise SagaValidationError(exc.message) from exc
+        body = _payload(payload, f"the payload of signal {name!r}")
         delivery = await self._store_or_raise().deliver(saga_id, EventKind.SIGNAL, name, body)
-        if delivery.outcome == DeliveryOutcome.NOT_FOUND:
-            raise SagaNotFoundError(saga_id)
-        if delivery.outcome == DeliveryOutcome.FINISHED:
-            raise SagaFinishedError(saga_id, str(delivery.status))
+        refuse_undelivered(delivery, saga_id, "a signal")
         if delivery.status == SagaStatus.SUSPENDED:
             self._poke()
 
@@ -82,10 +75,7 @@ class TalkMixin:
         Raises:
             SagaNotFoundError: no saga has this id.
         """
-        try:
-            body = serde.dumps(event, what="the event")
-        except OutputNotSerializableError as exc:
-            raise SagaValidationError(exc.message) from exc
+        body = _payload(event, "the event")
         delivery = await self._store_or_raise().deliver(
             saga_id, EventKind.NOTIFY, str(token), body, token=str(token)
         )
@@ -122,11 +112,11 @@ class TalkMixin:
             PromiseAlreadyCompletedError: the promise was completed with something else.
         """
         try:
-            payload = serde.dumps({"value": value} if error is None else {"error": error})
+            delivery = await deliver_promise(self._store_or_raise(), saga_id, name, value, error)
         except OutputNotSerializableError as exc:
             raise SagaValidationError(exc.message) from exc
-        await deliver_promise(self._store_or_raise(), saga_id, name, payload)
-        self._poke()
+        if delivery.status == SagaStatus.SUSPENDED:
+            self._poke()
 
     async def call(self, saga_id: str, handler: str, inp: Any = None) -> Any:
         """Call the handler ``handler`` of a running workflow made with
@@ -198,3 +188,11 @@ class TalkMixin:
         """The committed state of a virtual object's key, decoded (for inspection and tests)."""
         state = await self.read_object_state(f"{object_name}/{key}")
         return {k: serde.loads(v) for k, v in state.items()}
+
+
+def _payload(value: Any, what: str) -> str:
+    """``value`` as JSON text, or SagaValidationError (nothing is written)."""
+    try:
+        return serde.dumps(value, what=what)
+    except OutputNotSerializableError as exc:
+        raise SagaValidationError(exc.message) from exc

@@ -33,6 +33,7 @@ from ..errors import (
     Suspended,
 )
 from ..stores.base import (
+    Delivery,
     DeliveryOutcome,
     EntryKind,
     EntryStatus,
@@ -130,8 +131,7 @@ class WaitsMixin:
 
     async def complete_promise(self, name: str, value: Any, error: str | None) -> None:
         await self._settle()
-        payload = serde.dumps({"value": value} if error is None else {"error": error})
-        await deliver_promise(self._store, self.saga_id, name, payload)
+        await deliver_promise(self._store, self.saga_id, name, value, error)
 
     def set_state(self, key: str, value: Any) -> None:
         self._state_write(saga_scope(self.saga_id), key, serde.dumps(value, what="state"))
@@ -371,15 +371,33 @@ def _recorded_failure(entry: JournalEntry) -> SagaError:
     return SagaTimeoutError(info.message)
 
 
-async def deliver_promise(store: Store, saga_id: str, name: str, payload: str) -> None:
-    """Resolve or reject a saga's promise; a second, different completion is refused."""
+async def deliver_promise(
+    store: Store, saga_id: str, name: str, value: Any, error: str | None
+) -> Delivery:
+    """Resolve (or, with ``error``, reject) a saga's promise; a second, different completion
+    is refused. Raises OutputNotSerializableError, before writing anything, for a non-JSON
+    value."""
+    payload = serde.dumps({"value": value} if error is None else {"error": error})
     delivery = await store.deliver(saga_id, EventKind.PROMISE, name, payload, unique=True)
+    refuse_undelivered(delivery, saga_id, "a promise outcome")
+    if delivery.outcome == DeliveryOutcome.DUPLICATE and delivery.existing != payload:
+        raise PromiseAlreadyCompletedError(saga_id, name)
+    return delivery
+
+
+def refuse_undelivered(delivery: Delivery, saga_id: str, what: str) -> None:
+    """Raise for an event that found no saga, or a saga that has ended."""
     if delivery.outcome == DeliveryOutcome.NOT_FOUND:
         raise SagaNotFoundError(saga_id)
     if delivery.outcome == DeliveryOutcome.FINISHED:
-        raise SagaFinishedError(saga_id, str(delivery.status), "a promise outcome")
-    if delivery.outcome == DeliveryOutcome.DUPLICATE and delivery.existing != payload:
-        raise PromiseAlreadyCompletedError(saga_id, name)
+        raise SagaFinishedError(saga_id, str(delivery.status), what)
 
 
-__all__ = ["PendingWait", "WaitsMixin", "deliver_promise", "object_scope", "saga_scope"]
+__all__ = [
+    "PendingWait",
+    "WaitsMixin",
+    "deliver_promise",
+    "object_scope",
+    "refuse_undelivered",
+    "saga_scope",
+]

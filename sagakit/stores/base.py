@@ -302,10 +302,6 @@ class Store(Protocol):
         """Every key of ``scope`` with its JSON text."""
         ...
 
-    async def wake_workers(self) -> None:
-        """Tell idle workers (of every process) to look for work now."""
-        ...
-
     async def renew_leases(self, owner: str, lease_seconds: float) -> int:
         """Push back the lease of every non-terminal saga ``owner`` holds; return how many."""
         ...

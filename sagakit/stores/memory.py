@@ -179,9 +179,6 @@ class MemoryStore:
     async def load_state(self, scope: str) -> dict[str, str]:
         return dict(self._t.state.get(scope, {}))
 
-    async def wake_workers(self) -> None:
-        self._notify_all()
-
     def _notify_all(self) -> None:
         for store in self._t.listeners:
             if store.on_work is not None:

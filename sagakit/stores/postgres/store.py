@@ -563,12 +563,6 @@ class PostgresStore:
 
         return await self._read(fn)
 
-    async def wake_workers(self) -> None:
-        async def fn(conn: asyncpg.Connection) -> None:
-            await conn.execute(Q["notify_work"])
-
-        await self._call(fn)
-
     async def load_saga(self, saga_id: str) -> SagaRecord | None:
         async def fn(conn: asyncpg.Connection) -> SagaRecord | None:
             row = await conn.fetchrow(Q["get_saga"], saga_id)

@@ -350,8 +350,8 @@ class SqliteStore:
         def op(conn: sqlite3.Connection) -> None:
             now = time.time()
             if update is None:
-                params: dict[str, Any] = {"saga_id": saga_id, "fence": fence, "now": now}
-                cur = conn.execute(Q["touch_saga"], {**params, "guard": guard})
+                params = {"saga_id": saga_id, "fence": fence, "now": now, "guard": guard}
+                cur = conn.execute(Q["touch_saga"], params)
             else:
                 cur = conn.execute(
                     Q["update_saga_status"], _update_params(saga_id, fence, update, guard, now)
@@ -429,11 +429,6 @@ class SqliteStore:
             return dict(conn.execute(Q["get_state"], {"scope": scope}).fetchall())
 
         return await self._read(fn)
-
-    async def wake_workers(self) -> None:
-        # other processes on this file find new work at their next poll; this one looks now
-        if self.on_work is not None:
-            self.on_work()
 
     async def load_saga(self, saga_id: str) -> SagaRecord | None:
         def fn(conn: sqlite3.Connection) -> SagaRecord | None:
