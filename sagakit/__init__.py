@@ -4,6 +4,7 @@ Steps with compensations, run by a saga function whose every durable operation i
 that a saga survives crashes, restarts and racing workers. Embedded on SQLite by default.
 """
 
+from .composition import ChildSaga, SagaModule, create_saga_module, run_nested_saga
 from .context import DurablePromise, SagaContext
 from .engine import Engine, SagaHandle, SagaSnapshot, StepSnapshot
 from .errors import (
@@ -54,6 +55,7 @@ from .workflows import SagaWorkflow, SagaWorkflowOptions, create_saga_workflow, 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChildSaga",
     "CompensationFailedError",
     "DurablePromise",
     "Engine",
@@ -73,6 +75,7 @@ __all__ = [
     "SagaFinishedError",
     "SagaHandle",
     "SagaLongWorkflow",
+    "SagaModule",
     "SagaNotFoundError",
     "SagaSnapshot",
     "SagaStatus",
@@ -94,11 +97,13 @@ __all__ = [
     "__version__",
     "clear_terminal_errors",
     "create_saga_long_workflow",
+    "create_saga_module",
     "create_saga_step",
     "create_saga_step_strict",
     "create_saga_virtual_object",
     "create_saga_workflow",
     "register_terminal_errors",
+    "run_nested_saga",
     "saga_step",
     "saga_step_strict",
     "saga_workflow",

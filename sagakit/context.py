@@ -7,16 +7,22 @@ are set there). Everything that must come out the same on replay goes through it
 
 from __future__ import annotations
 
+import inspect
 import random as _random
 import uuid as _uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from .composition import ChildSaga
+from .durations import as_seconds
 from .errors import SagaError
+from .workflows import SagaWorkflow
 
 if TYPE_CHECKING:
     from .steps import SagaStep
+
+OutT = TypeVar("OutT")
 
 
 class RunDriver(Protocol):
@@ -38,6 +44,18 @@ class RunDriver(Protocol):
     async def complete_promise(self, name: str, value: Any, error: str | None) -> None: ...
 
     def set_state(self, key: str, value: Any) -> None: ...
+
+    def gather(self, awaitables: Sequence[Awaitable[Any]], limit: int | None) -> Awaitable[Any]: ...
+
+    def start_child(
+        self, workflow: SagaWorkflow[Any, Any], inp: Any, saga_id: str | None
+    ) -> Awaitable[str]: ...
+
+    def received_signals(self) -> Awaitable[Any]: ...
+
+    def child_result(
+        self, child_id: str, workflow: SagaWorkflow[Any, Any], timeout: float | None
+    ) -> Awaitable[Any]: ...
 
 
 class SagaContext:
@@ -111,13 +129,52 @@ class SagaContext:
             return _ready(_random.random())
         return _map(self._driver.record_value("random", _random.random), float)
 
+    # -- parallel branches -------------------------------------------------------------------
+
+    async def gather(self, *branches: Awaitable[Any], limit: int | None = None) -> list[Any]:
+        """Run ``branches`` (step calls, or coroutines that run several operations) in parallel,
+        at most ``limit`` at once; return their results in order.
+
+        Await it directly in the saga function (or in a branch: gathers nest). When a branch
+        fails for good, the others still run to their end, so that what ran never depends on
+        timing; then the first failed branch's error (by position) is raised, and a rollback
+        undoes every branch that registered a compensation before the steps that came before
+        the gather. A branch waiting for a signal, timer or child keeps the group waiting.
+        """
+        self._saga_only("gather")
+        _check_gather_arguments(branches, limit)
+        results: list[Any] = await self._driver.gather(branches, limit)
+        return results
+
+    # -- child sagas -------------------------------------------------------------------------
+
+    async def start_child(
+        self, workflow: SagaWorkflow[Any, OutT], inp: Any, saga_id: str | None = None
+    ) -> ChildSaga[OutT]:
+        """Start ``workflow`` as a separate durable saga, a child of this one; return its
+        handle (``await child.result()`` waits for it durably).
+
+        The child has its own journal and rolls itself back if it fails; a later failure of
+        this saga does not undo a child that completed (use ``workflow.run_as_step`` for that).
+        Its id is ``saga_id``, or one derived from this saga's, so that a replay finds the same
+        child instead of starting another. Journaled: a replay returns the same handle.
+        """
+        self._saga_only("start_child")
+        if not isinstance(workflow, SagaWorkflow):
+            raise SagaError(
+                f"saga.start_child takes a saga workflow (made with @saga_workflow), got "
+                f"{workflow!r}"
+            )
+        child_id = await self._driver.start_child(workflow, inp, saga_id)
+        return ChildSaga(self._driver, workflow, child_id)
+
     # -- waiting -----------------------------------------------------------------------------
 
     def sleep(self, duration: timedelta | float) -> Awaitable[None]:
         """A durable timer: the saga is suspended (nothing of it stays in memory) and goes on
         after ``duration``, even if every process was restarted in between."""
         self._saga_only("sleep")
-        return self._driver.sleep(_as_seconds(duration, "sleep duration"))
+        return self._driver.sleep(as_seconds(duration, "sleep duration"))
 
     def wait_for_signal(
         self, name: str, timeout: timedelta | float | None = None
@@ -129,7 +186,7 @@ class SagaContext:
         :class:`~sagakit.errors.SagaTimeoutError` (the saga rolls back unless it catches it).
         """
         self._saga_only("wait_for_signal")
-        seconds = None if timeout is None else _as_seconds(timeout, "timeout")
+        seconds = None if timeout is None else as_seconds(timeout, "timeout")
         return self._driver.wait_for_signal(_check_name(name, "signal"), seconds)
 
     def promise(self, name: str) -> DurablePromise:
@@ -143,6 +200,13 @@ class SagaContext:
         it from any process."""
         self._saga_only("set_state")
         self._driver.set_state(_check_name(key, "state key"), value)
+
+    def _received_signals(self) -> Awaitable[list[dict[str, Any]]]:
+        """Every signal received so far, ``{"name", "payload"}`` in arrival order, journaled
+        (for the declarative front end's input context)."""
+        self._saga_only("received_signals")
+        signals: Awaitable[list[dict[str, Any]]] = self._driver.received_signals()
+        return signals
 
     def _object_driver(self) -> Any:
         """The run behind this context, for a virtual object's state (objects.py)."""
@@ -196,13 +260,23 @@ class DurablePromise:
         return f"<DurablePromise {self.name!r}>"
 
 
-def _as_seconds(value: timedelta | float, what: str) -> float:
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if not isinstance(seconds, int | float) or seconds != seconds:
-        raise SagaError(f"{what} must be a timedelta or a number of seconds, got {value!r}")
-    if seconds < 0:
-        raise SagaError(f"{what} must not be negative, got {value!r}")
-    return float(seconds)
+def _check_gather_arguments(awaitables: Sequence[Any], limit: int | None) -> None:
+    """Refuse what ``saga.gather`` cannot run, closing the coroutines it was given (their
+    operations never start)."""
+    problem = None
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        problem = f"saga.gather(limit=...) must be a positive whole number or None, got {limit!r}"
+    for awaitable in awaitables:
+        if not inspect.isawaitable(awaitable):
+            problem = problem or (
+                f"saga.gather takes awaitables (step calls, coroutines), got {awaitable!r}; "
+                "call the step: `saga.gather(step(saga, x))`, not `saga.gather(step)`"
+            )
+    if problem is not None:
+        for awaitable in awaitables:
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()
+        raise SagaError(problem)
 
 
 def _check_name(name: str, what: str) -> str:

@@ -6,9 +6,10 @@ import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import serde
+from .errors import SagaError
 from .steps import _positional_names, _type_hints
 
 if TYPE_CHECKING:
@@ -73,6 +74,18 @@ class SagaWorkflow(Generic[InT, OutT]):
         self.output = serde.Converter(
             out_hint if serde.is_model_type(out_hint) else None, f"output of saga {name!r}"
         )
+
+    async def run_as_step(self, saga: SagaContext, inp: InT | dict[str, Any]) -> OutT:
+        """Run this workflow's saga function inline, inside the calling saga: its steps join
+        the caller's journal and compensation stack, so that a later failure of the caller
+        rolls them back too. (Its own options, such as a deadline, do not apply: the caller's
+        do.) For a separate saga with its own rollback, use ``saga.start_child``."""
+        if saga.in_step:
+            raise SagaError(
+                f"workflow {self.name!r} was run as a step from inside step {saga.step_name!r}; "
+                "call run_as_step from the saga function, with the saga's ctx"
+            )
+        return await self.function(saga, self.input.validate(inp))
 
     def __repr__(self) -> str:
         return f"<SagaWorkflow {self.name!r}>"

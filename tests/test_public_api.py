@@ -45,11 +45,20 @@ PROMISED_LONG_RUNNING = {
     "create_saga_virtual_object",
 }
 
+#: every name issue 6 (composition and the declarative front end) promises
+PROMISED_COMPOSITION = {
+    "run_nested_saga",
+    "create_saga_module",
+}
+
 #: the whole public surface as it stands
 ALL = (
     PROMISED
     | PROMISED_LONG_RUNNING
+    | PROMISED_COMPOSITION
     | {
+        "ChildSaga",
+        "SagaModule",
         "DurablePromise",
         "HandlerContext",
         "ObjectContext",

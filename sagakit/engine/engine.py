@@ -271,6 +271,7 @@ class Engine(RunningMixin, TalkMixin):
         *,
         run_here: bool,
         object_key: str | None = None,
+        parent_id: str | None = None,
     ) -> SagaHandle:
         store = self._store_or_raise()
         saga_id = _check_saga_id(saga_id)
@@ -281,7 +282,8 @@ class Engine(RunningMixin, TalkMixin):
             raise SagaValidationError(exc.message) from exc
         running = self._tasks.get(saga_id)
         if running is not None:
-            _check_same_workflow(saga_id, running.sagakit_run.workflow.name, wf.name)  # type: ignore[attr-defined]
+            record = running.sagakit_run.record  # type: ignore[attr-defined]
+            _check_same_saga(saga_id, record.name, record.parent_id, wf.name, parent_id)
             return SagaHandle(self, saga_id)
         created = await store.create_saga(
             NewSaga(
@@ -291,16 +293,34 @@ class Engine(RunningMixin, TalkMixin):
                 owner=self.worker_id if run_here else None,
                 lease_seconds=self.lease.total_seconds(),
                 object_key=object_key,
+                parent_id=parent_id,
             )
         )
         if not created.created:
-            _check_same_workflow(saga_id, created.record.name, wf.name)
+            record = created.record
+            _check_same_saga(saga_id, record.name, record.parent_id, wf.name, parent_id)
             return SagaHandle(self, saga_id)
         if created.record.owner == self.worker_id:
-            self._launch(SagaRun(store, wf, created.record, [], live_input=value, events=[]))
+            self._launch(
+                SagaRun(
+                    store,
+                    wf,
+                    created.record,
+                    [],
+                    live_input=value,
+                    events=[],
+                    children=self._start_child,
+                )
+            )
         else:  # for a worker (maybe this one), or waiting for its object key's turn
             self._poke()
         return SagaHandle(self, saga_id)
+
+    async def _start_child(
+        self, wf: SagaWorkflow[Any, Any], inp: Any, child_id: str, parent_id: str
+    ) -> None:
+        """Start a saga's child here (the parent's run calls this; see engine/children.py)."""
+        await self._start(self._resolve(wf), inp, child_id, run_here=True, parent_id=parent_id)
 
     async def run(
         self,
@@ -397,11 +417,25 @@ def _value_of(
     raise error_for(saga_id, status, error)
 
 
-def _check_same_workflow(saga_id: str, existing: str, wanted: str) -> None:
+def _check_same_saga(
+    saga_id: str,
+    existing: str,
+    existing_parent: str | None,
+    wanted: str,
+    wanted_parent: str | None,
+) -> None:
+    """Starting a saga id again is idempotent only for the same workflow (and the same
+    parent: a child must not be confused with an unrelated saga that took its id)."""
     if existing != wanted:
         raise SagaConflictError(
             f"saga id {saga_id!r} is taken by a saga of workflow {existing!r}, not {wanted!r}; "
             "choose another saga_id"
+        )
+    if wanted_parent is not None and existing_parent != wanted_parent:
+        owner = "no parent" if existing_parent is None else f"parent {existing_parent!r}"
+        raise SagaConflictError(
+            f"saga id {saga_id!r} is taken by a saga with {owner}, not a child of "
+            f"{wanted_parent!r}; choose another saga_id for the child"
         )
 
 

@@ -66,6 +66,10 @@ class RollbackMixin:
 
         async def _fail_nondeterministic(self, exc: NonDeterminismError) -> Outcome: ...
 
+        async def _finish(
+            self, status: SagaStatus, output: str | None, error: str | None
+        ) -> Outcome: ...
+
     async def _rollback(self, cause: ErrorInfo) -> Outcome:
         """Run the registered compensations in reverse order, each journaled, then finish."""
         failures: list[ErrorInfo] = []
@@ -102,9 +106,7 @@ class RollbackMixin:
         else:
             error = {"kind": "compensated", "cause": cause.to_json()}
             status = SagaStatus.COMPENSATED
-        error_json = serde.dumps(error)
-        await self._write(None, SagaUpdate(status, error=error_json))
-        return Outcome(status, None, error_json)
+        return await self._finish(status, None, serde.dumps(error))
 
     async def _execute_compensation(
         self, compensation: _Compensation, seq: int, update: SagaUpdate | None, prior: int

@@ -47,7 +47,9 @@ from ..stores.base import (
     Store,
 )
 from ..workflows import SagaWorkflow
+from .children import ChildrenMixin, ChildStarter
 from .outcome import Outcome, _Compensation, terminal_form
+from .parallel import ParallelMixin, Strand
 from .rollback import RollbackMixin
 from .waits import PendingWait, WaitsMixin, object_scope
 
@@ -72,7 +74,7 @@ def _retrieve(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-class SagaRun(RollbackMixin, WaitsMixin):
+class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
     """Drives one saga function to a terminal state, to a wait (SUSPENDED), or until its lease
     is lost."""
 
@@ -86,6 +88,7 @@ class SagaRun(RollbackMixin, WaitsMixin):
         *,
         taken_over: bool = False,
         events: list[SagaEvent] | None = None,
+        children: ChildStarter | None = None,
     ):
         self.saga_id = record.saga_id
         self.fence = record.fence
@@ -94,7 +97,8 @@ class SagaRun(RollbackMixin, WaitsMixin):
         self._store = store
         self._journal = {e.seq: e for e in journal}
         self._live_input = live_input
-        self._next_seq = 0
+        #: the saga function's own numbering (gathers deal numbers to their branches)
+        self._root = Strand(self, 0, 1)
         self._compensations: dict[int, _Compensation] = {}
         self._nondeterminism: NonDeterminismError | None = None
         self._forward_done = False
@@ -108,6 +112,7 @@ class SagaRun(RollbackMixin, WaitsMixin):
         #: set by the engine when it drains: no new live work starts, replay still runs
         self.draining = False
         self._events = events
+        self._children = children
         self._pending_waits: list[PendingWait] = []
         deadline = workflow.options.deadline
         self._deadline_at = (
@@ -127,6 +132,7 @@ class SagaRun(RollbackMixin, WaitsMixin):
             sorted(self._journal.values(), key=lambda e: e.seq),
             self._live_input,
             events=self._events,
+            children=self._children,
         )
 
     # -- the RunDriver protocol (what SagaContext calls) --------------------------------------
@@ -153,11 +159,6 @@ class SagaRun(RollbackMixin, WaitsMixin):
     def _check_draining(self) -> None:
         if self.draining:
             raise Drained(self.saga_id)
-
-    def _take_seq(self) -> int:
-        seq = self._next_seq
-        self._next_seq += 1
-        return seq
 
     def _recorded(self, seq: int, kind: str, name: str) -> JournalEntry | None:
         entry = self._journal.get(seq)
@@ -493,6 +494,8 @@ class SagaRun(RollbackMixin, WaitsMixin):
         Raises :class:`~sagakit.errors.LeaseLost` if another worker took the saga meanwhile.
         """
         ctx = SagaContext(self)
+        # only this task takes numbers of the saga function's own (see parallel.py)
+        self._root.owner = asyncio.current_task()
         try:
             if self._live_input is not UNSET:
                 inp = self._live_input
@@ -512,7 +515,7 @@ class SagaRun(RollbackMixin, WaitsMixin):
         await self._wait_in_flight()
         if self._nondeterminism is not None:
             return await self._fail_nondeterministic(self._nondeterminism)
-        unplayed = [s for s in self._journal if s >= self._next_seq]
+        unplayed = [s for s in self._journal if s >= self._root.next]
         if unplayed:
             entry = self._journal[min(unplayed)]
             return await self._fail_nondeterministic(
@@ -524,9 +527,7 @@ class SagaRun(RollbackMixin, WaitsMixin):
             output = serde.dumps(result, what=f"the output of saga {self.workflow.name!r}")
         except OutputNotSerializableError as exc:
             return await self._rollback(ErrorInfo.from_exception(exc))
-        update = SagaUpdate(SagaStatus.COMPLETED, output=output)
-        await self._write(None, update)
-        return Outcome(SagaStatus.COMPLETED, output, None)
+        return await self._finish(SagaStatus.COMPLETED, output, None)
 
     async def _suspend(self) -> Outcome:
         """Leave the saga SUSPENDED in its waits, released, until a timer or an event."""
@@ -579,5 +580,10 @@ class SagaRun(RollbackMixin, WaitsMixin):
                 "replayed": exc.replayed,
             }
         )
-        await self._write(None, SagaUpdate(SagaStatus.FAILED, error=error))
-        return Outcome(SagaStatus.FAILED, None, error)
+        return await self._finish(SagaStatus.FAILED, None, error)
+
+    async def _finish(self, status: SagaStatus, output: str | None, error: str | None) -> Outcome:
+        """Record the saga's terminal status (its parent, if any, is told first)."""
+        await self._tell_parent(status, output, error)
+        await self._write(None, SagaUpdate(status, output=output, error=error))
+        return Outcome(status, output, error)

@@ -41,6 +41,10 @@ class RunningMixin:
 
         def _store_or_raise(self) -> Store: ...
 
+        async def _start_child(
+            self, wf: SagaWorkflow[Any, Any], inp: Any, child_id: str, parent_id: str
+        ) -> None: ...
+
     async def recover(self, *, wait: bool = False) -> int:
         """Run now every saga whose lease expired (of the registered workflows).
 
@@ -147,8 +151,8 @@ class RunningMixin:
             outcome.status,
             extra={"saga_id": run.saga_id, "status": str(outcome.status)},
         )
-        if run.record.object_key is not None:
-            self._poke()  # the next call of this object key may run now
+        if run.record.object_key is not None or run.record.parent_id is not None:
+            self._poke()  # the next call of this object key, or the parent, may run now
         return outcome
 
     def _run_claimed(self, claimed: ClaimedSaga) -> None:
@@ -172,6 +176,7 @@ class RunningMixin:
                 claimed.journal,
                 taken_over=claimed.taken_over,
                 events=claimed.events,
+                children=self._start_child,
             )
         )
 

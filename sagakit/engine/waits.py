@@ -129,6 +129,9 @@ class WaitsMixin:
         seq = self._take_seq()
         return self._wait(seq, EntryKind.PROMISE, name, None, _promise_matcher(name))
 
+    def received_signals(self) -> Awaitable[Any]:
+        return self._received_signals(self._take_seq())
+
     async def complete_promise(self, name: str, value: Any, error: str | None) -> None:
         await self._settle()
         await deliver_promise(self._store, self.saga_id, name, value, error)
@@ -163,6 +166,22 @@ class WaitsMixin:
             await self._settle()  # this run's own writes are in the store before it is read
             self._object_state = await self._read_state(object_scope(self._object_key))
         return self._object_state.get(key)
+
+    async def _received_signals(self, seq: int) -> list[dict[str, Any]]:
+        """The signals received so far, journaled (a replay sees the same list)."""
+        entry = self._recorded(seq, EntryKind.SIGNALS, "signals")
+        if entry is None:
+            self._check_draining()
+            events = await self._load_events()
+            seen = [
+                {"name": e.name, "payload": serde.loads(e.payload)}
+                for e in events
+                if e.kind == EventKind.SIGNAL
+            ]
+            entry = self._entry(seq, EntryKind.SIGNALS, "signals", serde.dumps(seen))
+            self._write_behind(entry)
+        signals: list[dict[str, Any]] = serde.loads(entry.output)
+        return signals
 
     # -- state -------------------------------------------------------------------------------
 

@@ -74,6 +74,14 @@ class EntryKind(StrEnum):
     STATE = "state"
     #: a virtual object's ``get``: the value read, so that a replay reads the same
     STATE_GET = "state_get"
+    #: the start of a group of parallel branches (``saga.gather``)
+    GATHER = "gather"
+    #: a child saga started (``saga.start_child``); its output is the child's id
+    CHILD = "child"
+    #: waiting for a child saga's outcome (``child.result()``)
+    CHILD_RESULT = "child_result"
+    #: the signals a saga had received at that point (a declarative saga's input context)
+    SIGNALS = "signals"
 
 
 class EntryStatus(StrEnum):
@@ -137,6 +145,8 @@ class EventKind(StrEnum):
     PROMISE = "promise"
     #: an event for the wait whose token is ``name`` (``engine.notify``)
     NOTIFY = "notify"
+    #: the outcome of the child saga ``name``, told to its parent
+    CHILD = "child"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +192,8 @@ class NewSaga:
     lease_seconds: float
     #: sagas of one object key run one at a time, in arrival order (virtual objects)
     object_key: str | None = None
+    #: the saga that started this one as its child (``saga.start_child``)
+    parent_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +212,7 @@ class SagaRecord:
     wait_token: str | None = None
     event_count: int = 0
     object_key: str | None = None
+    parent_id: str | None = None
 
 
 def record_from_row(row: Sequence[Any]) -> SagaRecord:

@@ -98,6 +98,7 @@ class MemoryStore:
             created_at=now,
             updated_at=now,
             object_key=new.object_key,
+            parent_id=new.parent_id,
         )
         self._t.sagas[new.saga_id] = record
         self._t.journal[new.saga_id] = {}

@@ -15,28 +15,30 @@ INSERT INTO saga_schema_version (version) VALUES ($1)
 
 -- name: create_sagas
 WITH new AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[])
-        AS n(saga_id, name, input, owner, lease_seconds)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[],
+                         $6::text[])
+        AS n(saga_id, name, input, owner, lease_seconds, parent_id)
 ), clock AS (
     SELECT extract(epoch FROM clock_timestamp())::float8 AS now
 ), inserted AS (
     INSERT INTO saga_instances
-        (saga_id, name, status, input, owner, fence, lease_expires_at, created_at, updated_at)
+        (saga_id, name, status, input, owner, fence, lease_expires_at, created_at, updated_at,
+         parent_id)
     SELECT n.saga_id, n.name,
            CASE WHEN n.owner IS NULL THEN 'PENDING' ELSE 'RUNNING' END,
            n.input, n.owner, 1,
            CASE WHEN n.owner IS NULL THEN 0 ELSE clock.now + n.lease_seconds END,
-           clock.now, clock.now
+           clock.now, clock.now, n.parent_id
     FROM new n, clock
     ON CONFLICT (saga_id) DO NOTHING
     RETURNING saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
-              created_at, updated_at, wait_token, event_count, object_key
+              created_at, updated_at, wait_token, event_count, object_key, parent_id
 )
 SELECT true AS created, * FROM inserted
 UNION ALL
 SELECT false AS created, s.saga_id, s.name, s.status, s.input, s.output, s.error, s.owner,
        s.fence, s.lease_expires_at, s.created_at, s.updated_at, s.wait_token, s.event_count,
-       s.object_key
+       s.object_key, s.parent_id
 FROM saga_instances s JOIN new n USING (saga_id)
 
 -- name: append
@@ -172,7 +174,7 @@ SELECT key, value FROM saga_state WHERE scope = $1
 
 -- name: get_saga
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
-       created_at, updated_at, wait_token, event_count, object_key
+       created_at, updated_at, wait_token, event_count, object_key, parent_id
 FROM saga_instances WHERE saga_id = $1
 
 -- name: get_journal
@@ -216,7 +218,7 @@ FROM picked, clock
 WHERE s.saga_id = picked.saga_id
 RETURNING s.saga_id, s.name, s.status, s.input, s.output, s.error, s.owner, s.fence,
           s.lease_expires_at, s.created_at, s.updated_at, s.wait_token, s.event_count,
-          s.object_key, picked.previous_owner IS NOT NULL AS taken_over
+          s.object_key, s.parent_id, picked.previous_owner IS NOT NULL AS taken_over
 
 -- name: release
 UPDATE saga_instances SET owner = NULL, lease_expires_at = 0
@@ -227,7 +229,7 @@ SELECT pg_notify('sagakit_work', '')
 
 -- name: list_sagas
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
-       created_at, updated_at, wait_token, event_count, object_key
+       created_at, updated_at, wait_token, event_count, object_key, parent_id
 FROM saga_instances
 WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR name = $2)
 ORDER BY created_at DESC, saga_id DESC

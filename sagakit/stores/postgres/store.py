@@ -330,6 +330,7 @@ class PostgresStore:
             [op.new.input for op in ops],
             [op.new.owner for op in ops],
             [op.new.lease_seconds for op in ops],
+            [op.new.parent_id for op in ops],
         )
         found: dict[str, tuple[bool, SagaRecord]] = {}
         for row in rows:

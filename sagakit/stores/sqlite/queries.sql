@@ -12,13 +12,14 @@ INSERT INTO saga_schema_version (version) VALUES (:version)
 -- name: insert_saga
 INSERT INTO saga_instances
     (saga_id, name, status, input, owner, fence, lease_expires_at, created_at, updated_at,
-     object_key, arrival)
+     object_key, arrival, parent_id)
 VALUES
     (:saga_id, :name, :status, :input, :owner, 1, :lease_expires_at, :now, :now,
      :object_key,
      CASE WHEN :object_key IS NULL THEN NULL
           ELSE (SELECT coalesce(max(arrival), 0) + 1 FROM saga_instances
-                WHERE object_key = :object_key) END)
+                WHERE object_key = :object_key) END,
+     :parent_id)
 ON CONFLICT (saga_id) DO NOTHING
 
 -- name: object_busy
@@ -37,7 +38,7 @@ WHERE saga_id = :saga_id
 
 -- name: get_saga
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
-       created_at, updated_at, wait_token, event_count, object_key
+       created_at, updated_at, wait_token, event_count, object_key, parent_id
 FROM saga_instances WHERE saga_id = :saga_id
 
 -- name: touch_saga
@@ -140,7 +141,7 @@ SET owner = :owner,
     updated_at = :now
 WHERE saga_id IN (SELECT value FROM json_each(:saga_ids))
 RETURNING saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
-          created_at, updated_at, wait_token, event_count, object_key
+          created_at, updated_at, wait_token, event_count, object_key, parent_id
 
 -- name: release
 UPDATE saga_instances SET owner = NULL, lease_expires_at = 0
@@ -148,7 +149,7 @@ WHERE owner = :owner AND saga_id IN (SELECT value FROM json_each(:saga_ids))
 
 -- name: list_sagas
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
-       created_at, updated_at, wait_token, event_count, object_key
+       created_at, updated_at, wait_token, event_count, object_key, parent_id
 FROM saga_instances
 WHERE (:status IS NULL OR status = :status) AND (:name IS NULL OR name = :name)
 ORDER BY created_at DESC, saga_id DESC

@@ -314,6 +314,7 @@ class SqliteStore:
                     "lease_expires_at": 0.0,
                     "now": now,
                     "object_key": new.object_key,
+                    "parent_id": new.parent_id,
                 },
             )
             created = cur.rowcount == 1
