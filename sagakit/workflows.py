@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import serde
 from .errors import SagaError
-from .steps import _positional_names, _type_hints
+from .steps import SagaStep, _positional_names, _type_hints
 
 if TYPE_CHECKING:
     from .context import SagaContext
@@ -50,7 +50,12 @@ class SagaWorkflow(Generic[InT, OutT]):
     """
 
     def __init__(
-        self, name: str, handler: Handler[InT, OutT], options: SagaWorkflowOptions | None = None
+        self,
+        name: str,
+        handler: Handler[InT, OutT],
+        options: SagaWorkflowOptions | None = None,
+        *,
+        after_rollback: SagaStep[Any] | None = None,
     ):
         if not isinstance(name, str) or not name.strip():
             raise ValueError("a saga workflow needs a non-empty name")
@@ -68,6 +73,8 @@ class SagaWorkflow(Generic[InT, OutT]):
         #: the saga function ``async def fn(saga, inp)``
         self.function = handler
         self.options = options or SagaWorkflowOptions()
+        #: a step run once after a rollback finished, given the failure (``on_reject``)
+        self.after_rollback = after_rollback
         hints = _type_hints(handler)
         self.input = serde.Converter(hints.get(positional[1]), f"input of saga {name!r}")
         out_hint = hints.get("return")

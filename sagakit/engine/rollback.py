@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import serde
 from ..errors import ErrorInfo, NonDeterminismError
 from ..objects import operation_writes
 from ..retry import DEFAULT_RETRY, RetryPolicy
+from ..steps import SagaStep
 from ..stores.base import (
     EntryKind,
     EntryStatus,
@@ -21,6 +22,7 @@ from ..stores.base import (
     SagaUpdate,
     StateWrite,
 )
+from ..workflows import SagaWorkflow
 from .outcome import Outcome, _Compensation, terminal_form
 
 log = logging.getLogger("sagakit.engine")
@@ -31,6 +33,8 @@ class RollbackMixin:
 
     saga_id: str
     record: SagaRecord
+    workflow: SagaWorkflow[Any, Any]
+    _deadline_at: float | None
     _compensations: dict[int, _Compensation]
     _mark_next_attempt: bool
 
@@ -66,6 +70,10 @@ class RollbackMixin:
 
         async def _fail_nondeterministic(self, exc: NonDeterminismError) -> Outcome: ...
 
+        async def _execute_step(
+            self, step: SagaStep[Any], seq: int, inp: Any, prior_attempts: int
+        ) -> JournalEntry: ...
+
         async def _finish(
             self, status: SagaStatus, output: str | None, error: str | None
         ) -> Outcome: ...
@@ -94,6 +102,10 @@ class RollbackMixin:
                     status_written = True
                 if entry.status == EntryStatus.FAILED:
                     failures.append(ErrorInfo.from_json(serde.loads(entry.error) or {}))
+            if self.workflow.after_rollback is not None:
+                failure = await self._after_rollback(self.workflow.after_rollback, cause)
+                if failure is not None:
+                    failures.append(failure)
         except NonDeterminismError as exc:
             return await self._fail_nondeterministic(exc)
         if failures:
@@ -107,6 +119,20 @@ class RollbackMixin:
             error = {"kind": "compensated", "cause": cause.to_json()}
             status = SagaStatus.COMPENSATED
         return await self._finish(status, None, serde.dumps(error))
+
+    async def _after_rollback(self, hook: SagaStep[Any], cause: ErrorInfo) -> ErrorInfo | None:
+        """Run the workflow's after-rollback step once every compensation ran (the declarative
+        front end's ``on_reject``): journaled and retried like any step, given the cause."""
+        seq = self._take_seq()
+        entry = self._recorded(seq, EntryKind.STEP, hook.name)
+        if entry is None or entry.status == EntryStatus.RUNNING:
+            self._check_draining()
+            self._deadline_at = None  # like the compensations, it is not cut by the deadline
+            prior = 0 if entry is None else entry.attempts
+            entry = await self._execute_step(hook, seq, cause.to_json(), prior)
+        if entry.status == EntryStatus.FAILED:
+            return ErrorInfo.from_json(serde.loads(entry.error) or {})
+        return None
 
     async def _execute_compensation(
         self, compensation: _Compensation, seq: int, update: SagaUpdate | None, prior: int
