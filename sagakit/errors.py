@@ -368,3 +368,11 @@ def as_terminal(exc: BaseException) -> TerminalError | None:
             )
         return mapped
     return None
+
+
+class SagaDefinitionError(SagaError):
+    """A declarative saga definition is wrong (a step that is not a typed ``BaseStep``, a
+    dependency on a step of another builder, a cycle, a name used twice, ...).
+
+    Raised by ``SagaBuilder`` while the definition is put together or built: before any saga
+    of it runs, and before anything is written."""

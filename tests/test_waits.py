@@ -509,7 +509,8 @@ async def test_a_promise_resolved_by_another_branch_of_the_saga(engine: Engine) 
             value = await prepare(saga, inp)
             await ready.resolve({"v": value})
 
-        got, _ = await asyncio.gather(ready.value(), resolver())
+        # branches that run their own operations go through saga.gather (numbered per branch)
+        got, _ = await saga.gather(ready.value(), resolver())
         return got
 
     assert await engine.run(wf, 21, saga_id="promised", timeout=WAIT) == {"v": 42}
@@ -565,7 +566,7 @@ async def test_a_rejection_that_wakes_the_waiter_is_the_same_on_replay(engine: E
         async def rejecter() -> None:
             await p.reject(await check(saga, None))
 
-        outcome, _ = await asyncio.gather(waiter(), rejecter())
+        outcome, _ = await saga.gather(waiter(), rejecter())
         saga.set_state("outcome", outcome)
         # one more suspension: the wake replays the rejected wait from the journal
         after = await saga.wait_for_signal("after")
