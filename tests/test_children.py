@@ -34,9 +34,10 @@ from sagakit import (
     TerminalError,
     saga_step,
     saga_workflow,
+    serde,
 )
 from sagakit.engine.children import default_child_id
-from sagakit.stores.base import EventKind
+from sagakit.stores.base import EventKind, NewSaga
 from tests.conftest import fast_retry, make_engine
 from tests.waiting import WAIT, Gate, eventually, suspended
 
@@ -846,3 +847,117 @@ async def test_a_restart_while_the_child_runs_finishes_both(shared_store_url: st
     assert log.runs == {"C1": 1, "C2": 2, "After": 1}
     assert journal(child) == [("step", "C1", "completed"), ("step", "C2", "completed")]
     assert child.status == SagaStatus.COMPLETED
+
+
+async def test_a_child_created_before_a_crash_but_not_journaled_is_adopted(
+    engine: Engine,
+) -> None:
+    # the parent's run created its child, then died before the start was journaled: the child
+    # exists (recorded with its parent), the parent's journal does not know it
+    await engine._store_or_raise().create_saga(
+        NewSaga(
+            saga_id="adopt/child-0",
+            name="AdoptedChild",
+            input=serde.dumps("before the crash"),
+            owner=None,
+            lease_seconds=2.0,
+            parent_id="adopt",
+        )
+    )
+    runs: list[Any] = []
+
+    @saga_workflow("AdoptedChild")
+    async def child_wf(saga: SagaContext, inp: Any) -> str:
+        runs.append(inp)
+        return f"child got {inp}"
+
+    @saga_workflow("AdoptingParent")
+    async def parent_wf(saga: SagaContext, inp: Any) -> list[str]:
+        child = await saga.start_child(child_wf, "after the crash")
+        return [child.saga_id, await child.result()]
+
+    result = await engine.run(parent_wf, None, saga_id="adopt", timeout=WAIT)
+    # the replay's start found the child its first run created: no second child, no second run
+    assert result == ["adopt/child-0", "child got before the crash"]
+    assert runs == ["before the crash"]
+    assert await saga_ids(engine) == ["adopt", "adopt/child-0"]
+
+
+async def test_children_awaited_in_a_gather(engine: Engine) -> None:
+    gate = Gate()
+
+    @saga_step("Square")
+    async def square(ctx: SagaContext, inp: int) -> int:
+        if inp == 3:
+            await gate.hold()
+        return inp * inp
+
+    @saga_workflow("GatherLeaf")
+    async def leaf(saga: SagaContext, inp: int) -> int:
+        out: int = await square(saga, inp)
+        return out
+
+    @saga_workflow("Fan")
+    async def fan(saga: SagaContext, inp: Any) -> dict[str, Any]:
+        a = await saga.start_child(leaf, 2)
+        b = await saga.start_child(leaf, 3)
+        outs = await saga.gather(a.result(), b.result())
+
+        async def branch(n: int) -> list[Any]:
+            child = await saga.start_child(leaf, n)
+            return [child.saga_id, await child.result()]
+
+        more = await saga.gather(branch(5), branch(6))
+        return {"outs": outs, "more": more}
+
+    handle = await engine.start(fan, None, saga_id="fan")
+    await gate.reached()
+    # one branch waits for a child that is held: the whole group (and the parent) waits
+    await suspended(engine, "fan")
+    gate.opened.set()
+    result = await handle.result(timeout=WAIT)
+    assert result["outs"] == [4, 9]
+    (id5, out5), (id6, out6) = result["more"]
+    assert (out5, out6) == (25, 36)
+    assert len({"fan/child-0", "fan/child-1", id5, id6}) == 4
+    assert await saga_ids(engine) == sorted(["fan", "fan/child-0", "fan/child-1", id5, id6])
+    for child_id in ("fan/child-0", "fan/child-1", id5, id6):
+        assert await parent_of(engine, child_id) == "fan"
+
+
+async def test_a_child_ending_during_the_parents_sleep_does_not_cut_the_sleep(
+    engine: Engine,
+) -> None:
+    @saga_step("Stamp")
+    async def stamp(ctx: SagaContext, inp: Any) -> float:
+        return time.time()
+
+    @saga_workflow("FastChild")
+    async def child_wf(saga: SagaContext, inp: Any) -> str:
+        return "fast"
+
+    @saga_workflow("Sleepy")
+    async def parent_wf(saga: SagaContext, inp: Any) -> dict[str, Any]:
+        began = await stamp(saga, None)
+        child = await saga.start_child(child_wf, None)
+        await saga.sleep(0.6)
+        woke = await stamp(saga, None)
+        return {"slept": woke - began, "out": await child.result(timeout=WAIT)}
+
+    handle = await engine.start(parent_wf, None, saga_id="sleepy")
+
+    async def child_done() -> bool:
+        return (await engine.get("sleepy/child-1")).status == SagaStatus.COMPLETED
+
+    await eventually(child_done, "the child to complete")
+    result = await handle.result(timeout=WAIT)
+    assert result["out"] == "fast"
+    assert result["slept"] >= 0.6
+    snap = await engine.get("sleepy")
+    assert [(s.kind, s.status) for s in snap.steps] == [
+        ("step", "completed"),
+        ("child", "completed"),
+        ("sleep", "completed"),
+        ("step", "completed"),
+        ("child_result", "completed"),
+    ]

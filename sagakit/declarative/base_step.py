@@ -62,7 +62,7 @@ class BaseStep(ABC, Generic[InT, OutT]):
     async def execute(self, inp: InT) -> OutT:
         """Do the step's work and return its output."""
 
-    async def compensate(self, inp: InT, out: OutT) -> None:  # noqa: B027 - optional override
+    async def compensate(self, inp: InT, out: OutT) -> None:
         """Undo what :meth:`execute` did (by default there is nothing to undo)."""
 
     @property
