@@ -947,7 +947,8 @@ async def test_a_child_ending_during_the_parents_sleep_does_not_cut_the_sleep(
     handle = await engine.start(parent_wf, None, saga_id="sleepy")
 
     async def child_done() -> bool:
-        return (await engine.get("sleepy/child-1")).status == SagaStatus.COMPLETED
+        record = await engine._store_or_raise().load_saga("sleepy/child-1")
+        return record is not None and record.status == SagaStatus.COMPLETED
 
     await eventually(child_done, "the child to complete")
     result = await handle.result(timeout=WAIT)

@@ -346,7 +346,7 @@ async def test_run_as_step_inside_a_step_raises_saga_error(engine: Engine) -> No
     assert log.ran() == ["P1"]
     assert log.undone() == ["P1"]
     snap = await engine.get("misuse")
-    wrapper_entry = [s for s in snap.steps if s.name == "Wrapper"][0]
+    wrapper_entry = next(s for s in snap.steps if s.name == "Wrapper")
     assert (wrapper_entry.status, wrapper_entry.attempts) == ("failed", 1)
 
 

@@ -254,11 +254,11 @@ def _check_acyclic(nodes: list[Node], parents: list[int | None]) -> None:
         current: int | None = start
         while current is not None:
             if current in seen:
-                loop = seen[seen.index(current) :] + [current]
-                path = " -> ".join(repr(nodes[i].name) for i in reversed(loop))
+                loop = [*seen[seen.index(current) :], current]
+                path = " -> ".join(repr(nodes[i].name) for i in loop)
                 raise SagaDefinitionError(
-                    f"the dependencies form a cycle ({path}): none of these steps could ever "
-                    "start; a step can only depend on a step added before it"
+                    f"the dependencies form a cycle: {path} (each depends on the next), so none "
+                    "of these steps could ever start; depend only on steps added before"
                 )
             seen.append(current)
             current = parents[current]

@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 from .. import serde
+from ..declarative import SagaDefinition
 from ..errors import (
     EngineNotStartedError,
     OutputNotSerializableError,
@@ -131,9 +132,27 @@ class Engine(RunningMixin, TalkMixin):
 
     # -- registration ------------------------------------------------------------------------
 
-    def register(self, *workflows: SagaWorkflow[Any, Any] | SagaVirtualObject) -> None:
+    @overload
+    def register(self, name: str, definition: SagaDefinition, /) -> None: ...
+
+    @overload
+    def register(self, *workflows: SagaWorkflow[Any, Any] | SagaVirtualObject) -> None: ...
+
+    def register(self, *workflows: SagaWorkflow[Any, Any] | SagaVirtualObject | str | Any) -> None:
         """Make workflows (and virtual objects) startable by name and recoverable by this
-        engine's worker."""
+        engine's worker.
+
+        ``register("create_order_v1", definition)`` registers a declarative
+        :class:`~sagakit.SagaDefinition` (built with ``SagaBuilder``) as the workflow
+        ``create_order_v1``. Registering the same definition under the same name again does
+        nothing.
+        """
+        if workflows and isinstance(workflows[0], str):
+            name, definition = _named_definition(workflows)
+            known = self._workflows.get(name)
+            if getattr(known, "definition", None) is definition:
+                return
+            workflows = (definition.to_workflow(name),)
         for workflow in workflows:
             if isinstance(workflow, SagaVirtualObject):
                 known_object = self._objects.get(workflow.name)
@@ -415,6 +434,20 @@ def _value_of(
         value = serde.loads(output)
         return workflow.output.validate(value) if workflow is not None else value
     raise error_for(saga_id, status, error)
+
+
+def _named_definition(args: tuple[Any, ...]) -> tuple[str, SagaDefinition]:
+    """The ``(name, definition)`` of ``engine.register(name, definition)``, checked."""
+    if len(args) != 2 or not isinstance(args[1], SagaDefinition):
+        given = ", ".join(repr(a) for a in args[1:]) or "nothing"
+        raise TypeError(
+            f"engine.register({args[0]!r}, ...) registers a declarative saga: it takes the name "
+            f"and one SagaDefinition (SagaBuilder().build()), got {given}"
+        )
+    name: str = args[0]
+    if not name.strip():
+        raise ValueError("a saga workflow needs a non-empty name")
+    return name, args[1]
 
 
 def _check_same_saga(

@@ -40,13 +40,10 @@ class Strand:
     stride: int
     #: the task allowed to take numbers here (None until the run starts)
     owner: asyncio.Task[Any] | None = None
-    #: how many numbers this strand has taken
-    taken: int = 0
 
     def take(self) -> int:
         seq = self.next
         self.next += self.stride
-        self.taken += 1
         return seq
 
 
@@ -126,8 +123,9 @@ class ParallelMixin:
             await asyncio.wait(tasks)
             raise
         finally:
-            rounds = max((s.taken for s in strands), default=0)
-            parent.next = base + rounds * count * stride
+            # a branch's numbers in use run up to its ``next`` (a nested gather's included)
+            used = [(s.next - (base + i * stride)) // s.stride for i, s in enumerate(strands)]
+            parent.next = base + max(used, default=0) * count * stride
         return _results([task.result() for task in tasks])
 
     def _record_gather(self, seq: int, count: int) -> None:
