@@ -40,7 +40,7 @@ _STATUS_COLORS: dict[str, str] = {
 }
 
 #: journal kinds that record a value rather than run user code
-_VALUE_KINDS = frozenset({"now", "uuid", "random"})
+_VALUE_KINDS = frozenset({"now", "uuid", "random", "state_get", "signals", "gather", "child"})
 
 _JSON_PREVIEW = 100
 

@@ -138,7 +138,9 @@ class Engine(RunningMixin, TalkMixin):
     @overload
     def register(self, *workflows: SagaWorkflow[Any, Any] | SagaVirtualObject) -> None: ...
 
-    def register(self, *workflows: SagaWorkflow[Any, Any] | SagaVirtualObject | str | Any) -> None:
+    def register(
+        self, *workflows: SagaWorkflow[Any, Any] | SagaVirtualObject | str | SagaDefinition
+    ) -> None:
         """Make workflows (and virtual objects) startable by name and recoverable by this
         engine's worker.
 
@@ -163,6 +165,11 @@ class Engine(RunningMixin, TalkMixin):
                 self._objects[workflow.name] = workflow
                 self.register(*workflow.workflows)
                 continue
+            if isinstance(workflow, SagaDefinition):
+                raise TypeError(
+                    "a SagaDefinition is registered under a name: "
+                    "engine.register('create_order_v1', definition)"
+                )
             if not isinstance(workflow, SagaWorkflow):
                 raise TypeError(
                     "register takes saga workflows (made with @saga_workflow) and virtual "
