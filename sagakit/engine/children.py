@@ -22,13 +22,10 @@ from ..stores.base import (
     EventKind,
     JournalEntry,
     SagaEvent,
-    SagaRecord,
     SagaStatus,
-    SagaUpdate,
-    StateWrite,
-    Store,
 )
 from ..workflows import SagaWorkflow
+from .core import RunCore
 from .snapshots import error_for
 
 #: what the engine gives a run to start a child: (workflow, input, child id, parent id)
@@ -57,31 +54,12 @@ def _child_matcher(child_id: str) -> Callable[[list[SagaEvent], str], tuple[Saga
     return match
 
 
-class ChildrenMixin:
+class ChildrenMixin(RunCore):
     """Starting children, waiting for them, and telling a parent (see the module docstring)."""
 
-    saga_id: str
-    record: SagaRecord
-    _store: Store
     _children: ChildStarter | None
 
     if TYPE_CHECKING:  # provided by SagaRun and its mixins
-
-        def _take_seq(self) -> int: ...
-
-        def _recorded(self, seq: int, kind: str, name: str) -> JournalEntry | None: ...
-
-        def _check_draining(self) -> None: ...
-
-        def _write_behind(
-            self,
-            entry: JournalEntry | None,
-            update: SagaUpdate | None = None,
-            *,
-            state: tuple[StateWrite, ...] = (),
-        ) -> None: ...
-
-        async def _settle(self) -> None: ...
 
         def _entry(
             self,

@@ -23,11 +23,12 @@ import contextvars
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import serde
 from ..errors import SagaError, Suspended
-from ..stores.base import EntryKind, EntryStatus, JournalEntry, SagaUpdate, StateWrite
+from ..stores.base import EntryKind, EntryStatus, JournalEntry
+from .core import RunCore
 
 
 @dataclass(slots=True)
@@ -64,25 +65,10 @@ _FOREIGN_TASK = (
 _Ending = tuple[str, Any]
 
 
-class ParallelMixin:
+class ParallelMixin(RunCore):
     """Sequence numbers and gathers of a run (see the module docstring)."""
 
-    saga_id: str
     _root: Strand
-
-    if TYPE_CHECKING:  # provided by SagaRun
-
-        def _recorded(self, seq: int, kind: str, name: str) -> JournalEntry | None: ...
-
-        def _check_draining(self) -> None: ...
-
-        def _write_behind(
-            self,
-            entry: JournalEntry | None,
-            update: SagaUpdate | None = None,
-            *,
-            state: tuple[StateWrite, ...] = (),
-        ) -> None: ...
 
     def _strand(self) -> Strand:
         strand = _current.get()

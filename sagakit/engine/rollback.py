@@ -17,48 +17,23 @@ from ..stores.base import (
     EntryKind,
     EntryStatus,
     JournalEntry,
-    SagaRecord,
     SagaStatus,
     SagaUpdate,
     StateWrite,
 )
-from ..workflows import SagaWorkflow
+from .core import RunCore
 from .outcome import Outcome, _Compensation, terminal_form
 
 log = logging.getLogger("sagakit.engine")
 
 
-class RollbackMixin:
+class RollbackMixin(RunCore):
     """The rollback of a run (see the module docstring)."""
 
-    saga_id: str
-    record: SagaRecord
-    workflow: SagaWorkflow[Any, Any]
-    _deadline_at: float | None
     _compensations: dict[int, _Compensation]
     _mark_next_attempt: bool
 
     if TYPE_CHECKING:  # provided by SagaRun
-
-        def _take_seq(self) -> int: ...
-
-        def _recorded(self, seq: int, kind: str, name: str) -> JournalEntry | None: ...
-
-        def _check_draining(self) -> None: ...
-
-        def _write_behind(
-            self,
-            entry: JournalEntry | None,
-            update: SagaUpdate | None = None,
-            *,
-            state: tuple[StateWrite, ...] = (),
-        ) -> None: ...
-
-        async def _settle(self) -> None: ...
-
-        async def _write(
-            self, entry: JournalEntry | None, update: SagaUpdate | None = None
-        ) -> None: ...
 
         async def _wait_to_retry(
             self, what: str, seq: int, attempt: int, policy: RetryPolicy, exc: Exception

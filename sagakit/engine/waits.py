@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import serde
 from ..errors import (
@@ -40,11 +40,11 @@ from ..stores.base import (
     EventKind,
     JournalEntry,
     SagaEvent,
-    SagaRecord,
     SagaUpdate,
     StateWrite,
     Store,
 )
+from .core import RunCore
 
 
 def saga_scope(saga_id: str) -> str:
@@ -71,49 +71,15 @@ Answer = tuple[SagaEvent, Any]
 Matcher = Callable[[list[SagaEvent], str], Answer | None]
 
 
-class WaitsMixin:
+class WaitsMixin(RunCore):
     """Waits, published state and object state of a run (see the module docstring)."""
 
-    # provided by SagaRun
-    saga_id: str
-    fence: int
-    record: SagaRecord
-    draining: bool
-    _store: Store
-    _journal: dict[int, JournalEntry]
     #: the events the saga received, as far as this run knows (None: not read yet)
     _events: list[SagaEvent] | None
     _pending_waits: list[PendingWait]
     _in_flight: set[asyncio.Future[None]]
-    _deadline_at: float | None
     _object_key: str | None
     _object_state: dict[str, str] | None
-
-    if TYPE_CHECKING:  # provided by SagaRun
-
-        def _take_seq(self) -> int: ...
-
-        def _recorded(self, seq: int, kind: str, name: str) -> JournalEntry | None: ...
-
-        def _check_draining(self) -> None: ...
-
-        def _write_behind(
-            self,
-            entry: JournalEntry | None,
-            update: SagaUpdate | None = None,
-            *,
-            state: tuple[StateWrite, ...] = (),
-        ) -> None: ...
-
-        async def _settle(self) -> None: ...
-
-        async def _write(
-            self,
-            entry: JournalEntry | None,
-            update: SagaUpdate | None = None,
-            *,
-            guard: int | None = None,
-        ) -> None: ...
 
     # -- the RunDriver protocol --------------------------------------------------------------
 

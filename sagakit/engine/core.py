@@ -1,0 +1,51 @@
+"""What every part of a run shares: the saga it runs and the journal operations that
+:class:`~sagakit.engine.run.SagaRun` provides. The run's mixins (rollback, waits, children,
+parallel branches) inherit this, so that each part is typed against one description."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..stores.base import JournalEntry, SagaRecord, SagaUpdate, StateWrite, Store
+from ..workflows import SagaWorkflow
+
+
+class RunCore:
+    """The saga a run drives and its journal operations (implemented by SagaRun)."""
+
+    saga_id: str
+    fence: int
+    record: SagaRecord
+    workflow: SagaWorkflow[Any, Any]
+    #: set by the engine when it drains: no new live work starts, replay still runs
+    draining: bool
+    _store: Store
+    _journal: dict[int, JournalEntry]
+    _deadline_at: float | None
+
+    if TYPE_CHECKING:  # implemented by SagaRun and ParallelMixin
+
+        def _take_seq(self) -> int: ...
+
+        def _recorded(self, seq: int, kind: str, name: str) -> JournalEntry | None: ...
+
+        def _check_draining(self) -> None: ...
+
+        def _write_behind(
+            self,
+            entry: JournalEntry | None,
+            update: SagaUpdate | None = None,
+            *,
+            state: tuple[StateWrite, ...] = (),
+            guard: int | None = None,
+        ) -> None: ...
+
+        async def _settle(self) -> None: ...
+
+        async def _write(
+            self,
+            entry: JournalEntry | None,
+            update: SagaUpdate | None = None,
+            *,
+            guard: int | None = None,
+        ) -> None: ...
