@@ -4,14 +4,14 @@ child sagas (``saga.start_child``) that the parent waits for durably."""
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import serde
 from .durations import as_seconds
-from .steps import _positional_names, _type_hints
+from .steps import _type_hints
+from .workflows import saga_function_parameters
 
 if TYPE_CHECKING:
     from .context import RunDriver, SagaContext
@@ -38,16 +38,7 @@ class SagaModule(Generic[InT, OutT]):
     pydantic model, a dict input is validated into it."""
 
     def __init__(self, handler: Callable[[SagaContext, InT], Awaitable[OutT]]):
-        if not inspect.iscoroutinefunction(handler):
-            raise TypeError(
-                f"create_saga_module takes an `async def fn(saga, inp)`, got {handler!r}"
-            )
-        positional = _positional_names(handler)
-        if len(positional) < 2:
-            raise TypeError(
-                f"a saga module must take (saga, inp), {handler.__qualname__} takes "
-                f"({', '.join(positional)})"
-            )
+        positional = saga_function_parameters(handler, "create_saga_module")
         self.function = handler
         self.name: str = handler.__qualname__
         hint = _type_hints(handler).get(positional[1])

@@ -41,6 +41,19 @@ class SagaWorkflowOptions:
             raise ValueError(f"deadline must be positive, got {self.deadline}")
 
 
+def saga_function_parameters(fn: Callable[..., Any], what: str) -> list[str]:
+    """The positional parameters of a saga function; a clear TypeError unless it is an
+    ``async def fn(saga, inp)``."""
+    if not inspect.iscoroutinefunction(fn):
+        raise TypeError(f"{what}: the function must be an `async def fn(saga, inp)`, got {fn!r}")
+    positional = _positional_names(fn)
+    if len(positional) < 2:
+        raise TypeError(
+            f"{what}: the function must take (saga, inp), it takes ({', '.join(positional)})"
+        )
+    return positional
+
+
 class SagaWorkflow(Generic[InT, OutT]):
     """A registered saga function. Start it with ``engine.start(workflow, inp)``.
 
@@ -59,16 +72,7 @@ class SagaWorkflow(Generic[InT, OutT]):
     ):
         if not isinstance(name, str) or not name.strip():
             raise ValueError("a saga workflow needs a non-empty name")
-        if not inspect.iscoroutinefunction(handler):
-            raise TypeError(
-                f"workflow {name!r}: the handler must be an `async def handler(saga, inp)`"
-            )
-        positional = _positional_names(handler)
-        if len(positional) < 2:
-            raise TypeError(
-                f"workflow {name!r}: the handler must take (saga, inp), "
-                f"it takes ({', '.join(positional)})"
-            )
+        positional = saga_function_parameters(handler, f"workflow {name!r}")
         self.name = name
         #: the saga function ``async def fn(saga, inp)``
         self.function = handler
