@@ -86,6 +86,9 @@ class SagaWorkflow(Generic[InT, OutT]):
             out_hint if serde.is_model_type(out_hint) else None, f"output of saga {name!r}"
         )
 
+    def check_ready(self) -> None:
+        """Raise SagaError if the workflow cannot run yet (a long workflow without its main)."""
+
     async def run_as_step(self, saga: SagaContext, inp: InT | dict[str, Any]) -> OutT:
         """Run this workflow's saga function inline, inside the calling saga: its steps join
         the caller's journal and compensation stack, so that a later failure of the caller
@@ -96,6 +99,7 @@ class SagaWorkflow(Generic[InT, OutT]):
                 f"workflow {self.name!r} was run as a step from inside step {saga.step_name!r}; "
                 "call run_as_step from the saga function, with the saga's ctx"
             )
+        self.check_ready()
         return await self.function(saga, self.input.validate(inp))
 
     def __repr__(self) -> str:

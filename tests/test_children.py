@@ -726,6 +726,43 @@ async def test_start_child_inside_a_step_raises_saga_error(engine: Engine) -> No
     assert await saga_ids(engine) == ["instep"]
 
 
+async def test_waiting_for_a_child_inside_a_step_raises_saga_error(engine: Engine) -> None:
+    # like every durable operation, waiting for a child belongs in the saga function: a step
+    # that waits would be cut off midway by the suspension and run again from its start
+    handles: dict[str, ChildSaga[Any]] = {}
+    runs = Counter[str]()
+
+    @saga_workflow("KidOfAStep")
+    async def kid(saga: SagaContext, inp: Any) -> Any:
+        return await saga.wait_for_signal("go")
+
+    @saga_step("WaitsInside")
+    async def waits_inside(ctx: SagaContext, inp: Any) -> str:
+        runs["WaitsInside"] += 1
+        try:
+            await handles["child"].result()
+        except SagaError as exc:
+            return type(exc).__name__
+        return "waited inside a step"
+
+    @saga_workflow("StepWaiter")
+    async def parent_wf(saga: SagaContext, inp: Any) -> str:
+        handles["child"] = await saga.start_child(kid, None)
+        out: str = await waits_inside(saga, None)
+        return out
+
+    handle = await engine.start(parent_wf, None, saga_id="sw")
+
+    async def child_exists() -> bool:
+        return await engine._store_or_raise().load_saga("sw/child-0") is not None
+
+    await eventually(child_exists, "the child to exist")
+    # the child ends either way, so that a wait inside the step cannot hang this test
+    await engine.signal("sw/child-0", "go", "done")
+    assert await handle.result(timeout=WAIT) == "SagaError"
+    assert runs == {"WaitsInside": 1}
+
+
 async def test_a_bad_child_input_fails_the_parent_and_creates_no_child(engine: Engine) -> None:
     log = Ledger()
     p1 = log.step("P1")
@@ -962,3 +999,67 @@ async def test_a_child_ending_during_the_parents_sleep_does_not_cut_the_sleep(
         ("step", "completed"),
         ("child_result", "completed"),
     ]
+
+
+async def test_result_twice_across_a_restart_gives_the_same_value(shared_store_url: str) -> None:
+    log = Ledger()
+    hold = log.step("Hold", hold_first=True)
+
+    @saga_workflow("StableChild")
+    async def child_wf(saga: SagaContext, inp: Any) -> ChildOut:
+        return ChildOut(doubled=int(await saga.random() * 1_000_000), child_id=saga.saga_id)
+
+    @saga_workflow("TwiceAcrossRestart")
+    async def parent_wf(saga: SagaContext, inp: Any) -> dict[str, Any]:
+        child = await saga.start_child(child_wf, None)
+        first = await child.result()
+        await hold(saga, None)  # the first engine is closed here
+        second = await child.result()
+        return {
+            "first": first,
+            "second": second,
+            "types": [type(first).__name__, type(second).__name__],
+        }
+
+    async with engine_with(shared_store_url, parent_wf, child_wf) as first_engine:
+        await first_engine.start(parent_wf, None, saga_id="tar")
+        await log.gates["Hold"].reached()
+
+    async with engine_with(shared_store_url, parent_wf, child_wf) as second_engine:
+        assert await within(second_engine.recover(wait=True)) == 1
+        result = await second_engine.handle("tar").result(timeout=WAIT)
+        child = await second_engine.get("tar/child-0")
+        ids = await saga_ids(second_engine)
+    assert result["first"] == result["second"] == child.output
+    assert result["types"] == ["ChildOut", "ChildOut"]
+    assert ids == ["tar", "tar/child-0"]
+
+
+async def test_a_result_timeout_passes_while_no_engine_runs(shared_store_url: str) -> None:
+    @saga_workflow("NeverDone")
+    async def child_wf(saga: SagaContext, inp: Any) -> Any:
+        return await saga.wait_for_signal("go")
+
+    @saga_workflow("GivesUp")
+    async def parent_wf(saga: SagaContext, inp: Any) -> str:
+        child = await saga.start_child(child_wf, None)
+        try:
+            await child.result(timeout=0.5)
+        except SagaTimeoutError:
+            return "gave up"
+        return "got it"
+
+    async with engine_with(shared_store_url, parent_wf, child_wf) as first:
+        await first.start(parent_wf, None, saga_id="gu")
+        snap = await suspended(first, "gu")
+        await suspended(first, "gu/child-0")
+    assert snap.wake_at is not None
+    wake_at = snap.wake_at.timestamp()
+    # every engine is closed past the timeout; a new one wakes the parent for it
+    await asyncio.sleep(max(0.0, wake_at - time.time()) + 0.2)
+    async with engine_with(shared_store_url, parent_wf, child_wf) as second:
+        assert await second.handle("gu").result(timeout=WAIT) == "gave up"
+        assert (await second.get("gu/child-0")).status == SagaStatus.SUSPENDED
+        await second.signal("gu/child-0", "go", "finally")
+        assert await second.handle("gu/child-0").result(timeout=WAIT) == "finally"
+        assert (await second.get("gu")).output == "gave up"

@@ -27,6 +27,7 @@ from typing import Any
 
 from .. import serde
 from ..errors import SagaError, Suspended
+from ..objects import operation_writes
 from ..stores.base import EntryKind, EntryStatus, JournalEntry
 from .core import RunCore
 
@@ -61,6 +62,12 @@ _FOREIGN_TASK = (
     "asyncio.gather is safe only over the step calls themselves, `step(saga, x)`"
 )
 
+_IN_OPERATION = (
+    "saga {saga_id!r}: a durable operation (a wait such as child.result() or promise.value(), a "
+    "step, a gather) was started inside a step or a compensation; start it from the saga "
+    "function, and give the step what it needs as its input"
+)
+
 #: what a branch ended with: ("ok", value) or ("raised", exception)
 _Ending = tuple[str, Any]
 
@@ -76,6 +83,10 @@ class ParallelMixin(RunCore):
         return strand if strand is not None and strand.run is self else self._root
 
     def _take_seq(self) -> int:
+        if operation_writes.get() is not None:
+            # a step's body is not replayed but run again: a wait inside it would suspend the
+            # saga midway and run the body's side effects twice
+            raise SagaError(_IN_OPERATION.format(saga_id=self.saga_id))
         strand = self._strand()
         if strand.owner is not None and asyncio.current_task() is not strand.owner:
             raise SagaError(_FOREIGN_TASK.format(saga_id=self.saga_id))
