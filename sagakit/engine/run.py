@@ -146,9 +146,9 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
         seq = self._take_seq()
         compensation = None
         if step.compensate is not None and not step.strict:
-            # hybrid: registered before the step runs, so a failure midway is undone too
+            # hybrid: undone even when it fails midway, with the input it was called with;
+            # registered once it has run (a call that never starts is never undone)
             compensation = _Compensation(seq, step, _jsonable(inp), failed=True)
-            self._compensations[seq] = compensation
         return self._step(step, seq, inp, compensation)
 
     def record_value(self, kind: str, produce: Callable[[], Any]) -> Awaitable[Any]:
@@ -302,10 +302,11 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
             return
         value = _jsonable(inp) if data is UNSET else data
         if compensation is None:
-            self._compensations[seq] = _Compensation(seq, step, value, failed)
+            compensation = _Compensation(seq, step, value, failed)
         else:
             compensation.data = value
             compensation.failed = failed
+        self._compensations[seq] = compensation
 
     async def _mark_attempt(self, kind: str, name: str, seq: int, attempt: int) -> None:
         """Journal that attempt number ``attempt`` of an operation starts (recovered runs only)."""

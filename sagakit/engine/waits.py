@@ -40,6 +40,7 @@ from ..stores.base import (
     EventKind,
     JournalEntry,
     SagaEvent,
+    SagaStatus,
     SagaUpdate,
     StateWrite,
     Store,
@@ -360,13 +361,19 @@ async def deliver_promise(
     store: Store, saga_id: str, name: str, value: Any, error: str | None
 ) -> Delivery:
     """Resolve (or, with ``error``, reject) a saga's promise; a second, different completion
-    is refused. Raises OutputNotSerializableError, before writing anything, for a non-JSON
-    value."""
+    is refused (PromiseAlreadyCompletedError, even once the saga has ended: the loser of a race
+    learns it lost, whenever the saga finished). Raises OutputNotSerializableError, before
+    writing anything, for a non-JSON value."""
     payload = serde.dumps({"value": value} if error is None else {"error": error})
     delivery = await store.deliver(saga_id, EventKind.PROMISE, name, payload, unique=True)
+    if delivery.outcome == DeliveryOutcome.DUPLICATE:
+        if delivery.existing != payload:
+            raise PromiseAlreadyCompletedError(saga_id, name)
+        if delivery.status is not None and SagaStatus(delivery.status).is_terminal:
+            # the same outcome again, but nothing can take anything from the saga any more
+            finished = Delivery(DeliveryOutcome.FINISHED, delivery.status)
+            refuse_undelivered(finished, saga_id, "a promise outcome")
     refuse_undelivered(delivery, saga_id, "a promise outcome")
-    if delivery.outcome == DeliveryOutcome.DUPLICATE and delivery.existing != payload:
-        raise PromiseAlreadyCompletedError(saga_id, name)
     return delivery
 
 

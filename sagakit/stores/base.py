@@ -304,7 +304,9 @@ class Store(Protocol):
     ) -> Delivery:
         """Give a saga an event, in one transaction: refused when the saga is unknown or has
         ended, when ``token`` is given and is not the saga's wait token, or when ``unique`` and
-        an event of this kind and name was received already. A SUSPENDED saga becomes due."""
+        an event of this kind and name was received already (DUPLICATE, with the payload
+        received first, takes precedence over FINISHED: a repeated promise outcome or child
+        outcome is recognised after the saga ended too). A SUSPENDED saga becomes due."""
         ...
 
     async def load_events(self, saga_id: str, after: int = 0) -> list[SagaEvent]:

@@ -154,15 +154,15 @@ class MemoryStore:
         record = self._t.sagas.get(saga_id)
         if record is None:
             return Delivery(DeliveryOutcome.NOT_FOUND)
-        if SagaStatus(record.status).is_terminal:
-            return Delivery(DeliveryOutcome.FINISHED, record.status)
-        if token is not None and record.wait_token != token:
-            return Delivery(DeliveryOutcome.STALE, record.status)
         events = self._t.events[saga_id]
         if unique:
             for event in events:
                 if event.kind == kind and event.name == name:
                     return Delivery(DeliveryOutcome.DUPLICATE, record.status, event.payload)
+        if SagaStatus(record.status).is_terminal:
+            return Delivery(DeliveryOutcome.FINISHED, record.status)
+        if token is not None and record.wait_token != token:
+            return Delivery(DeliveryOutcome.STALE, record.status)
         now = time.time()
         count = record.event_count + 1
         events.append(SagaEvent(saga_id, count, kind, name, payload, now))

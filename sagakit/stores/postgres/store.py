@@ -543,10 +543,10 @@ class PostgresStore:
                 return Delivery(DeliveryOutcome.NOT_FOUND)
             if row["seq"] is not None:
                 return Delivery(DeliveryOutcome.DELIVERED, status)
-            if SagaStatus(status).is_terminal:
-                return Delivery(DeliveryOutcome.FINISHED, status)
             if row["duplicate"] is not None:
                 return Delivery(DeliveryOutcome.DUPLICATE, status, row["duplicate"])
+            if SagaStatus(status).is_terminal:
+                return Delivery(DeliveryOutcome.FINISHED, status)
             return Delivery(DeliveryOutcome.STALE, status)
 
         return await self._call(fn)

@@ -391,15 +391,15 @@ class SqliteStore:
             if row is None:
                 return Delivery(DeliveryOutcome.NOT_FOUND)
             status, wait_token, count = row
-            if SagaStatus(status).is_terminal:
-                return Delivery(DeliveryOutcome.FINISHED, status)
-            if token is not None and wait_token != token:
-                return Delivery(DeliveryOutcome.STALE, status)
             if unique:
                 params = {"saga_id": saga_id, "kind": kind, "name": name}
                 found = conn.execute(Q["find_event"], params).fetchone()
                 if found is not None:
                     return Delivery(DeliveryOutcome.DUPLICATE, status, found[0])
+            if SagaStatus(status).is_terminal:
+                return Delivery(DeliveryOutcome.FINISHED, status)
+            if token is not None and wait_token != token:
+                return Delivery(DeliveryOutcome.STALE, status)
             seq = count + 1
             conn.execute(
                 Q["insert_event"],
