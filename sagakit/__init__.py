@@ -6,6 +6,7 @@ that a saga survives crashes, restarts and racing workers. Embedded on SQLite by
 
 from .composition import ChildSaga, SagaModule, create_saga_module, run_nested_saga
 from .context import DurablePromise, SagaContext
+from .declarative import BaseStep, InputContext, SagaBuilder, SagaDefinition, StepRef
 from .engine import Engine, SagaHandle, SagaSnapshot, StepSnapshot
 from .errors import (
     CompensationFailedError,
@@ -17,6 +18,7 @@ from .errors import (
     PromiseRejectedError,
     SagaCompensatedError,
     SagaConflictError,
+    SagaDefinitionError,
     SagaError,
     SagaFinishedError,
     SagaNotFoundError,
@@ -39,7 +41,7 @@ from .objects import (
     SharedObjectContext,
     create_saga_virtual_object,
 )
-from .retry import RetryPolicy
+from .retry import ExponentialRetry, RetryPolicy
 from .steps import (
     SagaStep,
     SagaStepOptions,
@@ -55,22 +57,28 @@ from .workflows import SagaWorkflow, SagaWorkflowOptions, create_saga_workflow, 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BaseStep",
     "ChildSaga",
     "CompensationFailedError",
     "DurablePromise",
     "Engine",
     "EngineNotStartedError",
     "ErrorInfo",
+    "ExponentialRetry",
     "HandlerContext",
+    "InputContext",
     "NonDeterminismError",
     "ObjectContext",
     "OutputNotSerializableError",
     "PromiseAlreadyCompletedError",
     "PromiseRejectedError",
     "RetryPolicy",
+    "SagaBuilder",
     "SagaCompensatedError",
     "SagaConflictError",
     "SagaContext",
+    "SagaDefinition",
+    "SagaDefinitionError",
     "SagaError",
     "SagaFinishedError",
     "SagaHandle",
@@ -88,6 +96,7 @@ __all__ = [
     "SagaWorkflowOptions",
     "SharedObjectContext",
     "StepFailedError",
+    "StepRef",
     "StepResponse",
     "StepSnapshot",
     "StoreError",

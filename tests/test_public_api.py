@@ -51,12 +51,19 @@ PROMISED_COMPOSITION = {
     "create_saga_module",
 }
 
+#: the declarative front end of issue 6
+PROMISED_DECLARATIVE = {"BaseStep", "SagaBuilder", "StepRef", "ExponentialRetry"}
+
 #: the whole public surface as it stands
 ALL = (
     PROMISED
     | PROMISED_LONG_RUNNING
     | PROMISED_COMPOSITION
+    | PROMISED_DECLARATIVE
     | {
+        "InputContext",
+        "SagaDefinition",
+        "SagaDefinitionError",
         "ChildSaga",
         "SagaModule",
         "DurablePromise",

@@ -16,6 +16,7 @@ and the graph becomes one saga function that the engine runs (and replays) like 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +53,7 @@ def compile_nodes(
 ) -> Compiled:
     """Make the saga steps of a definition (once, when it is built)."""
     steps = tuple(_compile_step(n) if isinstance(n, StepNode) else None for n in nodes)
-    commit = None if on_commit is None else _compile_hook(ON_COMMIT, on_commit, _same)
+    commit = None if on_commit is None else _compile_hook(ON_COMMIT, on_commit, _copy)
     reject = None if on_reject is None else _compile_hook(ON_REJECT, on_reject, _error_info)
     return Compiled(steps, commit, reject)
 
@@ -105,7 +106,7 @@ def _dump(model: BaseModel, what: str) -> Any:
         ) from exc
 
 
-def _compile_hook(name: str, hook: Hook, convert: Any) -> SagaStep[Any]:
+def _compile_hook(name: str, hook: Hook, convert: Callable[[Any], Any]) -> SagaStep[Any]:
     fn = hook.fn
 
     async def run(ctx: SagaContext, inp: Any) -> None:
@@ -116,8 +117,9 @@ def _compile_hook(name: str, hook: Hook, convert: Any) -> SagaStep[Any]:
     return create_saga_step_strict(name, run, None, SagaStepOptions(retry=hook.retry_policy))
 
 
-def _same(value: Any) -> Any:
-    return value
+def _copy(value: Any) -> Any:
+    # the hook gets its own copy: what it does to it must not change the saga's output
+    return serde.loads(serde.dumps(value))
 
 
 def _error_info(value: Any) -> ErrorInfo:
@@ -218,8 +220,10 @@ def _as_json(value: Any, what: str) -> Any:
     return serde.loads(serde.dumps(value, what=what))
 
 
-def saga_function(definition: SagaDefinition) -> Any:
-    """The saga function of a definition."""
+def saga_function(
+    definition: SagaDefinition,
+) -> Callable[[SagaContext, Any], Awaitable[dict[str, Any]]]:
+    """The saga function of a definition: its steps, then ``on_commit``."""
 
     async def run_saga(saga: SagaContext, inp: Any) -> dict[str, Any]:
         output: dict[str, Any] = await run_definition(saga, definition, inp)

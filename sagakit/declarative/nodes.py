@@ -21,7 +21,9 @@ class StepRef:
     ``add_step`` and ``add_condition``: pass it as another step's ``depends_on``.
 
     A reference belongs to the builder that returned it; a definition that depends on a
-    reference of another builder is refused by ``build()``.
+    reference of another builder is refused by ``build()``. ``StepRef("Name")`` made by hand
+    refers to the step called ``Name`` of the builder it is used in, found by ``build()``
+    (which refuses it when there is no such step, or when it closes a cycle).
     """
 
     __slots__ = ("_name", "_owner")

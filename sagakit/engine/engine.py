@@ -23,7 +23,6 @@ from ..errors import (
     SagaValidationError,
     UnknownWorkflowError,
 )
-from ..long_workflows import SagaLongWorkflow
 from ..objects import SagaVirtualObject
 from ..stores import open_store
 from ..stores.base import NewSaga, SagaStatus, Store
@@ -175,8 +174,7 @@ class Engine(RunningMixin, TalkMixin):
                     "register takes saga workflows (made with @saga_workflow) and virtual "
                     f"objects, got {workflow!r}"
                 )
-            if isinstance(workflow, SagaLongWorkflow):
-                workflow.check_ready()
+            workflow.check_ready()
             known = self._workflows.get(workflow.name)
             if known is not None and known is not workflow:
                 raise SagaConflictError(
