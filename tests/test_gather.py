@@ -17,6 +17,8 @@ What is checked (see the module docstring of sagakit/engine/parallel.py for the 
   saga with a message pointing at ``saga.gather``;
 * a waiting branch keeps the group waiting (SUSPENDED), and the resumed run does not redo the
   other branches' steps;
+* a step of a branch starts only once the earlier steps of its branch are committed (even when a
+  sibling is waiting for the same writes);
 * a run stopped in the middle of a gather (engine closed) is resumed by another engine with the
   same numbers: no NonDeterminismError, every finished step ran once.
 
@@ -137,8 +139,9 @@ async def test_results_come_in_argument_order_whatever_finishes_first(engine: En
 
     result = await engine.run(wf, None, saga_id="order", timeout=WAIT)
     assert result == ["Slow:1", "Medium:2", ["M1:a", "M2:b"], "Fast:4"]
-    # they really ran at the same time: the fast ones ended before the slow ones started ending
     assert led.starts == {"Slow": 1, "Medium": 1, "M1": 1, "M2": 1, "Fast": 1}
+    # they ran at the same time, and finished in another order than the results come in
+    assert led.finished[0] == "Fast" and led.finished[-1] == "Slow", led.finished
     assert (await engine.get("order")).status == SagaStatus.COMPLETED
 
 
@@ -846,6 +849,64 @@ async def test_a_failure_in_one_branch_waits_for_a_branch_that_waits(engine: Eng
         ("Fails", 0, True),
         ("Before", "Before:1", False),
     ]
+
+
+# -- durability inside a branch ---------------------------------------------------------------
+
+
+async def test_a_step_starts_only_once_the_earlier_steps_of_its_branch_are_durable(
+    engine: Engine,
+) -> None:
+    """A step's body starts only once what its strand did before is committed, so that a crash
+    makes at most the step in flight run again (run.py, ``_execute_step``). Here a sibling
+    branch starts a step (and waits in ``_settle`` for the writes queued so far, Y1's among
+    them) just before branch Y goes on to Y2: Y2 must still wait for Y1's write."""
+    assert engine._store is not None
+    store = engine._store
+    queued: dict[str, asyncio.Future[None]] = {}
+    append = store.append
+
+    def watching_append(saga_id: str, fence: int, entry: Any, *args: Any, **kwargs: Any) -> Any:
+        future = append(saga_id, fence, entry, *args, **kwargs)
+        if entry is not None and entry.kind == "step":
+            queued[entry.name] = future
+        return future
+
+    store.append = watching_append  # type: ignore[method-assign]
+    y1_ran = asyncio.Event()
+    durable_at_start: dict[str, bool] = {}
+
+    @saga_step("Y1")
+    async def y1(ctx: SagaContext, inp: Any) -> str:
+        y1_ran.set()
+        return "y1"
+
+    @saga_step("Y2")
+    async def y2(ctx: SagaContext, inp: Any) -> str:
+        durable_at_start["Y2"] = queued["Y1"].done()
+        return "y2"
+
+    @saga_step("X1")
+    async def x1(ctx: SagaContext, inp: Any) -> str:
+        return "x1"
+
+    async def branch_y(saga: SagaContext) -> list[str]:
+        first = await y1(saga, 1)
+        await asyncio.sleep(0)  # branch code may await anything between two steps
+        return [first, await y2(saga, 2)]
+
+    async def branch_x(saga: SagaContext) -> str:
+        await y1_ran.wait()
+        return await x1(saga, 3)
+
+    @saga_workflow("DurableBeforeNext")
+    async def wf(saga: SagaContext, inp: Any) -> list[Any]:
+        return await saga.gather(branch_y(saga), branch_x(saga))
+
+    result = await engine.run(wf, None, saga_id="durable", timeout=WAIT)
+    assert result == [["y1", "y2"], "x1"]
+    # Y1's result was committed before Y2's body began
+    assert durable_at_start == {"Y2": True}
 
 
 # -- a run stopped in the middle of a gather --------------------------------------------------

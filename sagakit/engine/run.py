@@ -197,10 +197,13 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
             self._journal[entry.seq] = entry
 
     async def _settle(self) -> None:
-        """Wait until every queued write of this run committed; raise the first failure."""
+        """Wait until every write this run queued so far committed; raise the first failure.
+
+        Parallel branches may settle at the same time: each waits for every write queued
+        before it, those another branch is already waiting for included."""
         failure: BaseException | None = None
-        while self._unsettled:
-            future = self._unsettled.pop(0)
+        queued = list(self._unsettled)
+        for future in queued:
             try:
                 await future
             except StoreError as exc:
@@ -209,6 +212,9 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
                 failure = failure or StoreUnavailable(self.saga_id, exc)
             except BaseException as exc:  # LeaseLost: another worker owns the saga now
                 failure = failure or exc
+        if queued:
+            seen = set(queued)
+            self._unsettled = [f for f in self._unsettled if f not in seen]
         if failure is not None:
             raise failure
 
