@@ -13,6 +13,7 @@ Every public error subclasses :class:`SagaError`::
     ├── SagaNotFoundError
     ├── UnknownWorkflowError
     ├── SagaConflictError             a saga id is already used by another workflow
+    ├── SagaDefinitionError           a declarative definition is refused (unknown StepRef, cycle)
     ├── EngineNotStartedError
     └── StoreError                    the database failed in a way the engine could not absorb
 
