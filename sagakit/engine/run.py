@@ -196,16 +196,21 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
         if entry is not None:
             self._journal[entry.seq] = entry
 
-    async def _settle(self) -> None:
+    async def _settle(self, own: asyncio.Future[None] | None = None) -> None:
         """Wait until every write this run queued so far committed; raise the first failure.
 
         Parallel branches may settle at the same time: each waits for every write queued
-        before it, those another branch is already waiting for included."""
+        before it, those another branch is already waiting for included. A guarded write that
+        was refused (events arrived) concerns only the wait that made it, which passes it as
+        ``own``: for the others it is simply a write that did not happen."""
         failure: BaseException | None = None
         queued = list(self._unsettled)
         for future in queued:
             try:
                 await future
+            except EventsArrived as exc:
+                if future is own:
+                    failure = failure or exc
             except StoreError as exc:
                 # the database failing is not the saga failing: stop this run, compensate
                 # nothing, and let recovery go on from the journal once the database answers
@@ -229,8 +234,9 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
         if guard is not None:
             await self._settle()  # a refused guarded write must not take others down with it
         self._write_behind(entry, update, guard=guard)
+        own = self._unsettled[-1] if guard is not None else None
         try:
-            await self._settle()
+            await self._settle(own)
         except EventsArrived:
             if entry is not None and self._journal.get(entry.seq) is entry:
                 del self._journal[entry.seq]  # it was not written
@@ -546,7 +552,10 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
             wake_at=NEVER if wake_at is None else wake_at,
             wait_token=waits[0].token if waits else None,
         )
-        seen = self._events[-1].seq if self._events else 0
+        # parallel waits may each have decided on a different number of events: the saga may
+        # sleep only if no event arrived since the oldest of those decisions
+        known = self._events[-1].seq if self._events else 0
+        seen = min((w.seen for w in waits), default=known)
         try:
             await self._write(None, update, guard=seen)
         except EventsArrived:

@@ -11,7 +11,7 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from ..errors import Drained, LeaseLost, StoreUnavailable
+from ..errors import Drained, EventsArrived, LeaseLost, StoreUnavailable, Suspended
 from ..stores.base import ClaimedSaga, SagaStatus, Store
 from ..workflows import SagaWorkflow
 from .outcome import Outcome
@@ -124,7 +124,7 @@ class RunningMixin:
             return None
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except (Exception, EventsArrived, Suspended):  # the last two: an engine bug, not the saga's
             log.exception(
                 "saga %s stopped on an unexpected error; releasing it for recovery",
                 run.saga_id,

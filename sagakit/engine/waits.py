@@ -65,6 +65,8 @@ class PendingWait:
     seq: int
     token: str
     until: float | None
+    #: how many events the wait had seen when it found none that answers it
+    seen: int
 
 
 #: what a wait takes from the events: the event that answers it and the value it returns
@@ -240,7 +242,7 @@ class WaitsMixin(RunCore):
         if entry is None:
             output = serde.dumps({"token": token, "until": until})
             self._write_behind(self._entry(seq, kind, name, output, status=EntryStatus.RUNNING))
-        self._pending_waits.append(PendingWait(seq, token, limit))
+        self._pending_waits.append(PendingWait(seq, token, limit, seen))
         raise Suspended(self.saga_id)
 
     async def _finish_wait(
