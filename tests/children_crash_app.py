@@ -40,6 +40,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from sagakit import Engine, SagaContext, SagaError, StepResponse, saga_step, saga_workflow
+from tests.processes import append_to_ledger
 
 #: short lease and poll: a killed owner's sagas are recovered about a second later
 LEASE = timedelta(seconds=1)
@@ -63,15 +64,8 @@ class ChildResult(BaseModel):
 def record(**event: Any) -> None:
     """Append one event to the ledger, durably, in one write."""
     assert _ledger_path is not None, "the ledger path is not set"
-    event["pid"] = os.getpid()
     event["at"] = time.time()
-    line = (json.dumps(event, sort_keys=True) + "\n").encode()
-    fd = os.open(_ledger_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    append_to_ledger(_ledger_path, event)
 
 
 def write_marker(step: str) -> None:

@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import sys
 from datetime import timedelta
 from typing import Any
@@ -47,6 +46,7 @@ from sagakit import (
     saga_step,
     saga_workflow,
 )
+from tests.processes import append_to_ledger
 
 #: short lease and poll: a killed owner's saga is recovered about a second later
 LEASE = timedelta(seconds=1)
@@ -61,14 +61,7 @@ _blocks: set[tuple[str, str]] = set()
 def record(**event: Any) -> None:
     """Append one event to the ledger, durably, in one write."""
     assert _ledger_path is not None, "the ledger path is not set"
-    event["pid"] = os.getpid()
-    line = (json.dumps(event, sort_keys=True) + "\n").encode()
-    fd = os.open(_ledger_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    append_to_ledger(_ledger_path, event)
 
 
 async def _block(what: str, name: str) -> None:

@@ -11,12 +11,7 @@ so the test counts real executions per process and compares them with the journa
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,12 +23,10 @@ import pytest
 from sagakit import SagaSnapshot, SagaStatus
 from sagakit.stores.base import EventKind
 from tests.conftest import make_engine, make_store_url
+from tests.processes import WAIT, AppProcesses
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
-#: the longest any one wait of these tests may take (a bug fails a test, it never hangs it)
-WAIT = 60.0
 PARENT = "crash-p"
 CHILD = f"{PARENT}/child-1"  # PA takes seq 0, start_child seq 1
 
@@ -44,73 +37,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return make_store_url(request.param, tmp_path, request, shared=True)
 
 
-class Workers:
+class Workers(AppProcesses):
     """The ``python -m tests.children_crash_app`` processes of one test, one database, one
     ledger and one folder of marker files."""
 
     def __init__(self, tmp_path: Path, url: str):
-        self.dir = tmp_path
-        self.url = url
-        self.ledger = tmp_path / "ledger.jsonl"
+        super().__init__(tmp_path, url, "tests.children_crash_app")
         self.markers = tmp_path / "markers"
         self.markers.mkdir()
-        self.procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self, mode: str, *args: str) -> subprocess.Popen[bytes]:
-        name = f"proc{len(self.procs) + 1}-{mode}"
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        env["PYTHONUNBUFFERED"] = "1"
-        with (
-            open(self.dir / f"{name}.out", "wb") as out,
-            open(self.dir / f"{name}.err", "wb") as err,
-        ):
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.children_crash_app",
-                    mode,
-                    self.url,
-                    str(self.ledger),
-                    str(self.markers),
-                    PARENT,
-                    *args,
-                ],
-                cwd=REPO,
-                env=env,
-                stdout=out,
-                stderr=err,
-            )
-        proc.sagakit_name = name  # type: ignore[attr-defined]
-        self.procs.append(proc)
-        return proc
-
-    def output(self, proc: subprocess.Popen[bytes]) -> tuple[str, str]:
-        name = proc.sagakit_name  # type: ignore[attr-defined]
-        return (
-            (self.dir / f"{name}.out").read_text(errors="replace"),
-            (self.dir / f"{name}.err").read_text(errors="replace"),
-        )
-
-    def describe(self, proc: subprocess.Popen[bytes]) -> str:
-        out, err = self.output(proc)
-        return (
-            f"{proc.sagakit_name} (pid {proc.pid}, exit {proc.returncode})\n"  # type: ignore[attr-defined]
-            f"--- stdout\n{out}\n--- stderr (tail)\n{err[-4000:]}\n--- ledger (tail)\n"
-            + "\n".join(json.dumps(e) for e in self.events()[-30:])
-        )
-
-    def events(self) -> list[dict[str, Any]]:
-        """The ledger's events; a torn last line (a write cut by SIGKILL) is left out."""
-        if not self.ledger.exists():
-            return []
-        events = []
-        for line in self.ledger.read_bytes().split(b"\n"):
-            if line.strip():
-                with contextlib.suppress(ValueError):
-                    events.append(json.loads(line))
-        return events
+    def app_args(self) -> list[str]:
+        return [str(self.ledger), str(self.markers), PARENT]
 
     def marker(self, step: str) -> Path:
         return self.markers / f"{step}.blocked"
@@ -144,28 +81,6 @@ class Workers:
 
         await self.until(proc, f"saga {saga_id!r} to be {status}", check)
 
-    async def kill(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.poll() is None, f"expected a live process to kill:\n{self.describe(proc)}"
-        os.kill(proc.pid, signal.SIGKILL)
-        assert await self.exit_code(proc) == -signal.SIGKILL
-
-    async def exit_code(self, proc: subprocess.Popen[bytes]) -> int:
-        deadline = time.monotonic() + WAIT
-        while (code := proc.poll()) is None:
-            if time.monotonic() > deadline:
-                proc.kill()
-                await asyncio.sleep(0.5)
-                pytest.fail(f"the process did not end in {WAIT}s:\n{self.describe(proc)}")
-            await asyncio.sleep(0.05)
-        return code
-
-    async def finish(self, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
-        """Wait for a process to end on its own; return its JSON summary."""
-        assert await self.exit_code(proc) == 0, self.describe(proc)
-        out, _ = self.output(proc)
-        summary: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-        return summary
-
     async def snapshots(self) -> dict[str, SagaSnapshot]:
         """Every saga with its journal, as the database has them (read by an engine that
         registers nothing, so that its worker never claims anything)."""
@@ -195,11 +110,7 @@ async def workers(tmp_path: Path, db_url: str) -> AsyncIterator[Workers]:
     try:
         yield workers
     finally:
-        for proc in workers.procs:
-            if proc.poll() is None:
-                proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=WAIT)
+        workers.stop_all()
 
 
 def journal(snap: SagaSnapshot) -> list[tuple[str, str, str]]:
@@ -257,7 +168,7 @@ async def test_sigkill_in_a_childs_step_while_the_parent_waits(workers: Workers)
     await workers.blocked_in(first, "CB")
     # the parent has gone past PB and sleeps in child.result()
     await workers.status_is(first, PARENT, SagaStatus.SUSPENDED)
-    await workers.kill(first)
+    workers.kill(first)
 
     before = await workers.snapshots()
     assert sorted(before) == [PARENT, CHILD]
@@ -273,7 +184,7 @@ async def test_sigkill_in_a_childs_step_while_the_parent_waits(workers: Workers)
     assert await workers.events_of(PARENT) == []
 
     second = workers.spawn("recover")
-    summary = await workers.finish(second)
+    summary = workers.finish(second)
     assert summary[PARENT]["status"] == "COMPLETED"
     assert summary[CHILD]["status"] == "COMPLETED"
 
@@ -309,7 +220,7 @@ async def test_sigkill_in_the_parents_step_after_start_child(
         assert await workers.events_of(PARENT) == [(EventKind.CHILD, CHILD)]
     else:
         await workers.blocked_in(first, "CB")
-    await workers.kill(first)
+    workers.kill(first)
 
     before = await workers.snapshots()
     assert sorted(before) == [PARENT, CHILD]
@@ -327,7 +238,7 @@ async def test_sigkill_in_the_parents_step_after_start_child(
         assert journal(before[CHILD]) == [("step", "CA", "completed")]
 
     second = workers.spawn("recover")
-    summary = await workers.finish(second)
+    summary = workers.finish(second)
     assert summary[PARENT]["status"] == "COMPLETED"
 
     after = await workers.snapshots()

@@ -10,12 +10,8 @@ and compensation appends a line to a ledger file, so the test counts real execut
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -25,72 +21,18 @@ from typing import Any
 import pytest
 
 from sagakit import Engine, SagaSnapshot, SagaStatus
+from tests.processes import AppProcesses
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
-#: the longest any one wait of these tests may take (a hang fails the test, it never blocks CI)
-WAIT = 60.0
 STEPS_FORWARD = ["S1", "S2", "S3", "S4"]
 
 
-class App:
+class App(AppProcesses):
     """One SQLite file and one ledger, shared by the processes a test starts and kills."""
 
     def __init__(self, tmp_path: Path):
-        self.dir = tmp_path
-        self.url = f"sqlite:///{tmp_path / 'sagas.db'}"
-        self.ledger = tmp_path / "ledger.jsonl"
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self._count = 0
-
-    def spawn(self, mode: str, *args: str) -> subprocess.Popen[bytes]:
-        self._count += 1
-        name = f"proc{self._count}-{mode}"
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        env["PYTHONUNBUFFERED"] = "1"
-        with (
-            open(self.dir / f"{name}.out", "wb") as out,
-            open(self.dir / f"{name}.err", "wb") as err,
-        ):
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.crash_app", mode, self.url, str(self.ledger), *args],
-                cwd=REPO,
-                env=env,
-                stdout=out,
-                stderr=err,
-            )
-        proc.sagakit_name = name  # type: ignore[attr-defined]
-        self.procs.append(proc)
-        return proc
-
-    def output(self, proc: subprocess.Popen[bytes]) -> tuple[str, str]:
-        name = proc.sagakit_name  # type: ignore[attr-defined]
-        return (
-            (self.dir / f"{name}.out").read_text(errors="replace"),
-            (self.dir / f"{name}.err").read_text(errors="replace"),
-        )
-
-    def describe(self, proc: subprocess.Popen[bytes]) -> str:
-        out, err = self.output(proc)
-        return (
-            f"{proc.sagakit_name} (pid {proc.pid}, exit {proc.returncode})\n"  # type: ignore[attr-defined]
-            f"--- stdout\n{out}\n--- stderr (tail)\n{err[-4000:]}\n--- ledger (tail)\n"
-            + "\n".join(json.dumps(e) for e in self.events()[-30:])
-        )
-
-    def events(self) -> list[dict[str, Any]]:
-        """The ledger's events; a torn last line (a write cut by SIGKILL) is left out."""
-        if not self.ledger.exists():
-            return []
-        events = []
-        for line in self.ledger.read_bytes().split(b"\n"):
-            if not line.strip():
-                continue
-            with contextlib.suppress(ValueError):
-                events.append(json.loads(line))
-        return events
+        super().__init__(tmp_path, f"sqlite:///{tmp_path / 'sagas.db'}", "tests.crash_app")
 
     def wait_for(
         self,
@@ -99,34 +41,8 @@ class App:
         predicate: Callable[[list[dict[str, Any]]], bool],
     ) -> list[dict[str, Any]]:
         """Poll the ledger until ``predicate`` holds; fail if ``proc`` dies or time runs out."""
-        deadline = time.monotonic() + WAIT
-        while True:
-            events = self.events()
-            if predicate(events):
-                return events
-            if proc.poll() is not None:
-                pytest.fail(f"the process exited before {what}:\n{self.describe(proc)}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out waiting for {what}:\n{self.describe(proc)}")
-            time.sleep(0.02)
-
-    def kill(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.poll() is None, f"expected a live process to kill:\n{self.describe(proc)}"
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=WAIT) == -signal.SIGKILL
-
-    def finish(self, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
-        """Wait for a process to end on its own; return its JSON summary."""
-        try:
-            proc.wait(timeout=WAIT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=WAIT)
-            pytest.fail(f"the process did not finish in {WAIT}s:\n{self.describe(proc)}")
-        assert proc.returncode == 0, self.describe(proc)
-        out, _ = self.output(proc)
-        summary: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-        return summary
+        self.wait_until(proc, what, lambda: predicate(self.events()))
+        return self.events()
 
     def snapshots(self, *saga_ids: str) -> dict[str, SagaSnapshot]:
         """The sagas as the database has them (read by an engine that registers nothing, so its
@@ -152,11 +68,7 @@ def app(tmp_path: Path) -> Iterator[App]:
     try:
         yield app
     finally:
-        for proc in app.procs:
-            if proc.poll() is None:
-                proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=WAIT)
+        app.stop_all()
 
 
 def blocked(saga_id: str, what: str, step: str) -> Callable[[list[dict[str, Any]]], bool]:

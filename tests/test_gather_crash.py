@@ -11,118 +11,31 @@ real executions per process and compares them with the journal.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sagakit import Engine, SagaSnapshot, SagaStatus
 from tests.conftest import make_store_url
+from tests.processes import AppProcesses
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
-#: the longest any one wait of these tests may take (a hang fails the test, it never blocks CI)
-WAIT = 60.0
 SAGA = "gather-crash"
 #: the journal of the forward part: P 0, gather 1, then 2 + 3k + i, Z after the 2 rounds
 SEQS = {"P": 0, "A1": 2, "B1": 3, "C1": 4, "A2": 5, "B2": 6, "C2": 7, "Z": 8}
 
 
-class App:
+class App(AppProcesses):
     """One database and one ledger, shared by the processes a test starts and kills."""
 
     def __init__(self, tmp_path: Path, url: str):
-        self.dir = tmp_path
-        self.url = url
-        self.ledger = tmp_path / "ledger.jsonl"
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.names: dict[int, str] = {}
+        super().__init__(tmp_path, url, "tests.gather_crash_app")
 
-    def spawn(self, mode: str, *args: str) -> subprocess.Popen[bytes]:
-        name = f"proc{len(self.procs) + 1}-{mode}"
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        env["PYTHONUNBUFFERED"] = "1"
-        command = [sys.executable, "-m", "tests.gather_crash_app", mode, self.url]
-        with (
-            open(self.dir / f"{name}.out", "wb") as out,
-            open(self.dir / f"{name}.err", "wb") as err,
-        ):
-            proc = subprocess.Popen(
-                [*command, str(self.ledger), SAGA, *args],
-                cwd=REPO,
-                env=env,
-                stdout=out,
-                stderr=err,
-            )
-        self.names[proc.pid] = name
-        self.procs.append(proc)
-        return proc
-
-    def output(self, proc: subprocess.Popen[bytes]) -> tuple[str, str]:
-        name = self.names[proc.pid]
-        return (
-            (self.dir / f"{name}.out").read_text(errors="replace"),
-            (self.dir / f"{name}.err").read_text(errors="replace"),
-        )
-
-    def describe(self, proc: subprocess.Popen[bytes]) -> str:
-        out, err = self.output(proc)
-        return (
-            f"{self.names[proc.pid]} (pid {proc.pid}, exit {proc.returncode})\n"
-            f"--- stdout\n{out}\n--- stderr (tail)\n{err[-4000:]}\n--- ledger (tail)\n"
-            + "\n".join(json.dumps(e) for e in self.events()[-30:])
-        )
-
-    def events(self) -> list[dict[str, Any]]:
-        """The ledger's events; a torn last line (a write cut by SIGKILL) is left out."""
-        if not self.ledger.exists():
-            return []
-        events = []
-        for line in self.ledger.read_bytes().split(b"\n"):
-            if line.strip():
-                with contextlib.suppress(ValueError):
-                    events.append(json.loads(line))
-        return events
-
-    def wait_until(
-        self, proc: subprocess.Popen[bytes], what: str, check: Callable[[], bool]
-    ) -> None:
-        """Poll ``check`` until it holds; fail if ``proc`` dies or time runs out."""
-        deadline = time.monotonic() + WAIT
-        while not check():
-            if proc.poll() is not None:
-                pytest.fail(f"the process exited before {what}:\n{self.describe(proc)}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out waiting for {what}:\n{self.describe(proc)}")
-            time.sleep(0.05)
-
-    def kill(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.poll() is None, f"expected a live process to kill:\n{self.describe(proc)}"
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=WAIT) == -signal.SIGKILL
-
-    def finish(self, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
-        """Wait for a process to end on its own; return its JSON summary."""
-        try:
-            proc.wait(timeout=WAIT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=WAIT)
-            pytest.fail(f"the process did not finish in {WAIT}s:\n{self.describe(proc)}")
-        assert proc.returncode == 0, self.describe(proc)
-        out, _ = self.output(proc)
-        summary: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-        return summary
+    def app_args(self) -> list[str]:
+        return [str(self.ledger), SAGA]
 
     def snapshot(self) -> SagaSnapshot:
         """The saga as the database has it (read by an engine that registers nothing, so its
@@ -154,11 +67,7 @@ def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[App]:
     try:
         yield app
     finally:
-        for proc in app.procs:
-            if proc.poll() is None:
-                proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=WAIT)
+        app.stop_all()
 
 
 def entry(name: str, status: str = "completed") -> tuple[int, str, str, str]:
