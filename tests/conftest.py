@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,6 +106,13 @@ def make_engine(url: str, **overrides: object) -> Engine:
     options: dict[str, object] = {"lease": TEST_LEASE, "poll_interval": TEST_POLL}
     options.update(overrides)
     return Engine(url, **options)  # type: ignore[arg-type]
+
+
+def engine_with(url: str, *workflows: Any, **options: Any) -> Engine:
+    """An engine (not yet opened) with these workflows registered."""
+    engine = make_engine(url, **options)
+    engine.register(*workflows)
+    return engine
 
 
 @pytest.fixture

@@ -38,8 +38,8 @@ from sagakit import (
 )
 from sagakit.engine.children import default_child_id
 from sagakit.stores.base import EventKind, NewSaga
-from tests.conftest import fast_retry, make_engine
-from tests.waiting import WAIT, Gate, eventually, suspended
+from tests.conftest import engine_with, fast_retry
+from tests.waiting import WAIT, Gate, eventually, suspended, within
 
 
 class ChildIn(BaseModel):
@@ -49,17 +49,6 @@ class ChildIn(BaseModel):
 class ChildOut(BaseModel):
     doubled: int
     child_id: str
-
-
-async def within(awaitable: Any, seconds: float = WAIT) -> Any:
-    async with asyncio.timeout(seconds):
-        return await awaitable
-
-
-def engine_with(url: str, *workflows: Any) -> Engine:
-    engine = make_engine(url)
-    engine.register(*workflows)
-    return engine
 
 
 class Ledger:

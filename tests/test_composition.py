@@ -37,8 +37,8 @@ from sagakit import (
     saga_step,
     saga_workflow,
 )
-from tests.conftest import make_engine
-from tests.waiting import WAIT, Gate
+from tests.conftest import engine_with
+from tests.waiting import WAIT, Gate, within
 
 
 class Item(BaseModel):
@@ -49,17 +49,6 @@ class Item(BaseModel):
 class Reserved(BaseModel):
     sku: str
     reserved: int
-
-
-async def within(awaitable: Any, seconds: float = WAIT) -> Any:
-    async with asyncio.timeout(seconds):
-        return await awaitable
-
-
-def engine_with(url: str, *workflows: Any) -> Engine:
-    engine = make_engine(url)
-    engine.register(*workflows)
-    return engine
 
 
 class Ledger:

@@ -34,7 +34,7 @@ from sagakit import (
     TerminalError,
 )
 from tests.conftest import fast_retry, make_engine
-from tests.waiting import Gate, eventually
+from tests.waiting import Gate, eventually, within
 
 WAIT = 15.0  # generous bound on every wait, so that a bug fails a test instead of hanging it
 NO_RETRY = RetryPolicy(max_attempts=1)
@@ -73,11 +73,6 @@ class Note(BaseModel):
 
 class Sent(BaseModel):
     sent: bool
-
-
-async def within(awaitable: Any, seconds: float = WAIT) -> Any:
-    async with asyncio.timeout(seconds):
-        return await awaitable
 
 
 def order_saga(log: list[Any]) -> SagaDefinition:

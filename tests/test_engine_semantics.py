@@ -40,7 +40,8 @@ from sagakit import (
 )
 from sagakit.stores import open_store
 from sagakit.stores.base import NewSaga
-from tests.conftest import fast_retry, make_engine
+from tests.conftest import engine_with, fast_retry, make_engine
+from tests.waiting import within
 
 WAIT = 15.0  # generous bound on every wait, so that a bug hangs no test for long
 
@@ -57,11 +58,6 @@ class Receipt(BaseModel):
 
 class Order(BaseModel):
     order_id: str
-
-
-async def within(awaitable: Any, seconds: float = WAIT) -> Any:
-    async with asyncio.timeout(seconds):
-        return await awaitable
 
 
 class Gate:
@@ -94,12 +90,6 @@ class Compensations:
     @property
     def names(self) -> list[str]:
         return [c[0] for c in self.calls]
-
-
-def engine_with(url: str, *workflows: Any, **options: Any) -> Engine:
-    engine = make_engine(url, **options)
-    engine.register(*workflows)
-    return engine
 
 
 # -- the happy path ---------------------------------------------------------------------------

@@ -114,11 +114,6 @@ def forward(snapshot: Any) -> list[tuple[int, str, str, str]]:
     return [e for e in journal(snapshot) if e[1] != "compensation"]
 
 
-async def within(awaitable: Any, seconds: float = WAIT) -> Any:
-    async with asyncio.timeout(seconds):
-        return await awaitable
-
-
 # -- results and numbering --------------------------------------------------------------------
 
 

@@ -16,7 +16,6 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +38,12 @@ from sagakit import (
     saga_step,
 )
 from tests.conftest import fast_retry, make_engine, make_store_url
-from tests.waiting import STILL, WAIT, Gate, eventually
+from tests.waiting import STILL, Gate, eventually, within
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-async def within(awaitable: Awaitable[Any], seconds: float = WAIT) -> Any:
-    async with asyncio.timeout(seconds):
-        return await awaitable
 
 
 def assert_one_at_a_time(ledger: list[tuple[str, str]]) -> None:

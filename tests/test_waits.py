@@ -33,7 +33,7 @@ from sagakit.errors import (
     SagaFinishedError,
     SagaTimeoutError,
 )
-from tests.conftest import fast_retry, make_engine
+from tests.conftest import engine_with, fast_retry, make_engine
 from tests.waiting import STILL, WAIT, Gate, eventually, suspended
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -62,12 +62,6 @@ async def stays_suspended(engine: Engine, saga_id: str, absent_key: str | None =
     assert saga_id not in engine._tasks
     if absent_key is not None:
         assert await engine.query(saga_id, absent_key, default="<none>") == "<none>"
-
-
-def engine_with(url: str, *workflows: Any) -> Engine:
-    engine = make_engine(url)
-    engine.register(*workflows)
-    return engine
 
 
 # -- durable timers ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -31,6 +32,12 @@ class Gate:
     async def reached(self) -> None:
         async with asyncio.timeout(WAIT):
             await self.entered.wait()
+
+
+async def within(awaitable: Awaitable[Any], seconds: float = WAIT) -> Any:
+    """Await with a bound: a bug fails the test, it never hangs it."""
+    async with asyncio.timeout(seconds):
+        return await awaitable
 
 
 async def eventually(
