@@ -13,6 +13,8 @@ Every public error subclasses :class:`SagaError`::
     ├── SagaNotFoundError
     ├── UnknownWorkflowError
     ├── SagaConflictError             a saga id is already used by another workflow
+    ├── SagaCancelledError            an operator cancelled the saga (no rollback)
+    ├── SagaStateError                an admin action the saga's status does not allow
     ├── SagaDefinitionError           a declarative definition is refused (unknown StepRef, cycle)
     ├── EngineNotStartedError
     └── StoreError                    the database failed in a way the engine could not absorb
@@ -233,6 +235,35 @@ class UnknownWorkflowError(SagaError, LookupError):
 
 class SagaConflictError(SagaError):
     """A saga id is already taken by a saga of another workflow."""
+
+
+class SagaCancelledError(SagaError):
+    """An operator cancelled the saga (``admin.cancel``): it stopped without a rollback."""
+
+    def __init__(self, saga_id: str, reason: str, by: str | None = None):
+        who = f" by {by}" if by else ""
+        super().__init__(f"saga {saga_id!r} was cancelled{who}: {reason}")
+        self.saga_id = saga_id
+        self.reason = reason
+        self.by = by
+
+
+class SagaStateError(SagaError):
+    """An admin action that the saga's status does not allow (nothing was changed)."""
+
+    def __init__(
+        self, saga_id: str, status: str, action: str, allowed: Iterable[str], hint: str = ""
+    ):
+        allowed_list = " or ".join(allowed)
+        message = (
+            f"cannot {action} saga {saga_id!r}: it is {status}; "
+            f"{action} is allowed when it is {allowed_list}"
+        )
+        super().__init__(f"{message}. {hint}" if hint else message)
+        self.saga_id = saga_id
+        self.status = status
+        self.action = action
+        self.allowed = tuple(allowed)
 
 
 class EngineNotStartedError(SagaError):

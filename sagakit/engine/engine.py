@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, TypeVar, overload
 
@@ -23,10 +24,13 @@ from ..errors import (
     SagaValidationError,
     UnknownWorkflowError,
 )
+from ..admin import SagaAdmin
 from ..objects import SagaVirtualObject
+from ..observability import default_observers
 from ..stores import open_store
 from ..stores.base import NewSaga, SagaStatus, Store
 from ..workflows import SagaWorkflow
+from .observe import Observer, Observers
 from .outcome import Outcome
 from .run import SagaRun
 from .running import RunningMixin
@@ -93,6 +97,11 @@ class Engine(RunningMixin, TalkMixin):
         worker: ``False`` for a client that only starts and watches sagas (a web server that
             leaves the running to ``sagakit worker`` processes): it claims nothing itself.
         store: a ready-made store instead of ``url``.
+        observers: what hears about each run (see :mod:`sagakit.engine.observe`); default:
+            log under the ``sagakit`` logger, and trace with OpenTelemetry when
+            ``sagakit[otel]`` is installed.
+        tracer_provider: the OpenTelemetry TracerProvider to trace with (default: the global
+            one); ignored when ``observers`` is given.
     """
 
     def __init__(
@@ -105,6 +114,8 @@ class Engine(RunningMixin, TalkMixin):
         worker_id: str | None = None,
         worker: bool = True,
         store: Store | None = None,
+        observers: Sequence[Observer] | None = None,
+        tracer_provider: Any = None,
     ):
         if lease <= timedelta(0):
             raise ValueError(f"lease must be positive, got {lease}")
@@ -128,6 +139,10 @@ class Engine(RunningMixin, TalkMixin):
         self._wakeup: asyncio.Event | None = None
         self._draining = False
         self._closing = False
+        if observers is None:
+            observers = default_observers(tracer_provider)
+        self._observers = Observers(observers)
+        self._admin: SagaAdmin | None = None
 
     # -- registration ------------------------------------------------------------------------
 
@@ -181,6 +196,13 @@ class Engine(RunningMixin, TalkMixin):
                     f"another workflow is already registered as {workflow.name!r}"
                 )
             self._workflows[workflow.name] = workflow
+
+    @property
+    def admin(self) -> SagaAdmin:
+        """The operator's API on this engine's database: look at sagas and steer them."""
+        if self._admin is None:
+            self._admin = SagaAdmin(self)
+        return self._admin
 
     @property
     def workflows(self) -> dict[str, SagaWorkflow[Any, Any]]:
@@ -334,6 +356,7 @@ class Engine(RunningMixin, TalkMixin):
                     live_input=value,
                     events=[],
                     children=self._start_child,
+                    observers=self._observers,
                 )
             )
         else:  # for a worker (maybe this one), or waiting for its object key's turn

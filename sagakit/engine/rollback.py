@@ -4,6 +4,7 @@ repeats a compensation that finished. Mixed into :class:`~sagakit.engine.run.Sag
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,10 @@ class RollbackMixin(RunCore):
         ) -> tuple[StateWrite, ...]: ...
 
         async def _fail_nondeterministic(self, exc: NonDeterminismError) -> Outcome: ...
+
+        def _observe_attempt(
+            self, kind: str, name: str, seq: int, attempt: int
+        ) -> contextlib.AbstractContextManager[None]: ...
 
         async def _execute_step(
             self, step: SagaStep[Any], seq: int, inp: Any, prior_attempts: int
@@ -149,7 +154,8 @@ class RollbackMixin(RunCore):
             writes = []
             token = operation_writes.set(writes)
             try:
-                await step.call_compensation(compensation.data, compensation.failed)
+                with self._observe_attempt("compensation", step.name, seq, attempt):
+                    await step.call_compensation(compensation.data, compensation.failed)
                 break
             except Exception as exc:
                 terminal = terminal_form(exc)

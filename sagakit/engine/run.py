@@ -12,6 +12,7 @@ body, a compensation, a wait, nor the outcome handed to the caller (see ``_write
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -48,6 +49,7 @@ from ..stores.base import (
 )
 from ..workflows import SagaWorkflow
 from .children import ChildrenMixin, ChildStarter
+from .observe import NO_OBSERVERS, Observers, RunInfo
 from .outcome import Outcome, _Compensation, terminal_form
 from .parallel import ParallelMixin, Strand
 from .rollback import RollbackMixin
@@ -89,6 +91,7 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
         taken_over: bool = False,
         events: list[SagaEvent] | None = None,
         children: ChildStarter | None = None,
+        observers: Observers = NO_OBSERVERS,
     ):
         self.saga_id = record.saga_id
         self.fence = record.fence
@@ -122,6 +125,16 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
         self._object_state: dict[str, str] | None = None
         #: object state written by the step attempt that just succeeded
         self._step_writes: tuple[StateWrite, ...] = ()
+        self.observers = observers
+        self.info = RunInfo(
+            self.saga_id,
+            workflow.name,
+            record,
+            record.fence,
+            store,
+            resumed=bool(journal) or taken_over,
+            scratch={},
+        )
 
     def again(self) -> SagaRun:
         """A fresh run of the same saga from what this one journaled (after events arrived)."""
@@ -133,6 +146,7 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
             self._live_input,
             events=self._events,
             children=self._children,
+            observers=self.observers,
         )
 
     # -- the RunDriver protocol (what SagaContext calls) --------------------------------------
@@ -193,6 +207,8 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
         # retrieved here so a run that ends before settling does not log "never retrieved"
         future.add_done_callback(_retrieve)
         self._unsettled.append(future)
+        if self.observers:
+            self.observers.journaled(self.info, entry, update)
         if entry is not None:
             self._journal[entry.seq] = entry
 
@@ -377,8 +393,9 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
             marker = operation_writes.set(writes)
             try:
                 value = step.input.validate(inp)
-                async with deadline:
-                    result = await step.run(ctx, value)
+                with self._observe_attempt("step", step.name, seq, attempt):
+                    async with deadline:
+                        result = await step.run(ctx, value)
             except Exception as exc:
                 terminal = terminal_form(exc)
                 timed_out = deadline.expired()
@@ -398,6 +415,13 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
                 operation_writes.reset(marker)
             self._step_writes = self._object_writes(writes)
             return await self._record_result(step, seq, attempt, started, result)
+
+    def _observe_attempt(
+        self, kind: str, name: str, seq: int, attempt: int
+    ) -> contextlib.AbstractContextManager[None]:
+        if not self.observers:
+            return contextlib.nullcontext()
+        return self.observers.attempt(self.info, kind, name, seq, attempt)
 
     async def _wait_to_retry(
         self, what: str, seq: int, attempt: int, policy: RetryPolicy, exc: Exception

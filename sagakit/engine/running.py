@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import Drained, EventsArrived, LeaseLost, StoreUnavailable, Suspended
 from ..stores.base import ClaimedSaga, SagaStatus, Store
 from ..workflows import SagaWorkflow
+from .observe import Observers
 from .outcome import Outcome
 from .run import SagaRun
 
@@ -36,6 +37,7 @@ class RunningMixin:
     _claimed: set[str]
     _wakeup: asyncio.Event | None
     _draining: bool
+    _observers: Observers
 
     if TYPE_CHECKING:  # provided by Engine
 
@@ -87,14 +89,14 @@ class RunningMixin:
 
     async def _drive(self, run: SagaRun) -> Outcome | None:
         try:
-            outcome = await run.execute()
+            outcome = await self._execute(run)
             while outcome.again:  # events arrived as it suspended: they may answer its wait
                 run = run.again()
                 run.draining = self._draining
                 task = asyncio.current_task()
                 if task is not None:
                     task.sagakit_run = run  # type: ignore[attr-defined]
-                outcome = await run.execute()
+                outcome = await self._execute(run)
         except Drained:
             with contextlib.suppress(Exception):
                 await self._store_or_raise().release(self.worker_id, [run.saga_id])
@@ -133,6 +135,15 @@ class RunningMixin:
             with contextlib.suppress(Exception):
                 await self._store_or_raise().release(self.worker_id, [run.saga_id])
             return None
+        if outcome.status == SagaStatus.PARKED:
+            log.warning(
+                "saga %s (%s) parked: a step ran out of retries; it waits for an operator "
+                "(engine.admin or `sagakit retry/skip/compensate/cancel`)",
+                run.saga_id,
+                run.workflow.name,
+                extra={"saga_id": run.saga_id, "status": str(outcome.status)},
+            )
+            return outcome
         if outcome.status == SagaStatus.SUSPENDED:
             log.info(
                 "saga %s (%s) suspended until %s",
@@ -153,6 +164,20 @@ class RunningMixin:
         )
         if run.record.object_key is not None or run.record.parent_id is not None:
             self._poke()  # the next call of this object key, or the parent, may run now
+        return outcome
+
+    async def _execute(self, run: SagaRun) -> Outcome:
+        """One run, with its observers told when it starts and how it ends."""
+        if not run.observers:
+            return await run.execute()
+        await run.observers.run_started(run.info)
+        try:
+            outcome = await run.execute()
+        except BaseException as exc:
+            run.observers.run_ended(run.info, None, exc)
+            raise
+        status = None if outcome.again else outcome.status.value
+        run.observers.run_ended(run.info, status, None)
         return outcome
 
     def _run_claimed(self, claimed: ClaimedSaga) -> None:
@@ -177,6 +202,7 @@ class RunningMixin:
                 taken_over=claimed.taken_over,
                 events=claimed.events,
                 children=self._start_child,
+                observers=self._observers,
             )
         )
 

@@ -11,6 +11,7 @@ from ..errors import (
     CompensationFailedError,
     ErrorInfo,
     NonDeterminismError,
+    SagaCancelledError,
     SagaCompensatedError,
     SagaError,
 )
@@ -57,6 +58,36 @@ class StepSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """An operator's action on a saga (``engine.admin``), as its journal records it."""
+
+    action: str
+    at: datetime
+    reason: str | None
+    by: str | None
+    #: the step (or compensation) the action was about, if any
+    step: str | None
+    seq: int | None
+    #: what the action changed (the entries it replaced, the output it recorded, ...)
+    details: dict[str, Any]
+
+    @classmethod
+    def from_entry(cls, entry: JournalEntry) -> AuditEntry:
+        data: dict[str, Any] = serde.loads(entry.output) or {}
+        at = _time(entry.started_at)
+        assert at is not None
+        return cls(
+            action=entry.name,
+            at=at,
+            reason=data.get("reason"),
+            by=data.get("by"),
+            step=data.get("step"),
+            seq=data.get("seq"),
+            details=data.get("details") or {},
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class SagaSnapshot:
     """A saga as the store has it now, with its journal (``steps``) in order."""
 
@@ -77,6 +108,10 @@ class SagaSnapshot:
     wake_at: datetime | None = None
     #: the virtual object (``Name/key``) a handler saga runs for
     object_key: str | None = None
+    #: the saga that started this one as its child
+    parent_id: str | None = None
+    #: operators' actions on the saga, oldest first (``engine.admin``)
+    audit: tuple[AuditEntry, ...] = ()
 
     @classmethod
     def build(cls, record: SagaRecord, journal: list[JournalEntry] | None) -> SagaSnapshot:
@@ -92,7 +127,7 @@ class SagaSnapshot:
             error=serde.loads(record.error),
             created_at=created,
             updated_at=updated,
-            steps=tuple(StepSnapshot.from_entry(e) for e in journal or ()),
+            steps=tuple(StepSnapshot.from_entry(e) for e in journal or () if e.seq >= 0),
             owner=record.owner,
             lease_expires_at=_time(record.lease_expires_at),
             wait_token=record.wait_token,
@@ -100,6 +135,12 @@ class SagaSnapshot:
                 _time(record.lease_expires_at) if record.status == SagaStatus.SUSPENDED else None
             ),
             object_key=record.object_key,
+            parent_id=record.parent_id,
+            audit=tuple(
+                AuditEntry.from_entry(e)
+                for e in sorted(journal or (), key=lambda e: -e.seq)
+                if e.seq < 0
+            ),
         )
 
 
@@ -120,4 +161,6 @@ def error_for(saga_id: str, status: str, error_json: str | None) -> SagaError:
     if status == SagaStatus.FAILED:
         failures = [ErrorInfo.from_json(f) for f in error.get("compensation_failures", [])]
         return CompensationFailedError(saga_id, cause, failures)
+    if status == SagaStatus.CANCELLED:
+        return SagaCancelledError(saga_id, str(error.get("reason", "")), error.get("by"))
     return SagaError(f"saga {saga_id!r} ended as {status}: {error.get('message', '')}".rstrip())

@@ -39,6 +39,8 @@ class SagaStatus(StrEnum):
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     SUSPENDED = "SUSPENDED"
+    #: a step ran out of retries with ``on_exhausted="park"``: the saga waits for an operator
+    PARKED = "PARKED"
     COMPLETED = "COMPLETED"
     COMPENSATING = "COMPENSATING"
     COMPENSATED = "COMPENSATED"
@@ -82,6 +84,9 @@ class EntryKind(StrEnum):
     CHILD_RESULT = "child_result"
     #: the signals a saga had received at that point (a declarative saga's input context)
     SIGNALS = "signals"
+    #: an operator's action (``engine.admin``), at a negative ``seq`` outside the saga
+    #: function's numbering so that a replay never meets it
+    ADMIN = "admin"
 
 
 class EntryStatus(StrEnum):
@@ -180,6 +185,48 @@ class Delivery:
     status: str | None = None
     #: for DUPLICATE: the payload received first
     existing: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminChange:
+    """An operator's change of a saga (see ``Store.administer``), made only if the saga is
+    still in ``expect_status`` with ``expect_fence``: what the operator looked at.
+
+    The saga gets ``status``, ``output`` and ``error`` as given, no owner, a new fence (a worker
+    still running it can write nothing more), ``due_at`` as the time from which a worker may
+    take it (0: now, :data:`NEVER`: only another operator action), and ``wait_token``. The
+    journal entries of ``delete`` go, those of ``replace`` are written, and ``audit`` is added
+    at the next free negative ``seq`` (its own ``seq`` is ignored). ``tell`` delivers events
+    (``(saga_id, kind, name, payload)``, unique) in the same transaction: a cancelled child's
+    outcome to its parent.
+    """
+
+    saga_id: str
+    expect_status: str
+    expect_fence: int
+    status: str
+    due_at: float
+    audit: JournalEntry
+    output: str | None = None
+    error: str | None = None
+    wait_token: str | None = None
+    replace: tuple[JournalEntry, ...] = ()
+    delete: tuple[int, ...] = ()
+    tell: tuple[tuple[str, str, str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SagaFilter:
+    """Which sagas ``Store.list_sagas`` returns: all given conditions hold."""
+
+    status: str | None = None
+    name: str | None = None
+    #: ``created_at`` at or after this epoch time
+    created_after: float | None = None
+    #: ``created_at`` before this epoch time
+    created_before: float | None = None
+    #: paging: only sagas after this ``(created_at, saga_id)`` in newest-first order
+    after: tuple[float, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,8 +378,16 @@ class Store(Protocol):
         """Give these sagas back (lease expired now) so another worker may take them at once."""
         ...
 
-    async def list_sagas(
-        self, status: str | None = None, name: str | None = None, limit: int = 50
-    ) -> list[SagaRecord]:
-        """Newest first."""
+    async def list_sagas(self, where: SagaFilter, limit: int = 50) -> list[SagaRecord]:
+        """Newest first (by ``created_at``, then ``saga_id``, both descending)."""
+        ...
+
+    async def count_by_status(self) -> dict[str, int]:
+        """How many sagas are in each status (statuses with none are left out)."""
+        ...
+
+    async def administer(self, change: AdminChange) -> SagaRecord | None:
+        """Apply an operator's change in one transaction (see :class:`AdminChange`); return the
+        saga as it is then, or ``None`` (nothing written) if it is not in the expected status
+        and fence any more: someone or something changed it meanwhile."""
         ...
