@@ -7,6 +7,7 @@ stores on the same database (the same SQLite file, or the same named memory stor
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,11 @@ import pytest
 from sagakit.errors import LeaseLost
 from sagakit.stores import open_store
 from sagakit.stores.base import (
+    NEVER,
+    AdminChange,
     JournalEntry,
     NewSaga,
+    SagaFilter,
     SagaRecord,
     SagaStatus,
     SagaUpdate,
@@ -332,8 +336,9 @@ async def test_list_sagas_filters_and_orders_newest_first(store: Store) -> None:
     await store.append("s3", 1, None, SagaUpdate("COMPLETED", output="3"))
     await store.append("s4", 1, None, SagaUpdate("COMPLETED", output="4"))
 
-    async def ids(**kwargs: object) -> list[str]:
-        return [r.saga_id for r in await store.list_sagas(**kwargs)]  # type: ignore[arg-type]
+    async def ids(limit: int = 50, **kwargs: object) -> list[str]:
+        where = SagaFilter(**kwargs)  # type: ignore[arg-type]
+        return [r.saga_id for r in await store.list_sagas(where, limit)]
 
     assert await ids() == ["s4", "s3", "s2", "s1"]
     assert await ids(status="COMPLETED") == ["s4", "s3"]
@@ -342,8 +347,113 @@ async def test_list_sagas_filters_and_orders_newest_first(store: Store) -> None:
     assert await ids(status="COMPLETED", name="B") == ["s4"]
     assert await ids(status="FAILED") == []
     assert await ids(limit=2) == ["s4", "s3"]
-    listed = await store.list_sagas()
+    listed = await store.list_sagas(SagaFilter())
     assert listed[0] == await load(store, "s4")
+    s2, s3 = await load(store, "s2"), await load(store, "s3")
+    assert await ids(created_after=s2.created_at) == ["s4", "s3", "s2"]
+    assert await ids(created_before=s3.created_at) == ["s2", "s1"]
+    assert await ids(created_after=s2.created_at, created_before=s3.created_at) == ["s2"]
+
+
+async def test_list_sagas_pages_after_a_saga_even_with_equal_creation_times(store: Store) -> None:
+    for i in range(7):
+        await store.create_saga(new(f"s{i}", "A" if i % 2 else "B"))
+    everything = await store.list_sagas(SagaFilter(), 100)
+    seen: list[str] = []
+    after = None
+    while True:
+        page = await store.list_sagas(SagaFilter(after=after), 3)
+        seen += [r.saga_id for r in page]
+        if len(page) < 3:
+            break
+        after = (page[-1].created_at, page[-1].saga_id)
+    assert seen == [r.saga_id for r in everything]
+    assert len(set(seen)) == 7
+    # ties on created_at are broken by saga_id, so no saga is skipped or repeated
+    last = everything[3]
+    tied = await store.list_sagas(SagaFilter(after=(last.created_at, "s99")), 100)
+    assert last.saga_id in [r.saga_id for r in tied]
+
+
+async def test_count_by_status_counts_every_saga_once(store: Store) -> None:
+    assert await store.count_by_status() == {}
+    await store.create_saga(new("s1"))
+    await store.create_saga(new("s2", owner="w1"))
+    await store.create_saga(new("s3", owner="w1"))
+    await store.append("s3", 1, None, SagaUpdate("COMPLETED", output="3"))
+    assert await store.count_by_status() == {"PENDING": 1, "RUNNING": 1, "COMPLETED": 1}
+
+
+async def test_parked_saga_is_released_and_never_claimed(store: Store) -> None:
+    await store.create_saga(new("s1", owner="w1"))
+    await store.append("s1", 1, entry("s1", 0, status="failed"), SagaUpdate("PARKED"))
+    record = await load(store, "s1")
+    assert (record.status, record.owner, record.lease_expires_at) == ("PARKED", None, NEVER)
+    assert await store.renew_leases("w1", 30) == 0
+    assert await store.claim("w2", ["W"], 30, 10) == []
+    # an event is kept for it, but does not wake it
+    delivery = await store.deliver("s1", "signal", "go", "1")
+    assert delivery.outcome == "delivered"
+    assert await store.claim("w2", ["W"], 30, 10) == []
+
+
+def audit(saga_id: str, action: str) -> JournalEntry:
+    return JournalEntry(saga_id, 0, "admin", action, "completed", 1, '{"by": "ops"}', None, None,
+                        1.0, 1.0)  # fmt: skip
+
+
+async def test_administer_changes_the_saga_only_as_the_operator_saw_it(store: Store) -> None:
+    await store.create_saga(new("s1", owner="w1"))
+    await store.append("s1", 1, entry("s1", 0))
+    await store.append("s1", 1, entry("s1", 1, status="failed"), SagaUpdate("PARKED"))
+    stale = AdminChange("s1", "PARKED", 0, "RUNNING", 0.0, audit("s1", "retry"))
+    assert await store.administer(stale) is None  # another fence: nothing written
+    wrong = AdminChange("s1", "SUSPENDED", 1, "RUNNING", 0.0, audit("s1", "retry"))
+    assert await store.administer(wrong) is None
+    assert [e.seq for e in await store.load_journal("s1")] == [0, 1]
+
+    replaced = replace(entry("s1", 0), output='{"mock": 1}')
+    change = AdminChange(
+        "s1", "PARKED", 1, "RUNNING", 0.0, audit("s1", "retry"), delete=(1,), replace=(replaced,)
+    )
+    record = await store.administer(change)
+    assert record is not None
+    assert (record.status, record.owner, record.fence) == ("RUNNING", None, 2)
+    journal = await store.load_journal("s1")
+    assert [(e.seq, e.kind, e.name) for e in journal] == [
+        (-1, "admin", "retry"),
+        (0, "step", "Step"),
+    ]
+    assert journal[1].output == '{"mock": 1}'
+    # the old owner's fence is stale now: it can write nothing more
+    with pytest.raises(LeaseLost):
+        await store.append("s1", 1, entry("s1", 2))
+    # the saga is due at once; audit entries count down
+    claimed = await store.claim("w2", ["W"], 30, 10)
+    assert [c.record.saga_id for c in claimed] == ["s1"]
+    assert claimed[0].journal[0].seq == -1
+    await store.append("s1", 3, None, SagaUpdate("PARKED"))
+    again = AdminChange("s1", "PARKED", 3, "CANCELLED", 0.0, audit("s1", "cancel"),
+                        error='{"kind": "cancelled"}')  # fmt: skip
+    record = await store.administer(again)
+    assert record is not None and record.status == "CANCELLED" and record.lease_expires_at == 0
+    assert [e.seq for e in await store.load_journal("s1")] == [-2, -1, 0]
+
+
+async def test_administer_tells_a_parent_in_the_same_transaction(store: Store) -> None:
+    await store.create_saga(new("parent", owner="w1"))
+    await store.append("parent", 1, None, SagaUpdate("SUSPENDED"))
+    await store.create_saga(NewSaga("child", "W", "{}", "w1", 30.0, parent_id="parent"))
+    tell = (("parent", "child", "child", '{"status": "CANCELLED"}'),)
+    change = AdminChange(
+        "child", "RUNNING", 1, "CANCELLED", 0.0, audit("child", "cancel"), tell=tell
+    )
+    assert await store.administer(change) is not None
+    events = await store.load_events("parent")
+    assert [(e.kind, e.name, e.payload) for e in events] == [
+        ("child", "child", '{"status": "CANCELLED"}')
+    ]
+    assert (await load(store, "parent")).lease_expires_at < time.time()  # woken
 
 
 async def test_status_values_are_the_saga_statuses(store: Store) -> None:

@@ -28,7 +28,7 @@ from ..admin import SagaAdmin
 from ..objects import SagaVirtualObject
 from ..observability import default_observers
 from ..stores import open_store
-from ..stores.base import NewSaga, SagaStatus, Store
+from ..stores.base import NewSaga, SagaFilter, SagaStatus, Store
 from ..workflows import SagaWorkflow
 from .observe import Observer, Observers
 from .outcome import Outcome
@@ -404,7 +404,7 @@ class Engine(RunningMixin, TalkMixin):
         except ValueError as exc:
             choices = ", ".join(s.value for s in SagaStatus)
             raise SagaValidationError(f"unknown status {status!r}; use one of {choices}") from exc
-        records = await store.list_sagas(wanted, name, limit)
+        records = await store.list_sagas(SagaFilter(status=wanted, name=name), limit)
         return [SagaSnapshot.build(r, None) for r in records]
 
     async def _result(self, saga_id: str, timeout: float | timedelta | None) -> Any:

@@ -14,6 +14,7 @@ from dataclasses import replace
 from ..errors import EventsArrived, LeaseLost
 from .base import (
     NEVER,
+    AdminChange,
     RUNNABLE_STATUSES,
     ClaimedSaga,
     CreateResult,
@@ -22,6 +23,7 @@ from .base import (
     JournalEntry,
     NewSaga,
     SagaEvent,
+    SagaFilter,
     SagaRecord,
     SagaStatus,
     SagaUpdate,
@@ -242,16 +244,60 @@ class MemoryStore:
             if record is not None and record.owner == owner:
                 self._t.sagas[saga_id] = replace(record, owner=None, lease_expires_at=0.0)
 
-    async def list_sagas(
-        self, status: str | None = None, name: str | None = None, limit: int = 50
-    ) -> list[SagaRecord]:
-        rows = [
-            r
-            for r in self._t.sagas.values()
-            if (status is None or r.status == status) and (name is None or r.name == name)
-        ]
+    async def list_sagas(self, where: SagaFilter, limit: int = 50) -> list[SagaRecord]:
+        rows = [r for r in self._t.sagas.values() if _matches(r, where)]
         rows.sort(key=lambda r: (r.created_at, r.saga_id), reverse=True)
         return rows[:limit]
+
+    async def count_by_status(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for record in self._t.sagas.values():
+            counts[record.status] = counts.get(record.status, 0) + 1
+        return counts
+
+    async def administer(self, change: AdminChange) -> SagaRecord | None:
+        record = self._t.sagas.get(change.saga_id)
+        if (
+            record is None
+            or record.status != change.expect_status
+            or record.fence != change.expect_fence
+        ):
+            return None
+        for saga_id, kind, name, payload in change.tell:
+            await self.deliver(saga_id, kind, name, payload, unique=True)
+        journal = self._t.journal[change.saga_id]
+        for seq in change.delete:
+            journal.pop(seq, None)
+        for entry in change.replace:
+            journal[entry.seq] = entry
+        audit_seq = min(0, *journal) - 1 if journal else -1
+        journal[audit_seq] = replace(change.audit, seq=audit_seq)
+        updated = replace(
+            record,
+            status=change.status,
+            output=change.output,
+            error=change.error,
+            owner=None,
+            fence=record.fence + 1,
+            lease_expires_at=0.0 if SagaStatus(change.status).is_terminal else change.due_at,
+            wait_token=change.wait_token,
+            updated_at=time.time(),
+        )
+        self._t.sagas[change.saga_id] = updated
+        self._notify_all()
+        return updated
+
+
+def _matches(record: SagaRecord, where: SagaFilter) -> bool:
+    if where.status is not None and record.status != where.status:
+        return False
+    if where.name is not None and record.name != where.name:
+        return False
+    if where.created_after is not None and record.created_at < where.created_after:
+        return False
+    if where.created_before is not None and record.created_at >= where.created_before:
+        return False
+    return where.after is None or (record.created_at, record.saga_id) < where.after
 
 
 def _changes(update: SagaUpdate) -> dict[str, object]:
@@ -267,6 +313,10 @@ def _changes(update: SagaUpdate) -> dict[str, object]:
             changes["owner"] = None
             changes["lease_expires_at"] = NEVER if update.wake_at is None else update.wake_at
             changes["wait_token"] = update.wait_token
+        elif update.status == SagaStatus.PARKED:
+            changes["owner"] = None
+            changes["lease_expires_at"] = NEVER
+            changes["wait_token"] = None
     if update.output is not None:
         changes["output"] = update.output
     if update.error is not None:

@@ -54,14 +54,15 @@ WITH upd AS (
         output = coalesce(u.output, s.output),
         error = coalesce(u.error, s.error),
         owner = CASE WHEN u.status IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED',
-                                       'SUSPENDED')
+                                       'SUSPENDED', 'PARKED')
                      THEN NULL ELSE s.owner END,
         lease_expires_at = CASE WHEN u.status IN ('COMPLETED', 'COMPENSATED', 'FAILED',
                                                   'CANCELLED') THEN 0
                                 WHEN u.status = 'SUSPENDED' THEN u.wake_at
+                                WHEN u.status = 'PARKED' THEN 1e18
                                 ELSE s.lease_expires_at END,
         wait_token = CASE WHEN u.status IN ('COMPLETED', 'COMPENSATED', 'FAILED',
-                                            'CANCELLED') THEN NULL
+                                            'CANCELLED', 'PARKED') THEN NULL
                           WHEN u.set_token THEN u.token
                           ELSE s.wait_token END,
         updated_at = extract(epoch FROM clock_timestamp())
@@ -228,9 +229,42 @@ WHERE owner = $1 AND saga_id = ANY($2::text[])
 SELECT pg_notify('sagakit_work', '')
 
 -- name: list_sagas
+-- newest first; $5/$6 continue a page after the saga with that created_at and saga_id
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
        created_at, updated_at, wait_token, event_count, object_key, parent_id
 FROM saga_instances
 WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR name = $2)
+  AND ($3::float8 IS NULL OR created_at >= $3) AND ($4::float8 IS NULL OR created_at < $4)
+  AND ($5::float8 IS NULL OR created_at < $5 OR (created_at = $5 AND saga_id < $6::text))
 ORDER BY created_at DESC, saga_id DESC
-LIMIT $3
+LIMIT $7
+
+-- name: count_by_status
+SELECT status, count(*) FROM saga_instances GROUP BY status
+
+-- name: administer
+-- an operator's change, only if the saga is still as the operator saw it
+UPDATE saga_instances
+SET status = $2, output = $3, error = $4, owner = NULL, fence = fence + 1,
+    lease_expires_at = $5, wait_token = $6, updated_at = extract(epoch FROM clock_timestamp())
+WHERE saga_id = $1 AND status = $7 AND fence = $8
+RETURNING saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
+          created_at, updated_at, wait_token, event_count, object_key, parent_id
+
+-- name: delete_entries
+DELETE FROM saga_journal WHERE saga_id = $1 AND seq = ANY($2::int4[])
+
+-- name: upsert_entry
+INSERT INTO saga_journal
+    (saga_id, seq, kind, name, status, attempts, output, compensation, error,
+     started_at, finished_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+ON CONFLICT (saga_id, seq) DO UPDATE SET
+    kind = excluded.kind, name = excluded.name, status = excluded.status,
+    attempts = excluded.attempts, output = excluded.output,
+    compensation = excluded.compensation, error = excluded.error,
+    started_at = excluded.started_at, finished_at = excluded.finished_at
+
+-- name: next_audit_seq
+-- audit entries count down from -1, below every entry of the saga function
+SELECT least(0, coalesce(min(seq), 0)) - 1 FROM saga_journal WHERE saga_id = $1

@@ -23,7 +23,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field, replace
 from typing import Any, TypeVar
 
 import asyncpg
@@ -31,6 +31,7 @@ import asyncpg
 from ...errors import EventsArrived, LeaseLost, StoreError
 from ..base import (
     NEVER,
+    AdminChange,
     ClaimedSaga,
     CreateResult,
     Delivery,
@@ -38,6 +39,7 @@ from ..base import (
     JournalEntry,
     NewSaga,
     SagaEvent,
+    SagaFilter,
     SagaRecord,
     SagaStatus,
     SagaUpdate,
@@ -621,14 +623,62 @@ class PostgresStore:
 
         await self._call(fn)
 
-    async def list_sagas(
-        self, status: str | None = None, name: str | None = None, limit: int = 50
-    ) -> list[SagaRecord]:
+    async def list_sagas(self, where: SagaFilter, limit: int = 50) -> list[SagaRecord]:
+        after_created, after_id = where.after or (None, None)
+
         async def fn(conn: asyncpg.Connection) -> list[SagaRecord]:
-            rows = await conn.fetch(Q["list_sagas"], status, name, limit)
+            rows = await conn.fetch(
+                Q["list_sagas"],
+                where.status,
+                where.name,
+                where.created_after,
+                where.created_before,
+                after_created,
+                after_id,
+                limit,
+            )
             return [record_from_row(tuple(r)) for r in rows]
 
         return await self._read(fn)
+
+    async def count_by_status(self) -> dict[str, int]:
+        async def fn(conn: asyncpg.Connection) -> dict[str, int]:
+            return {r[0]: int(r[1]) for r in await conn.fetch(Q["count_by_status"])}
+
+        return await self._read(fn)
+
+    async def administer(self, change: AdminChange) -> SagaRecord | None:
+        terminal = SagaStatus(change.status).is_terminal
+
+        async def fn(conn: asyncpg.Connection) -> SagaRecord | None:
+            async with conn.transaction():
+                # the parents told are locked first, in a fixed order, as deliver locks them
+                for parent_id in sorted({t[0] for t in change.tell}):
+                    await conn.execute(Q["lock_saga"], parent_id)
+                row = await conn.fetchrow(
+                    Q["administer"],
+                    change.saga_id,
+                    change.status,
+                    change.output,
+                    change.error,
+                    0.0 if terminal else change.due_at,
+                    change.wait_token,
+                    change.expect_status,
+                    change.expect_fence,
+                )
+                if row is None:
+                    return None
+                if change.delete:
+                    await conn.execute(Q["delete_entries"], change.saga_id, list(change.delete))
+                seq = await conn.fetchval(Q["next_audit_seq"], change.saga_id)
+                for entry in (*change.replace, replace(change.audit, seq=seq)):
+                    await conn.execute(Q["upsert_entry"], *astuple(entry))
+                for saga_id, kind, name, payload in change.tell:
+                    await conn.fetchrow(Q["deliver"], saga_id, kind, name, payload, None, True)
+                await conn.execute(Q["notify_work"])
+                return record_from_row(tuple(row))
+
+        return await self._call(fn)
 
 
 def _set_event(event: asyncio.Event, *_args: object) -> None:

@@ -46,16 +46,18 @@ UPDATE saga_instances SET updated_at = :now
 WHERE saga_id = :saga_id AND fence = :fence AND (:guard IS NULL OR event_count = :guard)
 
 -- name: update_saga_status
--- a terminal status or SUSPENDED releases the saga; SUSPENDED until :wake_at
+-- a terminal status, SUSPENDED or PARKED releases the saga; SUSPENDED until :wake_at,
+-- PARKED until an operator acts
 UPDATE saga_instances
 SET status = coalesce(:status, status),
     output = coalesce(:output, output),
     error = coalesce(:error, error),
-    owner = CASE WHEN :terminal OR :suspended THEN NULL ELSE owner END,
+    owner = CASE WHEN :terminal OR :suspended OR :parked THEN NULL ELSE owner END,
     lease_expires_at = CASE WHEN :terminal THEN 0
                             WHEN :suspended THEN :wake_at
+                            WHEN :parked THEN 1e18
                             ELSE lease_expires_at END,
-    wait_token = CASE WHEN :terminal OR :clear_wait THEN NULL
+    wait_token = CASE WHEN :terminal OR :clear_wait OR :parked THEN NULL
                       WHEN :suspended THEN :wait_token
                       ELSE wait_token END,
     updated_at = :now
@@ -148,9 +150,31 @@ UPDATE saga_instances SET owner = NULL, lease_expires_at = 0
 WHERE owner = :owner AND saga_id IN (SELECT value FROM json_each(:saga_ids))
 
 -- name: list_sagas
+-- newest first; :after_created/:after_id continue a page after that saga
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
        created_at, updated_at, wait_token, event_count, object_key, parent_id
 FROM saga_instances
 WHERE (:status IS NULL OR status = :status) AND (:name IS NULL OR name = :name)
+  AND (:created_after IS NULL OR created_at >= :created_after)
+  AND (:created_before IS NULL OR created_at < :created_before)
+  AND (:after_created IS NULL OR created_at < :after_created
+       OR (created_at = :after_created AND saga_id < :after_id))
 ORDER BY created_at DESC, saga_id DESC
 LIMIT :limit
+
+-- name: count_by_status
+SELECT status, count(*) FROM saga_instances GROUP BY status
+
+-- name: administer
+-- an operator's change, only if the saga is still as the operator saw it
+UPDATE saga_instances
+SET status = :status, output = :output, error = :error, owner = NULL, fence = fence + 1,
+    lease_expires_at = :due_at, wait_token = :wait_token, updated_at = :now
+WHERE saga_id = :saga_id AND status = :expect_status AND fence = :expect_fence
+
+-- name: delete_entry
+DELETE FROM saga_journal WHERE saga_id = :saga_id AND seq = :seq
+
+-- name: next_audit_seq
+-- audit entries count down from -1, below every entry of the saga function
+SELECT min(0, coalesce(min(seq), 0)) - 1 FROM saga_journal WHERE saga_id = :saga_id

@@ -28,11 +28,13 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ...errors import EventsArrived, LeaseLost, StoreError
 from ..base import (
+    AdminChange,
     NEVER,
     ClaimedSaga,
     CreateResult,
@@ -41,6 +43,7 @@ from ..base import (
     JournalEntry,
     NewSaga,
     SagaEvent,
+    SagaFilter,
     SagaRecord,
     SagaStatus,
     SagaUpdate,
@@ -387,33 +390,7 @@ class SqliteStore:
         unique: bool = False,
     ) -> Delivery:
         def op(conn: sqlite3.Connection) -> Delivery:
-            row = conn.execute(Q["saga_for_event"], {"saga_id": saga_id}).fetchone()
-            if row is None:
-                return Delivery(DeliveryOutcome.NOT_FOUND)
-            status, wait_token, count = row
-            if unique:
-                params = {"saga_id": saga_id, "kind": kind, "name": name}
-                found = conn.execute(Q["find_event"], params).fetchone()
-                if found is not None:
-                    return Delivery(DeliveryOutcome.DUPLICATE, status, found[0])
-            if SagaStatus(status).is_terminal:
-                return Delivery(DeliveryOutcome.FINISHED, status)
-            if token is not None and wait_token != token:
-                return Delivery(DeliveryOutcome.STALE, status)
-            seq = count + 1
-            conn.execute(
-                Q["insert_event"],
-                {
-                    "saga_id": saga_id,
-                    "seq": seq,
-                    "kind": kind,
-                    "name": name,
-                    "payload": payload,
-                    "now": time.time(),
-                },
-            )
-            conn.execute(Q["count_event"], {"saga_id": saga_id, "seq": seq})
-            return Delivery(DeliveryOutcome.DELIVERED, status)
+            return _deliver(conn, saga_id, kind, name, payload, token=token, unique=unique)
 
         result: Delivery = await self._write(op)
         return result
@@ -505,14 +482,102 @@ class SqliteStore:
 
         await self._write(op)
 
-    async def list_sagas(
-        self, status: str | None = None, name: str | None = None, limit: int = 50
-    ) -> list[SagaRecord]:
+    async def list_sagas(self, where: SagaFilter, limit: int = 50) -> list[SagaRecord]:
+        after_created, after_id = where.after or (None, None)
+        params = {
+            "status": where.status,
+            "name": where.name,
+            "created_after": where.created_after,
+            "created_before": where.created_before,
+            "after_created": after_created,
+            "after_id": after_id,
+            "limit": limit,
+        }
+
         def fn(conn: sqlite3.Connection) -> list[SagaRecord]:
-            params = {"status": status, "name": name, "limit": limit}
             return [record_from_row(r) for r in conn.execute(Q["list_sagas"], params)]
 
         return await self._read(fn)
+
+    async def count_by_status(self) -> dict[str, int]:
+        def fn(conn: sqlite3.Connection) -> dict[str, int]:
+            return dict(conn.execute(Q["count_by_status"]).fetchall())
+
+        return await self._read(fn)
+
+    async def administer(self, change: AdminChange) -> SagaRecord | None:
+        def op(conn: sqlite3.Connection) -> SagaRecord | None:
+            now = time.time()
+            terminal = SagaStatus(change.status).is_terminal
+            cur = conn.execute(
+                Q["administer"],
+                {
+                    "saga_id": change.saga_id,
+                    "status": change.status,
+                    "output": change.output,
+                    "error": change.error,
+                    "due_at": 0.0 if terminal else change.due_at,
+                    "wait_token": change.wait_token,
+                    "now": now,
+                    "expect_status": change.expect_status,
+                    "expect_fence": change.expect_fence,
+                },
+            )
+            if cur.rowcount != 1:
+                return None
+            for seq in change.delete:
+                conn.execute(Q["delete_entry"], {"saga_id": change.saga_id, "seq": seq})
+            for entry in change.replace:
+                conn.execute(Q["upsert_entry"], _entry_params(entry))
+            seq = conn.execute(Q["next_audit_seq"], {"saga_id": change.saga_id}).fetchone()[0]
+            conn.execute(Q["upsert_entry"], _entry_params(replace(change.audit, seq=seq)))
+            for saga_id, kind, name, payload in change.tell:
+                _deliver(conn, saga_id, kind, name, payload, token=None, unique=True)
+            row = conn.execute(Q["get_saga"], {"saga_id": change.saga_id}).fetchone()
+            return record_from_row(row)
+
+        result: SagaRecord | None = await self._write(op)
+        return result
+
+
+def _deliver(
+    conn: sqlite3.Connection,
+    saga_id: str,
+    kind: str,
+    name: str,
+    payload: str,
+    *,
+    token: str | None,
+    unique: bool,
+) -> Delivery:
+    """``Store.deliver`` inside a write transaction."""
+    row = conn.execute(Q["saga_for_event"], {"saga_id": saga_id}).fetchone()
+    if row is None:
+        return Delivery(DeliveryOutcome.NOT_FOUND)
+    status, wait_token, count = row
+    if unique:
+        params = {"saga_id": saga_id, "kind": kind, "name": name}
+        found = conn.execute(Q["find_event"], params).fetchone()
+        if found is not None:
+            return Delivery(DeliveryOutcome.DUPLICATE, status, found[0])
+    if SagaStatus(status).is_terminal:
+        return Delivery(DeliveryOutcome.FINISHED, status)
+    if token is not None and wait_token != token:
+        return Delivery(DeliveryOutcome.STALE, status)
+    seq = count + 1
+    conn.execute(
+        Q["insert_event"],
+        {
+            "saga_id": saga_id,
+            "seq": seq,
+            "kind": kind,
+            "name": name,
+            "payload": payload,
+            "now": time.time(),
+        },
+    )
+    conn.execute(Q["count_event"], {"saga_id": saga_id, "seq": seq})
+    return Delivery(DeliveryOutcome.DELIVERED, status)
 
 
 def _update_params(
@@ -529,6 +594,7 @@ def _update_params(
         "error": update.error,
         "terminal": status is not None and status.is_terminal,
         "suspended": suspended,
+        "parked": status == SagaStatus.PARKED,
         "wake_at": NEVER if update.wake_at is None else update.wake_at,
         "wait_token": update.wait_token,
         "clear_wait": update.clear_wait,
