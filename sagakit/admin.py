@@ -12,14 +12,58 @@ numbers, outside the saga function's own numbering, so that a replay never meets
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+import base64
+import binascii
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from . import serde
+from .engine.operators import OPERATOR_ROLLBACK
 from .engine.snapshots import AuditEntry, SagaSnapshot
+from .errors import (
+    OutputNotSerializableError,
+    SagaConflictError,
+    SagaNotFoundError,
+    SagaStateError,
+    SagaValidationError,
+)
+from .stores.base import (
+    AdminChange,
+    EntryKind,
+    EntryStatus,
+    EventKind,
+    JournalEntry,
+    SagaFilter,
+    SagaRecord,
+    SagaStatus,
+    Store,
+)
 
 if TYPE_CHECKING:
     from .engine.engine import Engine
+
+log = logging.getLogger("sagakit.admin")
+
+#: the statuses in the order a saga goes through them (for counts and menus)
+LIFECYCLE = (
+    SagaStatus.PENDING,
+    SagaStatus.RUNNING,
+    SagaStatus.SUSPENDED,
+    SagaStatus.PARKED,
+    SagaStatus.COMPENSATING,
+    SagaStatus.COMPLETED,
+    SagaStatus.COMPENSATED,
+    SagaStatus.FAILED,
+    SagaStatus.CANCELLED,
+)
+_MAX_LIMIT = 1000
+#: compensation data that means "nothing to undo" (a skipped step did nothing to undo)
+_NOTHING_TO_COMPENSATE = "null"
 
 __all__ = ["AuditEntry", "SagaAdmin", "SagaPage"]
 
@@ -32,7 +76,7 @@ class SagaPage:
     sagas: list[SagaSnapshot]
     next_cursor: str | None
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[SagaSnapshot]:
         return iter(self.sagas)
 
     def __len__(self) -> int:
@@ -45,12 +89,21 @@ class SagaAdmin:
     def __init__(self, engine: Engine):
         self._engine = engine
 
+    def _store(self) -> Store:
+        return self._engine._store_or_raise()
+
+    # -- looking ---------------------------------------------------------------------------
+
     async def get_saga(self, saga_id: str) -> SagaSnapshot:
         """The saga with its journal (``steps``) and its audit entries (``audit``).
 
         Raises SagaNotFoundError.
         """
-        raise NotImplementedError
+        store = self._store()
+        record = await store.load_saga(saga_id)
+        if record is None:
+            raise SagaNotFoundError(saga_id)
+        return SagaSnapshot.build(record, await store.load_journal(saga_id))
 
     async def list_sagas(
         self,
@@ -63,18 +116,39 @@ class SagaAdmin:
     ) -> SagaPage:
         """Sagas newest first, without their journals, filtered by status, workflow name and
         creation time (``created_after`` inclusive, ``created_before`` exclusive; a datetime
-        or an epoch time). Pass ``page.next_cursor`` as ``cursor`` for the next page; paging
-        is stable while new sagas arrive (they are newer than every page).
+        (naive ones are taken as UTC) or an epoch time). Pass ``page.next_cursor`` as
+        ``cursor`` for the next page; paging is stable while new sagas arrive (they are newer
+        than every page).
 
         Raises SagaValidationError for an unknown status, a bad limit or a cursor this method
         did not give out.
         """
-        raise NotImplementedError
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _MAX_LIMIT:
+            raise SagaValidationError(
+                f"limit must be a whole number from 1 to {_MAX_LIMIT}, got {limit!r}"
+            )
+        where = SagaFilter(
+            status=_status(status),
+            name=name,
+            created_after=_epoch(created_after, "created_after"),
+            created_before=_epoch(created_before, "created_before"),
+            after=None if cursor is None else _decode_cursor(cursor),
+        )
+        records = await self._store().list_sagas(where, limit + 1)
+        page = records[:limit]
+        more = len(records) > limit
+        return SagaPage(
+            [SagaSnapshot.build(r, None) for r in page],
+            _encode_cursor(page[-1]) if more else None,
+        )
 
     async def count_by_status(self) -> dict[str, int]:
         """How many sagas are in each status: every status, in lifecycle order, zeros
         included."""
-        raise NotImplementedError
+        counts = await self._store().count_by_status()
+        return {status.value: counts.get(status.value, 0) for status in LIFECYCLE}
+
+    # -- steering --------------------------------------------------------------------------
 
     async def retry_step(
         self, saga_id: str, *, reason: str | None = None, by: str | None = None
@@ -87,7 +161,30 @@ class SagaAdmin:
         * FAILED because the code no longer replays its journal (non-determinism): the saga is
           replayed again, with the code the workers run now.
         """
-        raise NotImplementedError
+
+        def plan(record: SagaRecord, journal: dict[int, JournalEntry]) -> _Plan:
+            error = serde.loads(record.error) or {}
+            if record.status == SagaStatus.PARKED:
+                seq = _parked_seq(record, error, journal)
+                entry = journal[seq]
+                details = {"seqs": [seq], "previous": _previous(entry)}
+                return _Plan(SagaStatus.RUNNING, entry.name, seq, details, delete=(seq,))
+            if error.get("kind") == "non_determinism":
+                return _Plan(SagaStatus.RUNNING, None, None, {"replay": True})
+            failed = _failed_compensations(record, error, journal, "retry_step")
+            details = {"seqs": failed, "previous": [_previous(journal[s]) for s in failed]}
+            return _Plan(
+                SagaStatus.COMPENSATING,
+                journal[failed[0]].name,
+                failed[0],
+                details,
+                error=_compensating(error),
+                delete=tuple(failed),
+            )
+
+        return await self._act(
+            saga_id, "retry", (SagaStatus.PARKED, SagaStatus.FAILED), plan, reason, by
+        )
 
     async def skip_step(
         self,
@@ -102,23 +199,104 @@ class SagaAdmin:
         the saga did not do it). On a saga FAILED because compensations failed, record those
         compensations as done (an operator undid by hand what they should have) and finish the
         rollback; ``mock_output`` must then be left out.
+
+        Raises SagaValidationError, before anything is written, for an output that is not
+        JSON. An output that does not fit the step's output type parks the saga again when a
+        worker replays it, with the reason in its error.
         """
-        raise NotImplementedError
+        try:
+            output = serde.dumps(mock_output, what="the mock output")
+        except OutputNotSerializableError as exc:
+            raise SagaValidationError(exc.message) from exc
+        now = time.time()
+
+        def plan(record: SagaRecord, journal: dict[int, JournalEntry]) -> _Plan:
+            error = serde.loads(record.error) or {}
+            if record.status == SagaStatus.PARKED:
+                seq = _parked_seq(record, error, journal)
+                old = journal[seq]
+                done = replace(
+                    old,
+                    status=EntryStatus.COMPLETED,
+                    output=output,
+                    compensation=_NOTHING_TO_COMPENSATE,
+                    error=None,
+                    finished_at=now,
+                )
+                details = {"seqs": [seq], "output": mock_output, "previous": _previous(old)}
+                return _Plan(SagaStatus.RUNNING, old.name, seq, details, replace=(done,))
+            if mock_output is not None:
+                raise SagaValidationError(
+                    f"saga {saga_id!r} is FAILED because compensations failed: skipping records "
+                    "them as done and takes no mock output; leave mock_output out"
+                )
+            failed = _failed_compensations(record, error, journal, "skip_step")
+            entries = tuple(
+                replace(journal[s], status=EntryStatus.COMPLETED, error=None, finished_at=now)
+                for s in failed
+            )
+            details = {"seqs": failed, "previous": [_previous(journal[s]) for s in failed]}
+            return _Plan(
+                SagaStatus.COMPENSATING,
+                journal[failed[0]].name,
+                failed[0],
+                details,
+                error=_compensating(error),
+                replace=entries,
+            )
+
+        return await self._act(
+            saga_id, "skip", (SagaStatus.PARKED, SagaStatus.FAILED), plan, reason, by
+        )
 
     async def compensate(
         self, saga_id: str, *, reason: str | None = None, by: str | None = None
     ) -> SagaSnapshot:
         """Roll the saga back now: it stops going forward (a wait ends, a parked step stays
         failed) and the compensations of what it did run, newest first. Allowed while it is
-        PENDING, SUSPENDED or PARKED."""
-        raise NotImplementedError
+        PENDING, SUSPENDED or PARKED (a RUNNING saga may be in the middle of a step whose
+        outcome nobody could record: cancel it, or wait until it waits or parks)."""
+
+        def plan(record: SagaRecord, journal: dict[int, JournalEntry]) -> _Plan:
+            who = f" ({by})" if by else ""
+            cause = {
+                "type": OPERATOR_ROLLBACK,
+                "message": f"an operator{who} asked to roll the saga back: "
+                f"{reason or 'no reason given'}",
+                "step": None,
+                "seq": None,
+            }
+            error = serde.dumps({"kind": "compensating", "cause": cause})
+            return _Plan(SagaStatus.COMPENSATING, None, None, {}, error=error)
+
+        allowed = (SagaStatus.PENDING, SagaStatus.SUSPENDED, SagaStatus.PARKED)
+        return await self._act(saga_id, "compensate", allowed, plan, reason, by)
 
     async def cancel(self, saga_id: str, reason: str, *, by: str | None = None) -> SagaSnapshot:
         """Stop the saga for good without rolling anything back: it becomes CANCELLED.
         Allowed while it has not ended. A worker running it stops at its next durable write
         (a step executing at that moment finishes, its result is not recorded); a parent
         waiting for it gets SagaCancelledError."""
-        raise NotImplementedError
+        if not isinstance(reason, str) or not reason.strip():
+            raise SagaValidationError(
+                "cancel needs a reason (it is kept in the saga's audit entry and error): "
+                "say why the saga is stopped without rollback"
+            )
+
+        def plan(record: SagaRecord, journal: dict[int, JournalEntry]) -> _Plan:
+            error = serde.dumps({"kind": "cancelled", "reason": reason, "by": by})
+            tell: tuple[tuple[str, str, str, str], ...] = ()
+            if record.parent_id is not None:
+                outcome = {"status": SagaStatus.CANCELLED.value, "output": None, "error": error}
+                tell = ((record.parent_id, EventKind.CHILD, saga_id, serde.dumps(outcome)),)
+            return _Plan(SagaStatus.CANCELLED, None, None, {}, error=error, tell=tell)
+
+        allowed = tuple(s for s in LIFECYCLE if not s.is_terminal)
+        snapshot = await self._act(saga_id, "cancel", allowed, plan, reason, by)
+        running = self._engine._tasks.get(saga_id)
+        if running is not None:
+            running.cancel()  # its fence is stale: it could write nothing more anyway
+        return snapshot
 
     async def resume(
         self, saga_id: str, *, reason: str | None = None, by: str | None = None
@@ -126,4 +304,223 @@ class SagaAdmin:
         """Wake a SUSPENDED saga now: its timers (``saga.sleep``) end early; a wait for a
         signal, a promise or a child looks at its events again and goes on waiting if none
         answered it."""
-        raise NotImplementedError
+
+        def plan(record: SagaRecord, journal: dict[int, JournalEntry]) -> _Plan:
+            tokens = [
+                serde.loads(e.output)["token"]
+                for e in journal.values()
+                if e.kind == EntryKind.SLEEP and e.status == EntryStatus.RUNNING and e.output
+            ]
+            # a notification for a sleep's token ends it, as engine.notify does
+            tell = tuple((saga_id, EventKind.NOTIFY, token, "null") for token in tokens)
+            return _Plan(
+                SagaStatus.SUSPENDED,
+                None,
+                None,
+                {"timers_ended": len(tokens)},
+                error=record.error,
+                wait_token=record.wait_token,
+                tell=tell,
+            )
+
+        return await self._act(saga_id, "resume", (SagaStatus.SUSPENDED,), plan, reason, by)
+
+    async def _act(
+        self,
+        saga_id: str,
+        action: str,
+        allowed: tuple[SagaStatus, ...],
+        plan: Callable[[SagaRecord, dict[int, JournalEntry]], _Plan],
+        reason: str | None,
+        by: str | None,
+    ) -> SagaSnapshot:
+        """Check the saga's status, plan the change from what it is now, and make it in one
+        transaction that holds only if nothing changed the saga meanwhile."""
+        store = self._store()
+        record = await store.load_saga(saga_id)
+        if record is None:
+            raise SagaNotFoundError(saga_id)
+        if record.status not in allowed:
+            raise SagaStateError(
+                saga_id, record.status, action, [s.value for s in allowed], _hint(record.status)
+            )
+        journal = {e.seq: e for e in await store.load_journal(saga_id)}
+        change = plan(record, journal)
+        now = time.time()
+        audit = {
+            "action": action,
+            "reason": reason,
+            "by": by,
+            "at": now,
+            "step": change.step,
+            "seq": change.seq,
+            "details": change.details,
+        }
+        entry = JournalEntry(
+            saga_id, 0, EntryKind.ADMIN, action, EntryStatus.COMPLETED, 1,
+            serde.dumps(audit), None, None, now, now,
+        )  # fmt: skip
+        updated = await store.administer(
+            AdminChange(
+                saga_id=saga_id,
+                expect_status=record.status,
+                expect_fence=record.fence,
+                status=change.status.value,
+                due_at=0.0,
+                audit=entry,
+                output=record.output,
+                error=change.error,
+                wait_token=change.wait_token,
+                replace=change.replace,
+                delete=change.delete,
+                tell=change.tell,
+            )
+        )
+        if updated is None:
+            now_record = await store.load_saga(saga_id)
+            state = "gone" if now_record is None else now_record.status
+            raise SagaConflictError(
+                f"saga {saga_id!r} changed while {action} was being made (it was "
+                f"{record.status}, it is {state} now); nothing was done: look at it again"
+            )
+        log.info(
+            "operator%s: %s saga %s (%s → %s)%s",
+            f" {by}" if by else "",
+            action,
+            saga_id,
+            record.status,
+            updated.status,
+            f": {reason}" if reason else "",
+            extra={
+                "saga_id": saga_id,
+                "action": action,
+                "by": by,
+                "step": change.step,
+                "seq": change.seq,
+                "status": updated.status,
+            },
+        )
+        self._engine._poke()  # a worker in this process takes the saga at once
+        return await self.get_saga(saga_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What an action changes: the new status, the step it is about, the audit details."""
+
+    status: SagaStatus
+    step: str | None
+    seq: int | None
+    details: dict[str, Any]
+    error: str | None = None
+    wait_token: str | None = None
+    replace: tuple[JournalEntry, ...] = ()
+    delete: tuple[int, ...] = ()
+    tell: tuple[tuple[str, str, str, str], ...] = ()
+
+
+def _hint(status: str) -> str:
+    hints = {
+        SagaStatus.COMPLETED: "it has ended: nothing is left to steer",
+        SagaStatus.COMPENSATED: "it was rolled back and has ended",
+        SagaStatus.CANCELLED: "it was cancelled and has ended",
+        SagaStatus.RUNNING: "a worker is running it: cancel it, or wait until it waits or parks",
+        SagaStatus.COMPENSATING: "a worker is rolling it back: wait until it ends, or cancel it",
+    }
+    return hints.get(SagaStatus(status), "")
+
+
+def _parked_seq(record: SagaRecord, error: dict[str, Any], journal: dict[int, JournalEntry]) -> int:
+    seq = error.get("seq")
+    if not isinstance(seq, int) or seq not in journal:
+        raise SagaStateError(
+            record.saga_id,
+            record.status,
+            "find the parked step of",
+            [],
+            "its error names no journaled step; this is a bug, please report it",
+        )
+    return seq
+
+
+def _failed_compensations(
+    record: SagaRecord, error: dict[str, Any], journal: dict[int, JournalEntry], action: str
+) -> list[int]:
+    """The journal numbers of the compensations (and after-rollback step) of a FAILED saga
+    that failed for good."""
+    if error.get("kind") != "compensation_failed":
+        raise SagaStateError(
+            record.saga_id,
+            record.status,
+            action,
+            [SagaStatus.PARKED.value, "FAILED because compensations failed"],
+            f"it failed in a way that has no step to {action.removesuffix('_step')} "
+            f"({error.get('kind') or 'unknown'})",
+        )
+    seqs = [
+        f["seq"]
+        for f in error.get("compensation_failures", [])
+        if isinstance(f.get("seq"), int)
+        and f["seq"] in journal
+        and journal[f["seq"]].status == EntryStatus.FAILED
+    ]
+    if not seqs:
+        raise SagaStateError(
+            record.saga_id, record.status, action, [], "its failed compensations are not in its "
+            "journal any more; this is a bug, please report it",
+        )  # fmt: skip
+    return sorted(set(seqs), reverse=True)
+
+
+def _compensating(error: dict[str, Any]) -> str:
+    """The error of a saga that goes on rolling back (the original cause)."""
+    return serde.dumps({"kind": "compensating", "cause": error.get("cause")})
+
+
+def _previous(entry: JournalEntry) -> dict[str, Any]:
+    """What an action replaced, for the audit entry."""
+    return {
+        "status": entry.status,
+        "attempts": entry.attempts,
+        "error": serde.loads(entry.error),
+    }
+
+
+def _status(status: str | None) -> str | None:
+    if status is None:
+        return None
+    try:
+        return SagaStatus(str(status).upper()).value
+    except ValueError:
+        choices = ", ".join(s.value for s in LIFECYCLE)
+        raise SagaValidationError(f"unknown status {status!r}; use one of {choices}") from None
+
+
+def _epoch(value: datetime | float | None, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.timestamp()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise SagaValidationError(f"{what} must be a datetime or an epoch time, got {value!r}")
+
+
+def _encode_cursor(record: SagaRecord) -> str:
+    raw = json.dumps([record.created_at, record.saga_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, saga_id = json.loads(raw)
+        if isinstance(created_at, int | float) and isinstance(saga_id, str):
+            return float(created_at), saga_id
+    except (ValueError, TypeError, binascii.Error):
+        pass
+    raise SagaValidationError(
+        f"cursor {cursor!r} is not one list_sagas gave out: pass page.next_cursor as it is"
+    )

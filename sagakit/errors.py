@@ -292,6 +292,16 @@ class LeaseLost(BaseException):
         self.saga_id = saga_id
 
 
+class Parked(BaseException):
+    """Internal: a step that parks on exhaustion ran out of retries (or an operator's mock
+    output does not fit it); the run stops and the saga waits PARKED for an operator."""
+
+    def __init__(self, saga_id: str, cause: ErrorInfo):
+        super().__init__(f"saga {saga_id!r} parked: {cause}")
+        self.saga_id = saga_id
+        self.cause = cause
+
+
 class EventsArrived(BaseException):
     """Internal: a guarded write found events the writer had not seen; nothing was written.
     The wait that wrote it decides again with the new events."""

@@ -21,7 +21,7 @@ import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from . import serde
 from .retry import RetryPolicy
@@ -80,6 +80,9 @@ class StepResponse(Generic[OutT]):
         return f"StepResponse(output={self.output!r})"
 
 
+OnExhausted = Literal["compensate", "park"]
+
+
 @dataclass(frozen=True, kw_only=True)
 class SagaStepOptions:
     """Options of a step.
@@ -89,15 +92,24 @@ class SagaStepOptions:
         compensation_retry: how its compensation is retried (default: ``retry``).
         timeout: the longest one attempt may run; an attempt that runs past it fails and is
             retried like any other failed attempt.
+        on_exhausted: what happens when the retries run out: ``"compensate"`` (the saga fails
+            and rolls back) or ``"park"`` (the saga waits, PARKED, with nothing of it in
+            memory, until an operator retries, skips, compensates or cancels it through
+            ``engine.admin`` or the ``sagakit`` command). A terminal error still compensates.
     """
 
     retry: RetryPolicy | None = None
     compensation_retry: RetryPolicy | None = None
     timeout: timedelta | None = None
+    on_exhausted: OnExhausted = "compensate"
 
     def __post_init__(self) -> None:
         if self.timeout is not None and self.timeout <= timedelta(0):
             raise ValueError(f"a step timeout must be positive, got {self.timeout}")
+        if self.on_exhausted not in ("compensate", "park"):
+            raise ValueError(
+                f'on_exhausted must be "compensate" or "park", got {self.on_exhausted!r}'
+            )
 
 
 StepFn = Callable[["SagaContext", Any], Awaitable[Any]]
@@ -204,6 +216,11 @@ class SagaStep(Generic[InT]):
         return self.options.compensation_retry or self.options.retry
 
     @property
+    def parks(self) -> bool:
+        """The saga parks (instead of compensating) when this step runs out of retries."""
+        return self.options.on_exhausted == "park"
+
+    @property
     def timeout(self) -> float | None:
         t = self.options.timeout
         return None if t is None else t.total_seconds()
@@ -237,9 +254,15 @@ def _decorator(
     retry: RetryPolicy | None,
     compensation_retry: RetryPolicy | None,
     timeout: timedelta | None,
+    on_exhausted: OnExhausted,
     strict: bool,
 ) -> Callable[[StepFn], SagaStep[Any]]:
-    options = SagaStepOptions(retry=retry, compensation_retry=compensation_retry, timeout=timeout)
+    options = SagaStepOptions(
+        retry=retry,
+        compensation_retry=compensation_retry,
+        timeout=timeout,
+        on_exhausted=on_exhausted,
+    )
 
     def wrap(fn: StepFn) -> SagaStep[Any]:
         return SagaStep(name, fn, compensate, options, strict=strict)
@@ -254,10 +277,14 @@ def saga_step(
     retry: RetryPolicy | None = None,
     compensation_retry: RetryPolicy | None = None,
     timeout: timedelta | None = None,
+    on_exhausted: OnExhausted = "compensate",
 ) -> Callable[[StepFn], SagaStep[Any]]:
     """Decorate ``async def fn(ctx, inp)`` as a hybrid step (compensated even if it fails
-    midway)."""
-    return _decorator(name, compensate, retry, compensation_retry, timeout, strict=False)
+    midway). ``on_exhausted="park"`` parks the saga for an operator when the retries run out
+    (see :class:`SagaStepOptions`)."""
+    return _decorator(
+        name, compensate, retry, compensation_retry, timeout, on_exhausted, strict=False
+    )
 
 
 def saga_step_strict(
@@ -267,9 +294,12 @@ def saga_step_strict(
     retry: RetryPolicy | None = None,
     compensation_retry: RetryPolicy | None = None,
     timeout: timedelta | None = None,
+    on_exhausted: OnExhausted = "compensate",
 ) -> Callable[[StepFn], SagaStep[Any]]:
     """Decorate ``async def fn(ctx, inp)`` as a strict step (compensated only once it succeeded)."""
-    return _decorator(name, compensate, retry, compensation_retry, timeout, strict=True)
+    return _decorator(
+        name, compensate, retry, compensation_retry, timeout, on_exhausted, strict=True
+    )
 
 
 def create_saga_step(

@@ -102,6 +102,8 @@ class ChildrenMixin(RunCore):
         if entry is not None:
             child_id: str = serde.loads(entry.output)
             return child_id
+        if self._operator_rollback is not None:
+            raise self._operator_rollback
         self._check_draining()
         assert self._children is not None, "the engine gives every run a way to start children"
         child_id = saga_id if saga_id is not None else default_child_id(self.saga_id, seq)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..errors import TerminalError
 from ..stores.base import JournalEntry, SagaRecord, SagaUpdate, StateWrite, Store
 from ..workflows import SagaWorkflow
 
@@ -22,6 +23,8 @@ class RunCore:
     _store: Store
     _journal: dict[int, JournalEntry]
     _deadline_at: float | None
+    #: set when an operator asked the saga to roll back: raised at its first live operation
+    _operator_rollback: TerminalError | None
 
     if TYPE_CHECKING:  # implemented by SagaRun and ParallelMixin
 

@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 from .. import serde
+from ..admin import SagaAdmin
 from ..declarative import SagaDefinition
 from ..errors import (
     EngineNotStartedError,
@@ -24,7 +25,6 @@ from ..errors import (
     SagaValidationError,
     UnknownWorkflowError,
 )
-from ..admin import SagaAdmin
 from ..objects import SagaVirtualObject
 from ..observability import default_observers
 from ..stores import open_store

@@ -48,14 +48,14 @@ class Observer:
         failure, shutdown: ``error`` says which)."""
 
     @contextlib.contextmanager
-    def attempt(
-        self, run: RunInfo, kind: str, name: str, seq: int, attempt: int
-    ) -> Iterator[None]:
+    def attempt(self, run: RunInfo, kind: str, name: str, seq: int, attempt: int) -> Iterator[None]:
         """Wraps one attempt of a step (``kind`` "step") or a compensation ("compensation"):
         the user's code runs inside, and its exception, if any, passes through."""
         yield
 
-    def journaled(self, run: RunInfo, entry: JournalEntry | None, update: SagaUpdate | None) -> None:
+    def journaled(
+        self, run: RunInfo, entry: JournalEntry | None, update: SagaUpdate | None
+    ) -> None:
         """The run queued a durable change: a journal entry, a status change, or both."""
 
 
@@ -85,9 +85,7 @@ class Observers:
                 log.exception("observer %r failed at the end of a run", observer)
 
     @contextlib.contextmanager
-    def attempt(
-        self, run: RunInfo, kind: str, name: str, seq: int, attempt: int
-    ) -> Iterator[None]:
+    def attempt(self, run: RunInfo, kind: str, name: str, seq: int, attempt: int) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
             for observer in self._all:
                 try:
@@ -96,7 +94,9 @@ class Observers:
                     log.exception("observer %r failed at the start of an attempt", observer)
             yield
 
-    def journaled(self, run: RunInfo, entry: JournalEntry | None, update: SagaUpdate | None) -> None:
+    def journaled(
+        self, run: RunInfo, entry: JournalEntry | None, update: SagaUpdate | None
+    ) -> None:
         for observer in self._all:
             try:
                 observer.journaled(run, entry, update)

@@ -26,7 +26,9 @@ from ..errors import (
     EventsArrived,
     NonDeterminismError,
     OutputNotSerializableError,
+    Parked,
     SagaError,
+    SagaValidationError,
     StepFailedError,
     StoreError,
     StoreUnavailable,
@@ -50,6 +52,7 @@ from ..stores.base import (
 from ..workflows import SagaWorkflow
 from .children import ChildrenMixin, ChildStarter
 from .observe import NO_OBSERVERS, Observers, RunInfo
+from .operators import operator_rollback, skipped_seqs
 from .outcome import Outcome, _Compensation, terminal_form
 from .parallel import ParallelMixin, Strand
 from .rollback import RollbackMixin
@@ -125,6 +128,10 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
         self._object_state: dict[str, str] | None = None
         #: object state written by the step attempt that just succeeded
         self._step_writes: tuple[StateWrite, ...] = ()
+        #: what operators did to the saga (audit entries, at negative seqs), oldest first
+        actions = [e for e in sorted(journal, key=lambda e: -e.seq) if e.seq < 0]
+        self._operator_rollback = operator_rollback(actions)
+        self._skipped = skipped_seqs(actions)
         self.observers = observers
         self.info = RunInfo(
             self.saga_id,
@@ -286,6 +293,12 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
     ) -> Any:
         entry = self._recorded(seq, EntryKind.STEP, step.name)
         if entry is None or entry.status == EntryStatus.RUNNING:
+            if self._operator_rollback is not None:
+                if entry is not None and compensation is not None:
+                    # an attempt began before the operator stopped the saga: it may have done
+                    # part of its work, which a hybrid step's compensation undoes
+                    self._register(step, seq, compensation, UNSET, inp, failed=True)
+                raise self._operator_rollback
             self._check_draining()
             if self._forward_done:
                 # called in time (its seq is taken) but started only after the saga ended
@@ -309,11 +322,31 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
         if entry.status == EntryStatus.COMPLETED:
             if step.compensate is not None:
                 self._register(step, seq, compensation, data, inp, failed=False)
+            if seq in self._skipped:
+                return self._skipped_output(step, seq, entry)
             return step.output.validate(serde.loads(entry.output))
+        error = serde.loads(entry.error) or {}
+        info = ErrorInfo.from_json(error)
+        if error.get("parked") and self._operator_rollback is None:
+            raise Parked(self.saga_id, info)
         if compensation is not None:
             self._register(step, seq, compensation, data, inp, failed=True)
-        info = ErrorInfo.from_json(serde.loads(entry.error) or {})
         raise StepFailedError(step.name, seq, info.type, info.message, entry.attempts)
+
+    def _skipped_output(self, step: SagaStep[Any], seq: int, entry: JournalEntry) -> Any:
+        """The output an operator recorded for a skipped step, checked against the step's
+        output type now that the code is at hand: one that does not fit parks the saga
+        again rather than failing it."""
+        try:
+            return step.output.validate(serde.loads(entry.output))
+        except SagaValidationError as exc:
+            message = (
+                f"the output recorded by skip_step does not fit step {step.name!r}: {exc}; "
+                "skip it again with an output that fits, or retry the step"
+            )
+            raise Parked(
+                self.saga_id, ErrorInfo("SkipOutputInvalid", message, step.name, seq)
+            ) from None
 
     def _register(
         self,
@@ -372,8 +405,9 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
                 seq,
             )
             return await self._finish_step(
-                step, seq, prior_attempts, started, EntryStatus.FAILED, None, None, info
-            )
+                step, seq, prior_attempts, started, EntryStatus.FAILED, None, None, info,
+                exhausted=True,
+            )  # fmt: skip
         if self._mark_next_attempt:
             self._mark_next_attempt = False
             await self._mark_attempt(EntryKind.STEP, step.name, seq, attempt + 1)
@@ -409,8 +443,9 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
                     continue
                 info = self._failure_info(exc, terminal, step, seq, attempt, timed_out)
                 return await self._finish_step(
-                    step, seq, attempt, started, EntryStatus.FAILED, None, None, info
-                )
+                    step, seq, attempt, started, EntryStatus.FAILED, None, None, info,
+                    exhausted=terminal is None,
+                )  # fmt: skip
             finally:
                 operation_writes.reset(marker)
             self._step_writes = self._object_writes(writes)
@@ -503,7 +538,15 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
         output: str | None,
         compensation: str | None,
         error: ErrorInfo | None,
+        *,
+        exhausted: bool = False,
     ) -> JournalEntry:
+        """Journal how a step ended. ``exhausted``: it failed because its retries ran out,
+        which parks the saga if the step says so (marked on the entry, so that a replay after
+        a crash parks it too)."""
+        error_json: dict[str, Any] | None = None if error is None else error.to_json()
+        if error_json is not None and exhausted and step.parks:
+            error_json["parked"] = True
         entry = JournalEntry(
             self.saga_id,
             seq,
@@ -513,7 +556,7 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
             attempts,
             output,
             compensation,
-            None if error is None else serde.dumps(error.to_json()),
+            None if error_json is None else serde.dumps(error_json),
             started,
             time.time(),
         )
@@ -541,17 +584,28 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
             result = await self.workflow.function(ctx, inp)
         except Suspended:
             await self._wait_in_flight()
+            if self._operator_rollback is not None:  # pragma: no cover - waits raise it first
+                return await self._rollback(ErrorInfo.from_exception(self._operator_rollback))
             return await self._suspend()
+        except Parked as parked:
+            self._forward_done = True
+            await self._wait_in_flight()
+            return await self._park(parked.cause)
         except Exception as exc:
             self._forward_done = True
             await self._wait_in_flight()
             if self._nondeterminism is not None:
                 return await self._fail_nondeterministic(self._nondeterminism)
-            return await self._rollback(ErrorInfo.from_exception(exc))
+            # an operator's rollback stands, whatever the saga function made of it
+            cause = self._operator_rollback or exc
+            return await self._rollback(ErrorInfo.from_exception(cause))
         self._forward_done = True
         await self._wait_in_flight()
         if self._nondeterminism is not None:
             return await self._fail_nondeterministic(self._nondeterminism)
+        if self._operator_rollback is not None:
+            # the saga function caught the operator's stop and returned: roll back all the same
+            return await self._rollback(ErrorInfo.from_exception(self._operator_rollback))
         unplayed = [s for s in self._journal if s >= self._root.next]
         if unplayed:
             entry = self._journal[min(unplayed)]
@@ -586,6 +640,14 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
             self._events = None  # read them again in the next run
             return Outcome(SagaStatus.RUNNING, None, None, again=True)
         return Outcome(SagaStatus.SUSPENDED, None, None, wake_at=wake_at)
+
+    async def _park(self, cause: ErrorInfo) -> Outcome:
+        """Leave the saga PARKED, released, until an operator acts (see sagakit.admin)."""
+        error = serde.dumps(
+            {"kind": "parked", "step": cause.step, "seq": cause.seq, "cause": cause.to_json()}
+        )
+        await self._write(None, SagaUpdate(SagaStatus.PARKED, error=error))
+        return Outcome(SagaStatus.PARKED, None, error)
 
     async def _wait_in_flight(self) -> None:
         """Let steps still executing finish and journal their result before the saga ends.

@@ -200,6 +200,8 @@ class WaitsMixin(RunCore):
             return serde.loads(entry.output)["value"] if entry.output else None
         if entry is not None and entry.status == EntryStatus.FAILED:
             raise _recorded_failure(entry)
+        if self._operator_rollback is not None:
+            raise self._operator_rollback  # the saga stops waiting and rolls back
         self._check_draining()
         # in flight like a step: a rollback or suspension waits for it to settle
         settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()

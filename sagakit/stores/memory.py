@@ -14,8 +14,8 @@ from dataclasses import replace
 from ..errors import EventsArrived, LeaseLost
 from .base import (
     NEVER,
-    AdminChange,
     RUNNABLE_STATUSES,
+    AdminChange,
     ClaimedSaga,
     CreateResult,
     Delivery,
@@ -263,8 +263,6 @@ class MemoryStore:
             or record.fence != change.expect_fence
         ):
             return None
-        for saga_id, kind, name, payload in change.tell:
-            await self.deliver(saga_id, kind, name, payload, unique=True)
         journal = self._t.journal[change.saga_id]
         for seq in change.delete:
             journal.pop(seq, None)
@@ -284,8 +282,10 @@ class MemoryStore:
             updated_at=time.time(),
         )
         self._t.sagas[change.saga_id] = updated
+        for saga_id, kind, name, payload in change.tell:
+            await self.deliver(saga_id, kind, name, payload, unique=True)
         self._notify_all()
-        return updated
+        return self._t.sagas[change.saga_id]
 
 
 def _matches(record: SagaRecord, where: SagaFilter) -> bool:

@@ -34,8 +34,8 @@ from typing import Any, TypeVar
 
 from ...errors import EventsArrived, LeaseLost, StoreError
 from ..base import (
-    AdminChange,
     NEVER,
+    AdminChange,
     ClaimedSaga,
     CreateResult,
     Delivery,
