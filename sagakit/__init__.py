@@ -4,6 +4,7 @@ Steps with compensations, run by a saga function whose every durable operation i
 that a saga survives crashes, restarts and racing workers. Embedded on SQLite by default.
 """
 
+from .admin import AuditEntry, SagaAdmin, SagaPage
 from .composition import ChildSaga, SagaModule, create_saga_module, run_nested_saga
 from .context import DurablePromise, SagaContext
 from .declarative import BaseStep, InputContext, SagaBuilder, SagaDefinition, StepRef
@@ -16,12 +17,14 @@ from .errors import (
     OutputNotSerializableError,
     PromiseAlreadyCompletedError,
     PromiseRejectedError,
+    SagaCancelledError,
     SagaCompensatedError,
     SagaConflictError,
     SagaDefinitionError,
     SagaError,
     SagaFinishedError,
     SagaNotFoundError,
+    SagaStateError,
     SagaTimeoutError,
     SagaValidationError,
     StepFailedError,
@@ -57,6 +60,7 @@ from .workflows import SagaWorkflow, SagaWorkflowOptions, create_saga_workflow, 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuditEntry",
     "BaseStep",
     "ChildSaga",
     "CompensationFailedError",
@@ -73,7 +77,9 @@ __all__ = [
     "PromiseAlreadyCompletedError",
     "PromiseRejectedError",
     "RetryPolicy",
+    "SagaAdmin",
     "SagaBuilder",
+    "SagaCancelledError",
     "SagaCompensatedError",
     "SagaConflictError",
     "SagaContext",
@@ -85,7 +91,9 @@ __all__ = [
     "SagaLongWorkflow",
     "SagaModule",
     "SagaNotFoundError",
+    "SagaPage",
     "SagaSnapshot",
+    "SagaStateError",
     "SagaStatus",
     "SagaStep",
     "SagaStepOptions",

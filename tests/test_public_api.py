@@ -54,12 +54,17 @@ PROMISED_COMPOSITION = {
 #: the declarative front end of issue 6
 PROMISED_DECLARATIVE = {"BaseStep", "SagaBuilder", "StepRef", "ExponentialRetry"}
 
+#: what issue 7 (operating live sagas) promises
+PROMISED_OPERATIONS = {"SagaAdmin"}
+
 #: the whole public surface as it stands
 ALL = (
     PROMISED
     | PROMISED_LONG_RUNNING
     | PROMISED_COMPOSITION
     | PROMISED_DECLARATIVE
+    | PROMISED_OPERATIONS
+    | {"SagaPage", "AuditEntry", "SagaCancelledError", "SagaStateError"}
     | {
         "InputContext",
         "SagaDefinition",
@@ -127,6 +132,7 @@ def test_saga_statuses() -> None:
         "PENDING",
         "RUNNING",
         "SUSPENDED",
+        "PARKED",
         "COMPLETED",
         "COMPENSATING",
         "COMPENSATED",
@@ -155,6 +161,7 @@ def test_signatures_of_the_issue() -> None:
         ("retry", P.KEYWORD_ONLY, None),
         ("compensation_retry", P.KEYWORD_ONLY, None),
         ("timeout", P.KEYWORD_ONLY, None),
+        ("on_exhausted", P.KEYWORD_ONLY, "compensate"),
     ]
     assert _params(sagakit.saga_step) == step_params
     assert _params(sagakit.saga_step_strict) == step_params
@@ -176,6 +183,26 @@ def test_signatures_of_the_issue() -> None:
     assert start.parameters["saga_id"].default is None
     result = inspect.signature(sagakit.SagaHandle.result)
     assert result.parameters["timeout"].default is None
+
+
+def test_admin_signatures_of_issue_7() -> None:
+    admin = sagakit.SagaAdmin
+    assert isinstance(sagakit.Engine.admin, property)
+    listing = inspect.signature(admin.list_sagas)
+    assert [(n, p.default) for n, p in listing.parameters.items()][1:] == [
+        ("status", None),
+        ("name", None),
+        ("created_after", None),
+        ("created_before", None),
+        ("limit", 50),
+        ("cursor", None),
+    ]
+    assert list(inspect.signature(admin.get_saga).parameters)[1:] == ["saga_id"]
+    assert list(inspect.signature(admin.count_by_status).parameters)[1:] == []
+    assert list(inspect.signature(admin.skip_step).parameters)[1:3] == ["saga_id", "mock_output"]
+    assert list(inspect.signature(admin.cancel).parameters)[1:3] == ["saga_id", "reason"]
+    for action in (admin.retry_step, admin.compensate, admin.resume):
+        assert list(inspect.signature(action).parameters)[1] == "saga_id"
 
 
 def test_retry_policy_defaults() -> None:

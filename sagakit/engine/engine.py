@@ -11,10 +11,9 @@ import socket
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .. import serde
-from ..admin import SagaAdmin
 from ..declarative import SagaDefinition
 from ..errors import (
     EngineNotStartedError,
@@ -36,6 +35,9 @@ from .run import SagaRun
 from .running import RunningMixin
 from .snapshots import SagaSnapshot, error_for
 from .talk import TalkMixin
+
+if TYPE_CHECKING:
+    from ..admin import SagaAdmin
 
 log = logging.getLogger("sagakit.engine")
 
@@ -201,6 +203,8 @@ class Engine(RunningMixin, TalkMixin):
     def admin(self) -> SagaAdmin:
         """The operator's API on this engine's database: look at sagas and steer them."""
         if self._admin is None:
+            from ..admin import SagaAdmin  # the admin module builds on this one
+
             self._admin = SagaAdmin(self)
         return self._admin
 
