@@ -746,6 +746,46 @@ async def test_build_refuses_a_reference_from_another_builder_or_a_cycle(engine:
     assert engine.workflows == {}
 
 
+async def test_a_step_that_parks_waits_for_an_operator_and_goes_on_after_a_retry(
+    engine: Engine,
+) -> None:
+    down = {"payments": True}
+    refunds: list[str] = []
+
+    class Order(BaseStep[OrderInput, OrderCreated]):
+        async def execute(self, inp: OrderInput) -> OrderCreated:
+            return OrderCreated(order_id="o-1", amount=inp.amount)
+
+        async def compensate(self, inp: OrderInput, out: OrderCreated) -> None:
+            refunds.append(out.order_id)
+
+    class Pay(BaseStep[OrderCreated, PaymentDone]):
+        async def execute(self, inp: OrderCreated) -> PaymentDone:
+            if down["payments"]:
+                raise ConnectionError("payment provider down")
+            return PaymentDone(payment_id="p-1")
+
+    builder = SagaBuilder()
+    order = builder.add_step(step=Order())
+    builder.add_step(step=Pay(), depends_on=order, retry_policy=fast_retry(2), on_exhausted="park")
+    engine.register("parking_v1", builder.build())
+    handle = await engine.start("parking_v1", {"customer_id": "c", "amount": 5}, saga_id="p")
+
+    async def parked() -> bool:
+        return (await engine.admin.get_saga("p")).status == "PARKED"
+
+    await eventually(parked, "the saga to park")
+    assert refunds == []  # parked, not rolled back
+    down["payments"] = False
+    await engine.admin.retry_step("p", reason="provider is back")
+    assert await within(handle.result()) == {
+        "Order": {"order_id": "o-1", "amount": 5},
+        "Pay": {"payment_id": "p-1"},
+    }
+    with pytest.raises(SagaDefinitionError, match="on_exhausted"):
+        SagaBuilder().add_step(step=Pay(), on_exhausted="later")  # type: ignore[arg-type]
+
+
 def test_add_step_refuses_what_is_obviously_wrong() -> None:
     class NotAsync(BaseStep[OrderInput, OrderCreated]):
         def execute(self, inp: OrderInput) -> OrderCreated:  # type: ignore[override]

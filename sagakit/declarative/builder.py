@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from ..errors import SagaDefinitionError
 from ..retry import RetryPolicy
+from ..steps import OnExhausted
 from .base_step import BaseStep, inspect_step
 from .definition import SagaDefinition
 from .nodes import ConditionNode, Hook, Mapper, Node, StepNode, StepRef
@@ -61,6 +62,7 @@ class SagaBuilder:
         depends_on: StepRef | None = None,
         retry_policy: RetryPolicy | None = None,
         timeout: timedelta | None = None,
+        on_exhausted: OnExhausted = "compensate",
     ) -> StepRef:
         """Add a step; return a reference to it for ``depends_on``.
 
@@ -76,6 +78,8 @@ class SagaBuilder:
             retry_policy: how the step (and its compensation) is retried; default
                 ``RetryPolicy()``. ``ExponentialRetry(...)`` is one.
             timeout: the longest one attempt may run (a longer one fails, and is retried).
+            on_exhausted: ``"park"`` makes the saga wait, PARKED, for an operator when the
+                step's retries run out, instead of rolling back (``"compensate"``).
 
         Raises:
             SagaDefinitionError: the step or an option is not usable (says which and why).
@@ -92,8 +96,15 @@ class SagaBuilder:
             raise SagaDefinitionError(
                 f"step {spec.name!r}: timeout must be a positive timedelta, got {timeout!r}"
             )
+        if on_exhausted not in ("compensate", "park"):
+            raise SagaDefinitionError(
+                f'step {spec.name!r}: on_exhausted must be "compensate" or "park", '
+                f"got {on_exhausted!r}"
+            )
         self._claim_names({spec.name}, f"step {spec.name!r}")
-        node = StepNode(spec.name, step, spec, input_map, depends_on, retry_policy, timeout)
+        node = StepNode(
+            spec.name, step, spec, input_map, depends_on, retry_policy, timeout, on_exhausted
+        )
         return self._add(node)
 
     def add_condition(

@@ -91,7 +91,9 @@ def _compile_step(node: StepNode) -> SagaStep[Any]:
     async def undo(data: Any) -> None:
         await step.compensate(in_type.validate(data["inp"]), out_type.validate(data["out"]))
 
-    options = SagaStepOptions(retry=node.retry_policy, timeout=node.timeout)
+    options = SagaStepOptions(
+        retry=node.retry_policy, timeout=node.timeout, on_exhausted=node.on_exhausted
+    )
     return create_saga_step_strict(name, run, undo if spec.compensates else None, options)
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import SagaDefinitionError
 from ..retry import RetryPolicy
+from ..steps import OnExhausted
 from .base_step import BaseStep, StepSpec
 
 if TYPE_CHECKING:
@@ -88,6 +89,8 @@ class StepNode:
     depends_on: StepRef | None
     retry_policy: RetryPolicy | None
     timeout: timedelta | None
+    #: "park" makes the saga wait for an operator when the step's retries run out
+    on_exhausted: OnExhausted = "compensate"
 
 
 @dataclass(frozen=True, slots=True)
