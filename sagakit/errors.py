@@ -234,7 +234,8 @@ class UnknownWorkflowError(SagaError, LookupError):
 
 
 class SagaConflictError(SagaError):
-    """A saga id is already taken by a saga of another workflow."""
+    """A saga id is already taken by a saga of another workflow; or an admin action found the
+    saga changed between looking and acting (nothing was done)."""
 
 
 class SagaCancelledError(SagaError):
@@ -254,12 +255,14 @@ class SagaStateError(SagaError):
     def __init__(
         self, saga_id: str, status: str, action: str, allowed: Iterable[str], hint: str = ""
     ):
-        allowed_list = " or ".join(allowed)
-        message = (
-            f"cannot {action} saga {saga_id!r}: it is {status}; "
-            f"{action} is allowed when it is {allowed_list}"
+        names = list(allowed)
+        allowed_list = (
+            f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else "".join(names)
         )
-        super().__init__(f"{message}. {hint}" if hint else message)
+        message = f"cannot {action} saga {saga_id!r}: it is {status}"
+        if allowed_list:
+            message += f"; {action} is allowed when it is {allowed_list}"
+        super().__init__(f"{message}. {hint[:1].upper()}{hint[1:]}" if hint else message)
         self.saga_id = saga_id
         self.status = status
         self.action = action

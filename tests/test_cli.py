@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 
 from sagakit import (
@@ -31,10 +33,15 @@ from sagakit import (
     saga_step_strict,
     saga_workflow,
 )
+from sagakit.admin import AuditEntry
 from sagakit.cli import db_url
+from sagakit.cli.common import parse_moment, safe_url
+from sagakit.cli.read import next_page_command
 from sagakit.timeline import (
     format_duration,
     render_saga_table,
+    render_status_counts,
+    render_status_line,
     render_timeline,
     snapshot_to_dict,
 )
@@ -43,10 +50,14 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def sagakit(
-    *args: str, cwd: Path | None = None, timeout: float = 60
+    *args: str,
+    cwd: Path | None = None,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real command in a fresh interpreter, as a user would."""
-    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "NO_COLOR": "1"}
+    """Run the real command in a fresh interpreter, as a user would (``env`` adds to the
+    environment)."""
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "NO_COLOR": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "sagakit.cli", *args],
         capture_output=True,
@@ -168,7 +179,7 @@ def test_demo_keep_leaves_a_database_list_and_show_can_read(tmp_path: Path) -> N
     try:
         listed = sagakit("list", "--db", str(folder / "demo.db"), "--json")
         assert listed.returncode == 0, listed.stderr
-        statuses = {s["saga_id"]: s["status"] for s in json.loads(listed.stdout)}
+        statuses = {s["saga_id"]: s["status"] for s in json.loads(listed.stdout)["sagas"]}
         assert statuses == {
             "order-1001": "COMPLETED",
             "order-1002": "COMPENSATED",
@@ -212,7 +223,7 @@ def test_list_filters_by_status_name_and_limit(db: Path) -> None:
     assert result.returncode == 0
     assert "no sagas with workflow Nope" in result.stdout
     result = sagakit("list", "--db", str(db), "--limit", "1", "--json")
-    assert len(json.loads(result.stdout)) == 1
+    assert len(json.loads(result.stdout)["sagas"]) == 1
     result = sagakit("list", "--db", str(db), "--status", "BOGUS")
     assert result.returncode == 2  # a usage error, reported by click
     assert "Traceback" not in result.stderr
@@ -221,10 +232,13 @@ def test_list_filters_by_status_name_and_limit(db: Path) -> None:
 def test_list_json_parses(db: Path) -> None:
     result = sagakit("list", "--db", str(db), "--json")
     assert result.returncode == 0, result.stderr
-    sagas = json.loads(result.stdout)
+    page = json.loads(result.stdout)
+    assert page["next_cursor"] is None  # everything fits on one page
+    sagas = page["sagas"]
     assert {s["saga_id"] for s in sagas} == {"trip-ok", "trip-undone", "trip-broken"}
     first = sagas[0]
     assert "steps" not in first  # a listing carries no journals
+    assert "audit" not in first
     datetime.fromisoformat(first["created_at"])
 
 
@@ -469,3 +483,129 @@ def test_snapshot_to_dict_is_json() -> None:
     assert data["created_at"] == "2025-01-31T12:00:00+00:00"
     assert data["steps"][0]["finished_at"] == "2025-01-31T12:00:00.010000+00:00"
     assert "steps" not in snapshot_to_dict(snapshot, with_steps=False)
+
+
+def test_timeline_of_a_parked_saga_names_the_step_and_why() -> None:
+    cause = {"type": "ConnectionError", "message": "ledger down", "step": "Credit", "seq": 1}
+    snapshot = saga(
+        SagaStatus.PARKED,
+        [entry(0, "Debit"), entry(1, "Credit", status="failed", attempts=3, error=cause)],
+        error={"kind": "parked", "step": "Credit", "seq": 1, "cause": cause},
+    )
+    text = render_timeline(snapshot, now=T0)
+    assert "updated   +1.50 s (parked, waiting for an operator)" in text
+    assert "parked    step 'Credit' (seq 1) ran out of retries after 3 attempts" in text
+    assert "error     ConnectionError: ledger down" in text
+    assert "sagakit retry|skip|compensate|cancel s-1" in text
+    assert "the next entry appears" not in text  # nothing moves until an operator acts
+
+
+def test_timeline_of_a_suspended_saga_gives_its_wake_time_and_token() -> None:
+    wake = T0 + timedelta(minutes=5)
+    sleeping = entry(
+        1, "sleep", kind="sleep", status="running", output={"token": "1-ab", "until": 0}
+    )
+    snapshot = saga(
+        SagaStatus.SUSPENDED,
+        [entry(0, "Debit"), replace(sleeping, output={"token": "1-ab", "until": wake.timestamp()})],
+        wake_at=wake,
+        wait_token="1-ab",
+    )
+    text = render_timeline(snapshot, now=T0 + timedelta(minutes=2))
+    assert "waiting   for a timer (saga.sleep)" in text
+    assert "wakes     2025-01-31 12:05:00 UTC (in 3 min 00 s)" in text
+    assert "token     1-ab" in text
+    assert re.search(
+        r"1\s+sleep\s+sleep\s+… waiting\s+\+0 ms\s+token 1-ab, wakes 2025-01-31 12:05", text
+    )
+
+    signal = entry(1, "approval", kind="signal", status="running", output={"token": "1-cd"})
+    waiting = saga(SagaStatus.SUSPENDED, [signal], wait_token="1-cd")
+    text = render_timeline(waiting, now=T0)
+    assert "waiting   for signal 'approval'" in text
+    assert "wakes     when an event arrives (no timer)" in text
+    assert (
+        render_timeline(replace(waiting, wake_at=T0), now=T0 + timedelta(seconds=1)).count(
+            "(due now)"
+        )
+        == 1
+    )
+
+
+def test_timeline_of_a_cancelled_saga_and_its_audit_trail() -> None:
+    signal = entry(1, "approval", kind="signal", status="running", output={"token": "1-cd"})
+    audit = (
+        AuditEntry("retry", T0 + timedelta(seconds=1), "fixed", "alice", "Credit", 1, {}),
+        AuditEntry("cancel", T0 + timedelta(seconds=2), "duplicate", "bob", None, None, {}),
+    )
+    snapshot = saga(
+        SagaStatus.CANCELLED,
+        [entry(0, "Debit"), signal],
+        error={"kind": "cancelled", "reason": "duplicate", "by": "bob"},
+        audit=audit,
+    )
+    text = render_timeline(snapshot)
+    assert "cancelled by bob: duplicate" in text
+    # a wait the cancel cut short is not "waiting" any more
+    assert re.search(r"1\s+signal\s+approval\s+— unfinished", text)
+    assert "token" not in text
+    lines = text.splitlines()
+    actions = lines[lines.index("  operator actions") + 1 :]
+    assert actions[0].split() == ["at", "action", "by", "step", "reason"]
+    assert actions[1].split()[3:] == ["retry", "alice", "'Credit'", "(seq", "1)", "fixed"]
+    assert actions[2].split()[3:] == ["cancel", "bob", "duplicate"]
+
+
+def test_status_counts_table() -> None:
+    counts = {"PENDING": 0, "PARKED": 12, "COMPLETED": 1040}
+    lines = render_status_counts(counts).splitlines()
+    assert lines[0].split() == ["STATUS", "SAGAS"]
+    assert [line.split() for line in lines[1:]] == [
+        ["PENDING", "0"],
+        ["PARKED", "12"],
+        ["COMPLETED", "1040"],
+        ["total", "1052"],
+    ]
+    assert len({len(line) for line in lines}) == 1  # the counts line up on the right
+    coloured = render_status_counts(counts, color=True)
+    assert ANSI.sub("", coloured) == render_status_counts(counts)
+
+
+def test_status_line_says_where_a_saga_is() -> None:
+    cause = {"type": "ConnectionError", "message": "ledger down", "step": "Credit", "seq": 1}
+    parked = saga(
+        SagaStatus.PARKED,
+        [entry(1, "Credit", status="failed", error=cause)],
+        error={"kind": "parked", "cause": cause},
+    )
+    assert (
+        render_status_line(parked) == "s-1  PARKED  at step 'Credit': ConnectionError: ledger down"
+    )
+    running = saga(SagaStatus.RUNNING, [entry(0, "Debit")])
+    now = T0 + timedelta(seconds=2)
+    assert render_status_line(running, now=now) == "s-1  RUNNING  last step 'Debit' ✓  +2.00 s"
+    pending = saga(SagaStatus.PENDING, [])
+    assert "(waiting for a worker to take it)" in render_status_line(pending, now=now)
+    done = saga(SagaStatus.COMPLETED, [entry(0, "Debit")])
+    assert render_status_line(done) == "s-1  COMPLETED  after 1.50 s"
+
+
+def test_moments_safe_urls_and_the_next_page_command() -> None:
+    before = datetime.now(UTC)
+    an_hour_ago = parse_moment(None, None, "1h")
+    assert an_hour_ago is not None
+    assert abs((before - an_hour_ago) - timedelta(hours=1)) < timedelta(seconds=5)
+    assert parse_moment(None, None, "2025-01-31") == datetime(2025, 1, 31, tzinfo=UTC)
+    offset = parse_moment(None, None, "2025-01-31T14:00+02:00")
+    assert offset == datetime(2025, 1, 31, 12, tzinfo=UTC)
+    with pytest.raises(click.BadParameter, match="'yesterday' is neither an ISO date/time"):
+        parse_moment(None, None, "yesterday")
+
+    assert safe_url("postgresql://ops:s3cret@db:5432/sagas") == "postgresql://ops:***@db:5432/sagas"
+    assert safe_url("sqlite:///x.db") == "sqlite:///x.db"
+
+    command = next_page_command("PARKED", "Pay Out", T0, None, 20, "abc")
+    assert shlex.split(command) == [
+        "sagakit", "list", "--status", "PARKED", "--name", "Pay Out",
+        "--created-after", "2025-01-31T12:00:00Z", "--limit", "20", "--cursor", "abc",
+    ]  # fmt: skip

@@ -1,0 +1,177 @@
+"""The commands that look without touching: ``list``, ``show`` and ``stats``."""
+
+from __future__ import annotations
+
+import shlex
+from datetime import datetime
+
+import click
+
+from ..admin import SagaPage
+from ..engine import SagaSnapshot
+from ..errors import SagaNotFoundError
+from ..timeline import (
+    render_saga_table,
+    render_status_counts,
+    render_timeline,
+    snapshot_to_dict,
+)
+from .common import (
+    check_readable,
+    db_option,
+    db_url,
+    dump_json,
+    filter_options,
+    iso_utc,
+    json_option,
+    open_admin,
+    run,
+    safe_url,
+    use_color,
+    use_unicode,
+)
+
+
+def next_page_command(
+    status: str | None,
+    name: str | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    limit: int,
+    cursor: str,
+) -> str:
+    """The ``sagakit list`` command line that shows the next page: the same filters, with
+    ages (``1h``) pinned to the times they meant, so that the pages fit together. ``--db`` is
+    left out: a PostgreSQL URL may hold a password, and it must not end up on the screen."""
+    args = ["sagakit", "list"]
+    if status:
+        args += ["--status", status]
+    if name:
+        args += ["--name", name]
+    if created_after:
+        args += ["--created-after", iso_utc(created_after)]
+    if created_before:
+        args += ["--created-before", iso_utc(created_before)]
+    if limit != 50:
+        args += ["--limit", str(limit)]
+    args += ["--cursor", cursor]
+    return shlex.join(args)
+
+
+@click.command("list")
+@db_option
+@filter_options
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="At most this many (one page).",
+)
+@click.option(
+    "--cursor", metavar="CURSOR", help="Start after the page whose hint gave this cursor."
+)
+@json_option
+def list_command(
+    db: str,
+    status: str | None,
+    name: str | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    limit: int,
+    cursor: str | None,
+    as_json: bool,
+) -> None:
+    """List sagas, newest first, a page at a time.
+
+    When more sagas match than --limit, the last line gives the command for the next page.
+    """
+    url = db_url(db)
+    check_readable(url)
+
+    async def fetch() -> SagaPage:
+        async with open_admin(url) as admin:
+            return await admin.list_sagas(
+                status=status,
+                name=name,
+                created_after=created_after,
+                created_before=created_before,
+                limit=limit,
+                cursor=cursor,
+            )
+
+    page = run(fetch())
+    if as_json:
+        sagas = [snapshot_to_dict(s, with_steps=False) for s in page.sagas]
+        dump_json({"sagas": sagas, "next_cursor": page.next_cursor})
+        return
+    if not page.sagas:
+        filters = [
+            f"{label} {value}"
+            for label, value in (
+                ("status", status),
+                ("workflow", name),
+                ("created at or after", created_after and iso_utc(created_after)),
+                ("created before", created_before and iso_utc(created_before)),
+            )
+            if value
+        ]
+        where = f" with {' and '.join(filters)}" if filters else ""
+        after = " after that cursor" if cursor else ""
+        click.echo(f"no sagas{where}{after} in {safe_url(url)}")
+        return
+    color = use_color()
+    click.echo(render_saga_table(page.sagas, color=color, unicode=use_unicode()), color=color)
+    if page.next_cursor:
+        hint = next_page_command(
+            status, name, created_after, created_before, limit, page.next_cursor
+        )
+        click.echo(f"more sagas match; next page: {hint}")
+
+
+@click.command("show")
+@click.argument("saga_id")
+@db_option
+@json_option
+def show_command(saga_id: str, db: str, as_json: bool) -> None:
+    """Show one saga's timeline: its status, output or error, every journal entry (steps,
+    compensations, waits, retries, durations), what it waits for or where it parked, and the
+    operators' actions on it."""
+    url = db_url(db)
+    check_readable(url)
+
+    async def fetch() -> SagaSnapshot:
+        async with open_admin(url) as admin:
+            return await admin.get_saga(saga_id)
+
+    try:
+        snapshot = run(fetch())
+    except click.ClickException as exc:
+        if isinstance(exc.__cause__, SagaNotFoundError):
+            raise click.ClickException(f"no saga with id {saga_id!r} in {safe_url(url)}") from None
+        raise
+    if as_json:
+        dump_json(snapshot_to_dict(snapshot))
+        return
+    color = use_color()
+    click.echo(render_timeline(snapshot, color=color, unicode=use_unicode()), color=color)
+
+
+@click.command("stats")
+@db_option
+@json_option
+def stats_command(db: str, as_json: bool) -> None:
+    """Count the sagas in each status (every status, zeros included)."""
+    url = db_url(db)
+    check_readable(url)
+
+    async def fetch() -> dict[str, int]:
+        async with open_admin(url) as admin:
+            return await admin.count_by_status()
+
+    counts = run(fetch())
+    if as_json:
+        dump_json(counts)
+        return
+    color = use_color()
+    click.echo(render_status_counts(counts, color=color, unicode=use_unicode()), color=color)
