@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from . import serde
-from .engine.operators import OPERATOR_ROLLBACK
+from .engine.operators import OPERATOR_ROLLBACK, operator_rollback_message
 from .engine.snapshots import AuditEntry, SagaSnapshot
 from .errors import (
     OutputNotSerializableError,
@@ -258,11 +258,9 @@ class SagaAdmin:
         outcome nobody could record: cancel it, or wait until it waits or parks)."""
 
         def plan(record: SagaRecord, journal: dict[int, JournalEntry]) -> _Plan:
-            who = f" ({by})" if by else ""
             cause = {
                 "type": OPERATOR_ROLLBACK,
-                "message": f"an operator{who} asked to roll the saga back: "
-                f"{reason or 'no reason given'}",
+                "message": operator_rollback_message(by, reason),
                 "step": None,
                 "seq": None,
             }
@@ -480,9 +478,13 @@ def _compensating(error: dict[str, Any]) -> str:
 def _previous(entry: JournalEntry) -> dict[str, Any]:
     """What an action replaced, for the audit entry."""
     return {
+        "kind": entry.kind,
+        "name": entry.name,
         "status": entry.status,
         "attempts": entry.attempts,
         "error": serde.loads(entry.error),
+        "started_at": entry.started_at,
+        "finished_at": entry.finished_at,
     }
 
 

@@ -102,7 +102,11 @@ def worker_command(
     help="The address to listen on; anything but 127.0.0.1 opens the page to the network.",
 )
 @click.option(
-    "--port", type=click.IntRange(1, 65535), default=8700, show_default=True, help="The port."
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8700,
+    show_default=True,
+    help="The port (0: any free port, printed at start).",
 )
 @click.option(
     "--token",

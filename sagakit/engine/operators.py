@@ -23,13 +23,17 @@ def operator_rollback(actions: Sequence[JournalEntry]) -> TerminalError | None:
     for entry in actions:
         if entry.kind == EntryKind.ADMIN and entry.name == "compensate":
             data = serde.loads(entry.output) or {}
-            who = f" ({data['by']})" if data.get("by") else ""
             reason = data.get("reason") or "no reason given"
             return TerminalError(
-                f"an operator{who} asked to roll the saga back: {reason}",
+                operator_rollback_message(data.get("by"), reason),
                 error_type=OPERATOR_ROLLBACK,
             )
     return None
+
+
+def operator_rollback_message(by: str | None, reason: str | None) -> str:
+    """Why the saga rolls back, in its error: who asked, and why."""
+    return f"{by or 'an operator'} asked to roll the saga back: {reason or 'no reason given'}"
 
 
 def skipped_seqs(actions: Sequence[JournalEntry]) -> frozenset[int]:
@@ -43,4 +47,4 @@ def skipped_seqs(actions: Sequence[JournalEntry]) -> frozenset[int]:
     return frozenset(seqs)
 
 
-__all__ = ["OPERATOR_ROLLBACK", "operator_rollback", "skipped_seqs"]
+__all__ = ["OPERATOR_ROLLBACK", "operator_rollback", "operator_rollback_message", "skipped_seqs"]

@@ -1,0 +1,172 @@
+"""The admin actions the dashboard offers: which make sense in which status, how a submitted
+form becomes a call of :class:`~sagakit.admin.SagaAdmin`, and the token check.
+
+The statuses here only decide which buttons a page shows; the admin API checks the status
+again when the action runs (another operator may have acted in between) and its
+:class:`~sagakit.errors.SagaStateError` is what the operator then sees.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..admin import SagaAdmin
+from ..engine.snapshots import SagaSnapshot
+from ..stores.base import SagaStatus
+
+__all__ = [
+    "ACTIONS",
+    "Action",
+    "ActionInputError",
+    "ActionRequest",
+    "available_actions",
+    "parse_action",
+    "perform",
+    "token_matches",
+]
+
+#: the longest reason and operator name kept (they go into the saga's audit entries)
+MAX_REASON = 500
+MAX_BY = 100
+#: the operator name recorded when the form gives none
+DEFAULT_BY = "dashboard"
+
+S = SagaStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One button: its path segment, its label, when it is offered and what it does."""
+
+    name: str
+    label: str
+    allowed: frozenset[SagaStatus]
+    help: str
+    #: the flash message after it succeeded
+    done: str
+    #: it ends or rolls back the saga: drawn as a dangerous button
+    danger: bool = False
+
+
+ACTIONS: dict[str, Action] = {
+    a.name: a
+    for a in (
+        Action(
+            "retry",
+            "Retry step",
+            frozenset({S.PARKED, S.FAILED}),
+            "run the failed step (or the failed compensations) again, with fresh retries",
+            "Retry requested",
+        ),
+        Action(
+            "skip",
+            "Skip step",
+            frozenset({S.PARKED, S.FAILED}),
+            "record the mock output as the step's result (or the failed compensations as done) "
+            "and go on",
+            "Step skipped",
+        ),
+        Action(
+            "resume",
+            "Resume now",
+            frozenset({S.SUSPENDED}),
+            "end the saga's timers now; a wait for an event looks at its events again",
+            "Saga woken",
+        ),
+        Action(
+            "compensate",
+            "Compensate",
+            frozenset({S.PENDING, S.SUSPENDED, S.PARKED}),
+            "roll the saga back now: what it did is undone, newest first",
+            "Rollback started",
+            danger=True,
+        ),
+        Action(
+            "cancel",
+            "Cancel",
+            frozenset({S.PENDING, S.RUNNING, S.SUSPENDED, S.PARKED, S.COMPENSATING}),
+            "stop the saga for good without rolling anything back (a reason is required)",
+            "Saga cancelled",
+            danger=True,
+        ),
+    )
+}
+
+
+def available_actions(status: SagaStatus | str) -> list[Action]:
+    """The actions that make sense for a saga in ``status``, in the order the page shows
+    them."""
+    return [a for a in ACTIONS.values() if SagaStatus(status) in a.allowed]
+
+
+class ActionInputError(ValueError):
+    """The submitted form cannot become an action (its message is for the operator)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRequest:
+    """A submitted action, checked: what :func:`perform` runs."""
+
+    action: Action
+    reason: str | None
+    by: str
+    #: ``mock_output`` given for skip, already parsed from JSON
+    mock_output: Any = None
+    has_mock_output: bool = False
+
+
+def parse_action(name: str, form: Mapping[str, str]) -> ActionRequest:
+    """The request for the action ``name`` from its form fields (``reason``, ``by``,
+    ``mock_output`` as JSON for skip). Raises ActionInputError."""
+    action = ACTIONS.get(name)
+    if action is None:
+        raise ActionInputError(f"there is no action {name!r}")
+    reason = form.get("reason", "").strip() or None
+    if reason is not None and len(reason) > MAX_REASON:
+        raise ActionInputError(f"the reason is too long (at most {MAX_REASON} characters)")
+    by = form.get("by", "").strip() or DEFAULT_BY
+    if len(by) > MAX_BY:
+        raise ActionInputError(f"the operator name is too long (at most {MAX_BY} characters)")
+    if action.name == "cancel" and reason is None:
+        raise ActionInputError("cancelling a saga needs a reason: fill in the reason field")
+    raw = form.get("mock_output", "").strip() if action.name == "skip" else ""
+    if not raw:
+        return ActionRequest(action, reason, by)
+    try:
+        mock_output = json.loads(raw)
+    except ValueError as exc:
+        raise ActionInputError(
+            f'the mock output must be JSON (for example {{"id": 1}} or "text"): {exc}'
+        ) from exc
+    return ActionRequest(action, reason, by, mock_output, has_mock_output=True)
+
+
+async def perform(admin: SagaAdmin, saga_id: str, request: ActionRequest) -> SagaSnapshot:
+    """Run the action through the admin API; its SagaErrors reach the caller."""
+    name, reason, by = request.action.name, request.reason, request.by
+    if name == "retry":
+        return await admin.retry_step(saga_id, reason=reason, by=by)
+    if name == "skip":
+        if request.has_mock_output:
+            return await admin.skip_step(saga_id, request.mock_output, reason=reason, by=by)
+        return await admin.skip_step(saga_id, reason=reason, by=by)
+    if name == "compensate":
+        return await admin.compensate(saga_id, reason=reason, by=by)
+    if name == "cancel":
+        assert reason is not None  # parse_action requires it
+        return await admin.cancel(saga_id, reason, by=by)
+    if name == "resume":
+        return await admin.resume(saga_id, reason=reason, by=by)
+    raise ActionInputError(f"there is no action {name!r}")  # pragma: no cover
+
+
+def token_matches(configured: str | None, supplied: str | None) -> bool:
+    """Whether ``supplied`` is the dashboard's token, compared in constant time. Without a
+    configured token nothing matches: the dashboard is read-only."""
+    if not configured or not supplied:
+        return False
+    return hmac.compare_digest(configured.encode(), supplied.encode())
