@@ -24,6 +24,7 @@ from ..errors import (
     Drained,
     ErrorInfo,
     EventsArrived,
+    LeaseLost,
     NonDeterminismError,
     OutputNotSerializableError,
     Parked,
@@ -340,6 +341,9 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
         try:
             return step.output.validate(serde.loads(entry.output))
         except SagaValidationError as exc:
+            if self._operator_rollback is not None:
+                # an operator asked to roll back: the saga stops here instead of parking again
+                raise self._operator_rollback from None
             message = (
                 f"the output recorded by skip_step does not fit step {step.name!r}: {exc}; "
                 "skip it again with an output that fits, or retry the step"
@@ -473,6 +477,18 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
             extra={"saga_id": self.saga_id, "seq": seq},
         )
         await asyncio.sleep(delay)
+        await self._check_still_owned()
+
+    async def _check_still_owned(self) -> None:
+        """Raise LeaseLost if the saga is not this run's any more (an operator cancelled or
+        changed it, or another worker took it over): another attempt would be a side effect
+        of a run that can record nothing."""
+        try:
+            record = await self._store.load_saga(self.saga_id)
+        except StoreError as exc:
+            raise StoreUnavailable(self.saga_id, exc) from exc
+        if record is None or record.fence != self.fence:
+            raise LeaseLost(self.saga_id)
 
     def _failure_info(
         self,
