@@ -102,8 +102,9 @@ class Engine(RunningMixin, TalkMixin):
         observers: what hears about each run (see :mod:`sagakit.engine.observe`); default:
             log under the ``sagakit`` logger, and trace with OpenTelemetry when
             ``sagakit[otel]`` is installed.
-        tracer_provider: the OpenTelemetry TracerProvider to trace with (default: the global
-            one); ignored when ``observers`` is given.
+        tracer_provider: the OpenTelemetry TracerProvider to trace with; by default the global
+            one, if an SDK provider is set as global when the Engine is created (no tracing
+            otherwise). Ignored when ``observers`` is given.
     """
 
     def __init__(

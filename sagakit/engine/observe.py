@@ -60,48 +60,91 @@ class Observer:
 
 
 class Observers:
-    """The observers of one engine, called in order, each shielded from the others."""
+    """The observers of one engine, called in order, each shielded from the others.
 
-    __slots__ = ("_all",)
+    Each hook is called only on the observers that override it: around each attempt, an engine
+    whose observers do not trace (the logging observer) pays for nothing at all."""
+
+    __slots__ = ("_all", "_attempting", "_ended", "_journaling", "_started")
 
     def __init__(self, observers: Sequence[Observer]):
         self._all = tuple(observers)
+        self._started = _overriding(self._all, "run_started")
+        self._ended = _overriding(self._all, "run_ended")
+        self._attempting = _overriding(self._all, "attempt")
+        self._journaling = _overriding(self._all, "journaled")
 
     def __bool__(self) -> bool:
         return bool(self._all)
 
     async def run_started(self, run: RunInfo) -> None:
-        for observer in self._all:
+        for observer in self._started:
             try:
                 await observer.run_started(run)
             except Exception:
                 log.exception("observer %r failed at the start of a run", observer)
 
     def run_ended(self, run: RunInfo, status: str | None, error: BaseException | None) -> None:
-        for observer in self._all:
+        for observer in self._ended:
             try:
                 observer.run_ended(run, status, error)
             except Exception:
                 log.exception("observer %r failed at the end of a run", observer)
 
+    def attempt(
+        self, run: RunInfo, kind: str, name: str, seq: int, attempt: int
+    ) -> contextlib.AbstractContextManager[None]:
+        if not self._attempting:
+            return _NO_ATTEMPT
+        return self._attempt(run, kind, name, seq, attempt)
+
     @contextlib.contextmanager
-    def attempt(self, run: RunInfo, kind: str, name: str, seq: int, attempt: int) -> Iterator[None]:
-        with contextlib.ExitStack() as stack:
-            for observer in self._all:
-                try:
-                    stack.enter_context(observer.attempt(run, kind, name, seq, attempt))
-                except Exception:
-                    log.exception("observer %r failed at the start of an attempt", observer)
+    def _attempt(
+        self, run: RunInfo, kind: str, name: str, seq: int, attempt: int
+    ) -> Iterator[None]:
+        entered: list[tuple[Observer, contextlib.AbstractContextManager[None]]] = []
+        for observer in self._attempting:
+            try:
+                opened: contextlib.AbstractContextManager[None] = observer.attempt(
+                    run, kind, name, seq, attempt
+                )
+                opened.__enter__()
+                entered.append((observer, opened))
+            except Exception:
+                log.exception("observer %r failed at the start of an attempt", observer)
+        try:
             yield
+        except BaseException as exc:
+            for observer, scope in reversed(entered):
+                try:
+                    scope.__exit__(type(exc), exc, exc.__traceback__)
+                except BaseException as raised:
+                    if raised is not exc:  # the attempt's own error passes through unchanged
+                        log.exception("observer %r failed at the end of an attempt", observer)
+            raise
+        for observer, scope in reversed(entered):
+            try:
+                scope.__exit__(None, None, None)
+            except Exception:
+                log.exception("observer %r failed at the end of an attempt", observer)
 
     def journaled(
         self, run: RunInfo, entry: JournalEntry | None, update: SagaUpdate | None
     ) -> None:
-        for observer in self._all:
+        for observer in self._journaling:
             try:
                 observer.journaled(run, entry, update)
             except Exception:
                 log.exception("observer %r failed on a journal write", observer)
+
+
+_NO_ATTEMPT: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+
+
+def _overriding(observers: tuple[Observer, ...], hook: str) -> tuple[Observer, ...]:
+    """The observers whose class overrides ``hook`` (the base class's does nothing)."""
+    base = getattr(Observer, hook)
+    return tuple(o for o in observers if getattr(type(o), hook) is not base)
 
 
 NO_OBSERVERS = Observers(())

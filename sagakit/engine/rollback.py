@@ -37,7 +37,13 @@ class RollbackMixin(RunCore):
     if TYPE_CHECKING:  # provided by SagaRun
 
         async def _wait_to_retry(
-            self, what: str, seq: int, attempt: int, policy: RetryPolicy, exc: Exception
+            self,
+            what: str,
+            step: str,
+            seq: int,
+            attempt: int,
+            policy: RetryPolicy,
+            exc: Exception,
         ) -> None: ...
 
         def _object_writes(
@@ -161,18 +167,11 @@ class RollbackMixin(RunCore):
                 terminal = terminal_form(exc)
                 if terminal is None and attempt < policy.max_attempts:
                     what = f"compensation of step {step.name}"
-                    await self._wait_to_retry(what, seq, attempt, policy, exc)
+                    await self._wait_to_retry(what, step.name, seq, attempt, policy, exc)
                     continue
                 base = ErrorInfo.from_exception(terminal or exc)
                 message = base.message if terminal else f"{exc} (gave up after {attempt} attempts)"
                 error = ErrorInfo(base.type, message, step.name, seq)
-                log.error(
-                    "compensation of step %s of saga %s failed for good: %s",
-                    step.name,
-                    self.saga_id,
-                    error,
-                    extra={"saga_id": self.saga_id, "step": step.name, "seq": seq},
-                )
                 break
             finally:
                 operation_writes.reset(token)

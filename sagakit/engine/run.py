@@ -443,7 +443,9 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
                         step, seq, attempt, started, EntryStatus.FAILED, None, None, info
                     )
                 if terminal is None and attempt < policy.max_attempts:
-                    await self._wait_to_retry(f"step {step.name}", seq, attempt, policy, exc)
+                    await self._wait_to_retry(
+                        f"step {step.name}", step.name, seq, attempt, policy, exc
+                    )
                     continue
                 info = self._failure_info(exc, terminal, step, seq, attempt, timed_out)
                 return await self._finish_step(
@@ -463,7 +465,7 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
         return self.observers.attempt(self.info, kind, name, seq, attempt)
 
     async def _wait_to_retry(
-        self, what: str, seq: int, attempt: int, policy: RetryPolicy, exc: Exception
+        self, what: str, step: str, seq: int, attempt: int, policy: RetryPolicy, exc: Exception
     ) -> None:
         delay = policy.delay_after(attempt)
         log.info(
@@ -474,7 +476,13 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
             policy.max_attempts,
             delay,
             exc,
-            extra={"saga_id": self.saga_id, "seq": seq},
+            extra={
+                "saga_id": self.saga_id,
+                "workflow": self.workflow.name,
+                "step": step,
+                "seq": seq,
+                "status": self.record.status,
+            },
         )
         await asyncio.sleep(delay)
         await self._check_still_owned()

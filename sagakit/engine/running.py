@@ -103,7 +103,7 @@ class RunningMixin:
             log.info(
                 "saga %s paused for shutdown; released for another worker",
                 run.saga_id,
-                extra={"saga_id": run.saga_id},
+                extra={"saga_id": run.saga_id, "workflow": run.workflow.name},
             )
             return None
         except StoreUnavailable as exc:
@@ -112,7 +112,7 @@ class RunningMixin:
                 "once the store answers (its lease expires or this worker releases it)",
                 run.saga_id,
                 exc.__cause__,
-                extra={"saga_id": run.saga_id},
+                extra={"saga_id": run.saga_id, "workflow": run.workflow.name},
             )
             with contextlib.suppress(Exception):
                 await self._store_or_raise().release(self.worker_id, [run.saga_id])
@@ -121,7 +121,7 @@ class RunningMixin:
             log.warning(
                 "saga %s was taken over by another worker; this worker stops running it",
                 run.saga_id,
-                extra={"saga_id": run.saga_id},
+                extra={"saga_id": run.saga_id, "workflow": run.workflow.name},
             )
             return None
         except asyncio.CancelledError:
@@ -130,38 +130,18 @@ class RunningMixin:
             log.exception(
                 "saga %s stopped on an unexpected error; releasing it for recovery",
                 run.saga_id,
-                extra={"saga_id": run.saga_id},
+                extra={"saga_id": run.saga_id, "workflow": run.workflow.name},
             )
             with contextlib.suppress(Exception):
                 await self._store_or_raise().release(self.worker_id, [run.saga_id])
             return None
+        # the saga's new status is logged by the logging observer (sagakit.observability)
         if outcome.status == SagaStatus.PARKED:
-            log.warning(
-                "saga %s (%s) parked: a step ran out of retries; it waits for an operator "
-                "(engine.admin or `sagakit retry/skip/compensate/cancel`)",
-                run.saga_id,
-                run.workflow.name,
-                extra={"saga_id": run.saga_id, "status": str(outcome.status)},
-            )
             return outcome
         if outcome.status == SagaStatus.SUSPENDED:
-            log.info(
-                "saga %s (%s) suspended until %s",
-                run.saga_id,
-                run.workflow.name,
-                "an event" if outcome.wake_at is None else f"{outcome.wake_at:.3f} or an event",
-                extra={"saga_id": run.saga_id, "status": str(outcome.status)},
-            )
             if outcome.wake_at is not None:
                 self._wake_at(outcome.wake_at)
             return outcome
-        log.info(
-            "saga %s (%s) ended %s",
-            run.saga_id,
-            run.workflow.name,
-            outcome.status,
-            extra={"saga_id": run.saga_id, "status": str(outcome.status)},
-        )
         if run.record.object_key is not None or run.record.parent_id is not None:
             self._poke()  # the next call of this object key, or the parent, may run now
         return outcome
@@ -185,7 +165,7 @@ class RunningMixin:
         wf = self._workflows.get(record.name)
         if wf is None:  # the store only hands out registered names; kept for safety
             return
-        log.info(
+        log.debug(
             "recovering saga %s (%s) from %d journal entries",
             record.saga_id,
             record.name,
