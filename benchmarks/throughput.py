@@ -214,7 +214,9 @@ async def durability(url: str) -> str:
 async def scenario_load(url: str, args: argparse.Namespace, scenario: str) -> None:
     delay = STEP_DELAY[scenario]
     fail_rate = 1.0 if scenario == "compensation" else args.fail_rate
-    async with Engine(url) as engine:
+    # the engine's default observers (logging; tracing when a provider is set), or none at all
+    observers = [] if args.observers == "none" else None
+    async with Engine(url, observers=observers) as engine:
         engine.register(bench)
         # warm up: imports, prepared statements, the first pages of the tables
         await run_load(engine, 200, args.concurrency, args.steps, delay, fail_rate, f"w{scenario}")
@@ -412,4 +414,11 @@ if __name__ == "__main__":
     parser.add_argument("--recovery-sagas", type=int, default=10000)
     parser.add_argument("--signal-sagas", type=int, default=10000)
     parser.add_argument("--signal-concurrency", type=int, default=4)
+    parser.add_argument(
+        "--observers",
+        choices=["default", "none"],
+        default="default",
+        help="the engine's default observers (logging, tracing if configured), or none: "
+        "compare the two to see what observability costs",
+    )
     asyncio.run(main(parser.parse_args()))
