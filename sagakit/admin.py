@@ -172,15 +172,7 @@ class SagaAdmin:
             if error.get("kind") == "non_determinism":
                 return _Plan(SagaStatus.RUNNING, None, None, {"replay": True})
             failed = _failed_compensations(record, error, journal, "retry_step")
-            details = {"seqs": failed, "previous": [_previous(journal[s]) for s in failed]}
-            return _Plan(
-                SagaStatus.COMPENSATING,
-                journal[failed[0]].name,
-                failed[0],
-                details,
-                error=_compensating(error),
-                delete=tuple(failed),
-            )
+            return _go_on_rolling_back(journal, failed, error, delete=tuple(failed))
 
         return await self._act(
             saga_id, "retry", (SagaStatus.PARKED, SagaStatus.FAILED), plan, reason, by
@@ -235,15 +227,7 @@ class SagaAdmin:
                 replace(journal[s], status=EntryStatus.COMPLETED, error=None, finished_at=now)
                 for s in failed
             )
-            details = {"seqs": failed, "previous": [_previous(journal[s]) for s in failed]}
-            return _Plan(
-                SagaStatus.COMPENSATING,
-                journal[failed[0]].name,
-                failed[0],
-                details,
-                error=_compensating(error),
-                replace=entries,
-            )
+            return _go_on_rolling_back(journal, failed, error, replace=entries)
 
         return await self._act(
             saga_id, "skip", (SagaStatus.PARKED, SagaStatus.FAILED), plan, reason, by
@@ -470,9 +454,26 @@ def _failed_compensations(
     return sorted(set(seqs), reverse=True)
 
 
-def _compensating(error: dict[str, Any]) -> str:
-    """The error of a saga that goes on rolling back (the original cause)."""
-    return serde.dumps({"kind": "compensating", "cause": error.get("cause")})
+def _go_on_rolling_back(
+    journal: dict[int, JournalEntry],
+    failed: list[int],
+    error: dict[str, Any],
+    *,
+    delete: tuple[int, ...] = (),
+    replace: tuple[JournalEntry, ...] = (),
+) -> _Plan:
+    """The plan for a FAILED saga whose failed compensations are done again (``delete``) or
+    recorded as done (``replace``): it goes on rolling back, for its original cause."""
+    details = {"seqs": failed, "previous": [_previous(journal[s]) for s in failed]}
+    return _Plan(
+        SagaStatus.COMPENSATING,
+        journal[failed[0]].name,
+        failed[0],
+        details,
+        error=serde.dumps({"kind": "compensating", "cause": error.get("cause")}),
+        replace=replace,
+        delete=delete,
+    )
 
 
 def _previous(entry: JournalEntry) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from datetime import timedelta
 from typing import Any
 
 from sagakit import Engine, RetryPolicy, SagaContext, SagaStatus, saga_step, saga_workflow
-from tests.processes import append_to_ledger
+from tests.processes import append_to_ledger, saga_summary
 
 #: short lease and poll: a killed owner's sagas are recovered about a second later
 LEASE = timedelta(seconds=1)
@@ -100,11 +100,6 @@ async def admin_crash(saga: SagaContext, inp: Any) -> list[str]:
     return [await S1(saga, None), await S2(saga, None), await S3(saga, None)]
 
 
-async def _summary(engine: Engine, saga_id: str) -> dict[str, Any]:
-    snap = await engine.get(saga_id)
-    return {"status": str(snap.status), "output": snap.output, "error": snap.error}
-
-
 async def main_async(args: argparse.Namespace) -> int:
     engine = Engine(args.db, lease=LEASE, poll_interval=POLL)
     engine.register(admin_crash)
@@ -120,10 +115,10 @@ async def main_async(args: argparse.Namespace) -> int:
             await asyncio.sleep(0.05)
         else:
             if not args.for_seconds:
-                print(json.dumps(await _summary(engine, args.saga)))
+                print(json.dumps(await saga_summary(engine, args.saga)))
                 print(f"timed out after {args.timeout}s", file=sys.stderr)
                 return 3
-        print(json.dumps(await _summary(engine, args.saga)))
+        print(json.dumps(await saga_summary(engine, args.saga)))
         record(ev="finished")
     return 0
 

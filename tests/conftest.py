@@ -102,6 +102,13 @@ def shared_store_url(store_kind: str, tmp_path: Path, request: pytest.FixtureReq
     return make_store_url(store_kind, tmp_path, request, shared=True)
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def process_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database that worker processes and the test process share (a file or a server:
+    the memory store lives in one process)."""
+    return make_store_url(request.param, tmp_path, request, shared=True)
+
+
 def make_engine(url: str, **overrides: object) -> Engine:
     options: dict[str, object] = {"lease": TEST_LEASE, "poll_interval": TEST_POLL}
     options.update(overrides)

@@ -46,7 +46,7 @@ from sagakit import (
     saga_step,
     saga_workflow,
 )
-from tests.processes import append_to_ledger
+from tests.processes import append_to_ledger, saga_summary
 
 #: short lease and poll: a killed owner's saga is recovered about a second later
 LEASE = timedelta(seconds=1)
@@ -110,11 +110,6 @@ async def gather_crash(saga: SagaContext, inp: dict[str, Any]) -> dict[str, Any]
     return {"keys": [first["key"], *groups, last["key"]]}
 
 
-async def _summary(engine: Engine, saga_id: str) -> dict[str, Any]:
-    snap = await engine.get(saga_id)
-    return {"status": str(snap.status), "output": snap.output, "error": snap.error}
-
-
 async def main_async(args: argparse.Namespace) -> int:
     engine = Engine(args.db, lease=LEASE, poll_interval=POLL)
     engine.register(gather_crash)
@@ -126,10 +121,10 @@ async def main_async(args: argparse.Namespace) -> int:
             with contextlib.suppress(SagaError):  # compensated or failed: the summary says
                 await engine.handle(args.saga).result(timeout=args.timeout)
         except TimeoutError:
-            print(json.dumps(await _summary(engine, args.saga)))
+            print(json.dumps(await saga_summary(engine, args.saga)))
             print(f"timed out after {args.timeout}s", file=sys.stderr)
             return 3
-        print(json.dumps(await _summary(engine, args.saga)))
+        print(json.dumps(await saga_summary(engine, args.saga)))
         record(ev="finished")
     return 0
 

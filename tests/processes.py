@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from sagakit import Engine
+
 REPO = Path(__file__).resolve().parent.parent
 #: the longest any one wait of these tests may take
 WAIT = 60.0
@@ -130,3 +132,9 @@ def append_to_ledger(path: str, event: dict[str, Any]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+async def saga_summary(engine: Engine, saga_id: str) -> dict[str, Any]:
+    """What an app process prints of a saga at its end: status, output and error."""
+    snap = await engine.get(saga_id)
+    return {"status": str(snap.status), "output": snap.output, "error": snap.error}

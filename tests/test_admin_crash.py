@@ -20,18 +20,12 @@ from typing import Any
 import pytest
 
 from sagakit import SagaSnapshot, SagaStatus
-from tests.conftest import make_engine, make_store_url
+from tests.conftest import make_engine
 from tests.processes import WAIT, AppProcesses
 
 pytestmark = pytest.mark.slow
 
 SAGA = "admin-crash"
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh database that the worker processes and the test process share."""
-    return make_store_url(request.param, tmp_path, request, shared=True)
 
 
 class Workers(AppProcesses):
@@ -87,8 +81,8 @@ class Workers(AppProcesses):
 
 
 @pytest.fixture
-async def workers(tmp_path: Path, db_url: str) -> AsyncIterator[Workers]:
-    workers = Workers(tmp_path, db_url)
+async def workers(tmp_path: Path, process_db_url: str) -> AsyncIterator[Workers]:
+    workers = Workers(tmp_path, process_db_url)
     try:
         yield workers
     finally:

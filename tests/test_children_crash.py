@@ -22,19 +22,13 @@ import pytest
 
 from sagakit import SagaSnapshot, SagaStatus
 from sagakit.stores.base import EventKind
-from tests.conftest import make_engine, make_store_url
+from tests.conftest import make_engine
 from tests.processes import WAIT, AppProcesses
 
 pytestmark = pytest.mark.slow
 
 PARENT = "crash-p"
 CHILD = f"{PARENT}/child-1"  # PA takes seq 0, start_child seq 1
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh database that the worker processes and the test process share."""
-    return make_store_url(request.param, tmp_path, request, shared=True)
 
 
 class Workers(AppProcesses):
@@ -105,8 +99,8 @@ class Workers(AppProcesses):
 
 
 @pytest.fixture
-async def workers(tmp_path: Path, db_url: str) -> AsyncIterator[Workers]:
-    workers = Workers(tmp_path, db_url)
+async def workers(tmp_path: Path, process_db_url: str) -> AsyncIterator[Workers]:
+    workers = Workers(tmp_path, process_db_url)
     try:
         yield workers
     finally:

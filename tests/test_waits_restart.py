@@ -22,7 +22,7 @@ import pytest
 
 from sagakit import SagaSnapshot, SagaStatus
 from tests import sleeper_app
-from tests.conftest import make_engine, make_store_url
+from tests.conftest import make_engine
 
 pytestmark = pytest.mark.slow
 
@@ -33,12 +33,6 @@ WAIT = 60.0
 MANY = 10_000
 WARMUP = 200
 MAX_GROWTH_MB = 50.0
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh database that the child processes and the test process share."""
-    return make_store_url(request.param, tmp_path, request, shared=True)
 
 
 class Child:
@@ -118,13 +112,15 @@ def ledger_events(ledger: Path) -> list[dict[str, Any]]:
     return events
 
 
-async def test_a_sleep_outlives_a_killed_process(db_url: str, tmp_path: Path, spawn: Any) -> None:
+async def test_a_sleep_outlives_a_killed_process(
+    process_db_url: str, tmp_path: Path, spawn: Any
+) -> None:
     ledger = tmp_path / "ledger.jsonl"
-    child = await spawn("sleep", db_url, "sleeper-1", str(ledger), "1.5")
+    child = await spawn("sleep", process_db_url, "sleeper-1", str(ledger), "1.5")
     await child.phase("started")
 
     # a reader registers nothing: its worker never takes the saga
-    async with make_engine(db_url) as reader:
+    async with make_engine(process_db_url) as reader:
         deadline = time.monotonic() + WAIT
         while True:
             snap: SagaSnapshot = await reader.get("sleeper-1")
@@ -147,7 +143,7 @@ async def test_a_sleep_outlives_a_killed_process(db_url: str, tmp_path: Path, sp
     before = ledger_events(ledger)
     assert [(e["ev"], e["pid"]) for e in before] == [("First", child.proc.pid)]
 
-    async with make_engine(db_url) as engine:
+    async with make_engine(process_db_url) as engine:
         engine.register(*sleeper_app.WORKFLOWS)
         result = await engine.handle("sleeper-1").result(timeout=WAIT)
         done = await engine.get("sleeper-1")
@@ -171,17 +167,17 @@ async def test_a_sleep_outlives_a_killed_process(db_url: str, tmp_path: Path, sp
 
 
 async def test_many_suspended_sagas_leave_the_worker_memory_flat(
-    db_url: str, spawn: Any, record_property: Any
+    process_db_url: str, spawn: Any, record_property: Any
 ) -> None:
     began = time.monotonic()
-    child = await spawn("memory", db_url, "--count", str(MANY), "--warmup", str(WARMUP))
+    child = await spawn("memory", process_db_url, "--count", str(MANY), "--warmup", str(WARMUP))
     idle = await child.phase("idle")
     suspended = await child.phase("suspended", timeout=120)
     assert suspended["tasks"] == 0, "suspended sagas must leave nothing running in the worker"
     assert suspended["suspended"] == MANY
 
     ids = [f"mem-{i}" for i in range(MANY)]
-    async with make_engine(db_url, worker=False) as client:
+    async with make_engine(process_db_url, worker=False) as client:
         # counted here too, in another process than the worker's
         waiting = await client.list(status=SagaStatus.SUSPENDED, limit=2 * MANY)
         assert {s.saga_id for s in waiting} == set(ids)
@@ -224,6 +220,6 @@ async def test_many_suspended_sagas_leave_the_worker_memory_flat(
         "total_seconds": round(time.monotonic() - began, 1),
     }
     record_property("memory_figures", json.dumps(figures))
-    print(f"\nmemory figures ({db_url.split(':')[0]}): {json.dumps(figures)}")
+    print(f"\nmemory figures ({process_db_url.split(':')[0]}): {json.dumps(figures)}")
     growth = suspended["rss_suspended_mb"] - idle["rss_idle_mb"]
     assert growth < MAX_GROWTH_MB, figures
