@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from sagakit import Engine
+from sagakit import Engine, SagaSnapshot
 
 REPO = Path(__file__).resolve().parent.parent
 #: the longest any one wait of these tests may take
@@ -138,3 +138,13 @@ async def saga_summary(engine: Engine, saga_id: str) -> dict[str, Any]:
     """What an app process prints of a saga at its end: status, output and error."""
     snap = await engine.get(saga_id)
     return {"status": str(snap.status), "output": snap.output, "error": snap.error}
+
+
+def journal_rows(snap: SagaSnapshot) -> list[tuple[str, str, str]]:
+    """A saga's journal as (kind, name, status) rows, for comparing with what a test expects."""
+    return [(s.kind, s.name, s.status) for s in snap.steps]
+
+
+def step_pids(events: list[dict[str, Any]], ev: str, step: str) -> list[int]:
+    """The pids of the processes that wrote ledger events ``ev`` of ``step``, in order."""
+    return [e["pid"] for e in events if e["ev"] == ev and e.get("step") == step]

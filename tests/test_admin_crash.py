@@ -21,7 +21,7 @@ import pytest
 
 from sagakit import SagaSnapshot, SagaStatus
 from tests.conftest import make_engine
-from tests.processes import WAIT, AppProcesses
+from tests.processes import WAIT, AppProcesses, journal_rows, step_pids
 
 pytestmark = pytest.mark.slow
 
@@ -89,14 +89,6 @@ async def workers(tmp_path: Path, process_db_url: str) -> AsyncIterator[Workers]
         workers.stop_all()
 
 
-def journal(snap: SagaSnapshot) -> list[tuple[str, str, str]]:
-    return [(s.kind, s.name, s.status) for s in snap.steps]
-
-
-def pids(events: list[dict[str, Any]], ev: str, step: str) -> list[int]:
-    return [e["pid"] for e in events if e["ev"] == ev and e.get("step") == step]
-
-
 def count(events: list[dict[str, Any]], ev: str) -> Counter[str]:
     return Counter(e["step"] for e in events if e["ev"] == ev)
 
@@ -106,7 +98,7 @@ async def test_sigkill_while_a_retried_step_runs(workers: Workers) -> None:
     first = workers.spawn("start")
     await workers.status_is(first, SagaStatus.PARKED)
     parked = await workers.snapshot()
-    assert journal(parked) == [("step", "S1", "completed"), ("step", "S2", "failed")]
+    assert journal_rows(parked) == [("step", "S1", "completed"), ("step", "S2", "failed")]
     assert parked.steps[1].attempts == 2
 
     # the operator fixes the cause and retries; the worker takes it, and dies in S2
@@ -125,7 +117,7 @@ async def test_sigkill_while_a_retried_step_runs(workers: Workers) -> None:
 
     after = await workers.snapshot()
     events = workers.events()
-    assert journal(after) == [
+    assert journal_rows(after) == [
         ("step", "S1", "completed"),
         ("step", "S2", "completed"),
         ("step", "S3", "completed"),
@@ -137,8 +129,8 @@ async def test_sigkill_while_a_retried_step_runs(workers: Workers) -> None:
     assert [e.action for e in after.audit] == ["retry"]
     assert count(events, "step_done") == {"S1": 1, "S2": 1, "S3": 1}
     assert count(events, "step") == {"S1": 1, "S2": 4, "S3": 1}
-    assert pids(events, "step", "S2") == [first.pid] * 3 + [second.pid]
-    assert pids(events, "step_done", "S2") == [second.pid]
+    assert step_pids(events, "step", "S2") == [first.pid] * 3 + [second.pid]
+    assert step_pids(events, "step_done", "S2") == [second.pid]
     assert count(events, "comp") == {}
     # every attempt of S2, in either process, under the same key
     assert len({e["key"] for e in events if e["ev"] == "step" and e["step"] == "S2"}) == 1
@@ -166,9 +158,9 @@ async def test_sigkill_around_a_cancel_of_a_running_saga(workers: Workers, order
     after = await workers.snapshot()
     events = workers.events()
     assert after.status == SagaStatus.CANCELLED
-    assert journal(after) == [("step", "S1", "completed")]
+    assert journal_rows(after) == [("step", "S1", "completed")]
     assert after.owner is None
     assert [(e.action, e.reason) for e in after.audit] == [("cancel", "wrong customer")]
-    assert pids(events, "step", "S2") == [first.pid]
+    assert step_pids(events, "step", "S2") == [first.pid]
     assert count(events, "step_done") == {"S1": 1}
     assert count(events, "comp") == {}

@@ -23,7 +23,7 @@ import pytest
 from sagakit import SagaSnapshot, SagaStatus
 from sagakit.stores.base import EventKind
 from tests.conftest import make_engine
-from tests.processes import WAIT, AppProcesses
+from tests.processes import WAIT, AppProcesses, journal_rows, step_pids
 
 pytestmark = pytest.mark.slow
 
@@ -107,14 +107,6 @@ async def workers(tmp_path: Path, process_db_url: str) -> AsyncIterator[Workers]
         workers.stop_all()
 
 
-def journal(snap: SagaSnapshot) -> list[tuple[str, str, str]]:
-    return [(s.kind, s.name, s.status) for s in snap.steps]
-
-
-def pids(events: list[dict[str, Any]], ev: str, step: str) -> list[int]:
-    return [e["pid"] for e in events if e["ev"] == ev and e.get("step") == step]
-
-
 def starts(events: list[dict[str, Any]]) -> Counter[str]:
     return Counter(e["step"] for e in events if e["ev"] == "step")
 
@@ -128,14 +120,14 @@ def check_finished(
     assert parent_ids == {PARENT: None, CHILD: PARENT}
     parent, child = after[PARENT], after[CHILD]
     assert parent.status == child.status == SagaStatus.COMPLETED
-    assert journal(parent) == [
+    assert journal_rows(parent) == [
         ("step", "PA", "completed"),
         ("child", "CrashChild", "completed"),
         ("step", "PB", "completed"),
         ("child_result", CHILD, "completed"),
         ("step", "PC", "completed"),
     ]
-    assert journal(child) == [
+    assert journal_rows(child) == [
         ("step", "CA", "completed"),
         ("step", "CB", "completed"),
         ("step", "CC", "completed"),
@@ -167,14 +159,14 @@ async def test_sigkill_in_a_childs_step_while_the_parent_waits(workers: Workers)
     before = await workers.snapshots()
     assert sorted(before) == [PARENT, CHILD]
     assert before[PARENT].status == SagaStatus.SUSPENDED
-    assert journal(before[PARENT]) == [
+    assert journal_rows(before[PARENT]) == [
         ("step", "PA", "completed"),
         ("child", "CrashChild", "completed"),
         ("step", "PB", "completed"),
         ("child_result", CHILD, "running"),
     ]
     assert before[CHILD].status == SagaStatus.RUNNING
-    assert journal(before[CHILD]) == [("step", "CA", "completed")]
+    assert journal_rows(before[CHILD]) == [("step", "CA", "completed")]
     assert await workers.events_of(PARENT) == []
 
     second = workers.spawn("recover")
@@ -190,12 +182,12 @@ async def test_sigkill_in_a_childs_step_while_the_parent_waits(workers: Workers)
     assert after[CHILD].steps[:1] == before[CHILD].steps
     # journaled before the kill: once, in the first process; in flight at the kill: twice
     assert starts(events) == {"PA": 1, "PB": 1, "PC": 1, "CA": 1, "CB": 2, "CC": 1}
-    assert pids(events, "step", "CB") == [first.pid, second.pid]
-    assert pids(events, "step_done", "CB") == [second.pid]
+    assert step_pids(events, "step", "CB") == [first.pid, second.pid]
+    assert step_pids(events, "step_done", "CB") == [second.pid]
     for step in ("PA", "PB", "CA"):
-        assert pids(events, "step", step) == [first.pid], step
+        assert step_pids(events, "step", step) == [first.pid], step
     for step in ("CC", "PC"):
-        assert pids(events, "step", step) == [second.pid], step
+        assert step_pids(events, "step", step) == [second.pid], step
     assert await workers.events_of(PARENT) == [(EventKind.CHILD, CHILD)]
 
 
@@ -219,7 +211,7 @@ async def test_sigkill_in_the_parents_step_after_start_child(
     before = await workers.snapshots()
     assert sorted(before) == [PARENT, CHILD]
     assert before[PARENT].status == SagaStatus.RUNNING
-    assert journal(before[PARENT]) == [
+    assert journal_rows(before[PARENT]) == [
         ("step", "PA", "completed"),
         ("child", "CrashChild", "completed"),
     ]
@@ -229,7 +221,7 @@ async def test_sigkill_in_the_parents_step_after_start_child(
         assert [s.name for s in before[CHILD].steps] == ["CA", "CB", "CC"]
     else:
         assert before[CHILD].status == SagaStatus.RUNNING
-        assert journal(before[CHILD]) == [("step", "CA", "completed")]
+        assert journal_rows(before[CHILD]) == [("step", "CA", "completed")]
 
     second = workers.spawn("recover")
     summary = workers.finish(second)
@@ -244,15 +236,15 @@ async def test_sigkill_in_the_parents_step_after_start_child(
     if child_state == "child-in-flight":
         expected["CB"] = 2
     assert starts(events) == expected
-    assert pids(events, "step", "PB") == [first.pid, second.pid]
-    assert pids(events, "step_done", "PB") == [second.pid]
-    assert pids(events, "step", "PC") == [second.pid]
-    assert pids(events, "step", "PA") == [first.pid]
+    assert step_pids(events, "step", "PB") == [first.pid, second.pid]
+    assert step_pids(events, "step_done", "PB") == [second.pid]
+    assert step_pids(events, "step", "PC") == [second.pid]
+    assert step_pids(events, "step", "PA") == [first.pid]
     if child_state == "child-done":
         # the child's outcome was kept for the parent across the crash; the child never re-ran
         assert after[CHILD].steps == before[CHILD].steps
         assert {e["pid"] for e in events if e["ev"] == "step" and e["saga"] == CHILD} == {first.pid}
     else:
-        assert pids(events, "step", "CB") == [first.pid, second.pid]
-        assert pids(events, "step", "CC") == [second.pid]
+        assert step_pids(events, "step", "CB") == [first.pid, second.pid]
+        assert step_pids(events, "step", "CC") == [second.pid]
     assert await workers.events_of(PARENT) == [(EventKind.CHILD, CHILD)]
