@@ -23,6 +23,18 @@ if [ ! -x /usr/bin/chromium ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 
+# The Restate server from npm (pinned; its binary ships inside the platform package, so no
+# install script is needed: --ignore-scripts also skips a telemetry postinstall), for the tests
+# of sagakit.restate. Kept in .cache/restate/ (gitignored); RESTATE_SERVER_BIN overrides it.
+RESTATE_VERSION=1.7.12
+RESTATE_BIN=.cache/restate/node_modules/@restatedev/restate-server-linux-x64/bin/restate-server
+if [ -z "${RESTATE_SERVER_BIN:-}" ] && [ ! -x "$RESTATE_BIN" ]; then
+    echo "installing restate-server $RESTATE_VERSION from npm..."
+    mkdir -p .cache/restate
+    npm install --prefix .cache/restate --no-save --ignore-scripts --no-audit --no-fund \
+        "@restatedev/restate-server@$RESTATE_VERSION" >/dev/null
+fi
+
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi

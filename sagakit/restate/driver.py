@@ -1,0 +1,391 @@
+"""The Restate-backed run of a saga: what a :class:`~sagakit.context.SagaContext` talks to when
+the saga is served by a Restate server instead of sagakit's own engine.
+
+Restate's journal does the durability: each step is a journaled ``ctx.run`` (see steps.py),
+each compensation another, a sleep a durable timer, a promise a durable promise. On every
+invocation attempt Restate calls the saga function again from the top and hands back what its
+journal holds, so this driver keeps nothing between attempts; its own sequence numbers (for
+``ctx.step_key``) are taken in program order and come out the same on every replay.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from datetime import timedelta
+from typing import Any
+
+import restate
+from restate import RestateDurableFuture
+from restate.exceptions import TerminalError as RestateTerminalError
+from restate.serde import BytesSerde
+
+from .. import serde
+from ..engine.children import default_child_id
+from ..engine.outcome import _Compensation, terminal_form
+from ..errors import (
+    ErrorInfo,
+    PromiseAlreadyCompletedError,
+    PromiseRejectedError,
+    SagaError,
+    SagaTimeoutError,
+    StepFailedError,
+    TerminalError,
+)
+from ..retry import DEFAULT_RETRY
+from ..steps import SagaStep
+from ..workflows import SagaWorkflow
+from . import outcome
+from .retries import run_options
+from .steps import (
+    NOTHING_TO_COMPENSATE,
+    StepRecord,
+    attempt_compensation,
+    attempt_step,
+    exhausted_info,
+)
+
+#: the durable promise that carries the n-th signal of a name (see services.deliver_signal)
+SIGNAL_PROMISE = "sagakit.signal.{name}.{n}"
+
+
+def is_cancellation(exc: RestateTerminalError) -> bool:
+    """Restate's error for an invocation cancelled (admin API, CLI, UI): raised at the saga's
+    next await, after which it may still do journaled work, its compensations."""
+    return exc.status_code == 409 and "cancel" in exc.message.lower()
+
+
+def terminal(exc: BaseException) -> TerminalError | None:
+    """The terminal form of a step's error; None to let Restate retry it."""
+    if isinstance(exc, RestateTerminalError):
+        # a step written for Restate may raise Restate's own terminal error
+        return TerminalError(exc.message, error_type="TerminalError")
+    if isinstance(exc, Exception):
+        return terminal_form(exc)
+    return None
+
+
+def _jsonable(value: Any) -> Any:
+    """The JSON form of a value (what a replay sees), or the value if it has none."""
+    try:
+        return serde.loads(serde.dumps(value))
+    except SagaError:
+        return value
+
+
+class RestateDriver:
+    """A :class:`~sagakit.context.RunDriver` over a Restate workflow or object context."""
+
+    def __init__(
+        self,
+        ctx: restate.ObjectContext,
+        saga_id: str,
+        workflow_ctx: restate.WorkflowContext | None = None,
+    ):
+        self.saga_id = saga_id
+        self._ctx = ctx
+        #: the same context when the saga is a Restate Workflow (it has durable promises)
+        self._workflow = workflow_ctx
+        self._next_seq = 0
+        self._compensations: dict[int, _Compensation] = {}
+        self._signal_waits: dict[str, int] = {}
+        #: child saga id -> its Restate invocation id, for this run
+        self._children: dict[str, str] = {}
+
+    def _take_seq(self) -> int:
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def call_step(self, step: SagaStep[Any], inp: Any) -> Awaitable[Any]:
+        if step.parks:
+            # refused rather than compensated silently: parking needs sagakit's operators
+            raise SagaError(
+                f"step {step.name!r} parks when its retries run out (on_exhausted='park'), "
+                "which sagakit.restate does not support yet; use on_exhausted='compensate'"
+            )
+        # the number is taken when the step is called, so gathered branches number in order
+        return _StepCall(self, step, self._take_seq(), inp)
+
+    def _start_step(self, call: _StepCall) -> RestateDurableFuture[bytes]:
+        """Journal the step's run and return its future (the action runs while it is awaited)."""
+        step = call.step
+        options = run_options(step.retry or DEFAULT_RETRY)
+        return self._ctx.run_typed(
+            step.name, attempt_step, options, self, step, call.seq, call.inp, terminal
+        )
+
+    async def _step(self, call: _StepCall, started: RestateDurableFuture[bytes] | None) -> Any:
+        step, seq, inp = call.step, call.seq, call.inp
+        hybrid = step.compensate is not None and not step.strict
+        policy = step.retry or DEFAULT_RETRY
+        try:
+            raw = await (started if started is not None else self._start_step(call))
+        except RestateTerminalError as exc:
+            # the retries ran out (or the invocation was cancelled): the attempts may have
+            # done part of the work, which a hybrid step's compensation undoes
+            info = exhausted_info(exc, step.name, seq, policy.max_attempts)
+            if hybrid:
+                self._register(step, seq, None, inp, failed=True)
+            raise StepFailedError(
+                step.name, seq, info.type, info.message, policy.max_attempts
+            ) from None
+        record = StepRecord.decode(raw)
+        self._apply_writes(record.writes)
+        if record.completed:
+            if step.compensate is not None:
+                self._register(step, seq, record.compensation, inp, failed=False)
+            return step.output.validate(record.output)
+        if hybrid:
+            self._register(step, seq, record.compensation, inp, failed=True)
+        error = record.error or ErrorInfo("Error", "step failed", step.name, seq)
+        raise StepFailedError(step.name, seq, error.type, error.message, 1)
+
+    def _register(
+        self, step: SagaStep[Any], seq: int, compensation: str | None, inp: Any, *, failed: bool
+    ) -> None:
+        if compensation == NOTHING_TO_COMPENSATE:
+            self._compensations.pop(seq, None)
+            return
+        data = _jsonable(inp) if compensation is None else json.loads(compensation)
+        self._compensations[seq] = _Compensation(seq, step, data, failed)
+
+    def _apply_writes(self, writes: list[tuple[str, str | None]]) -> None:
+        for key, value in writes:
+            self.object_set(key, value)
+
+    # -- rollback ----------------------------------------------------------------------------
+
+    async def rollback(self) -> list[ErrorInfo]:
+        """Run the registered compensations in reverse order, each a journaled run with its own
+        retries; one that fails for good does not stop the others. Returns the failures."""
+        failures: list[ErrorInfo] = []
+        for compensation in sorted(self._compensations.values(), key=lambda c: -c.seq):
+            step = compensation.step
+            seq = self._take_seq()
+            policy = step.compensation_retry or DEFAULT_RETRY
+            try:
+                raw = await self._ctx.run_typed(
+                    f"compensate {step.name}",
+                    attempt_compensation,
+                    run_options(policy),
+                    compensation,
+                    terminal,
+                )
+            except RestateTerminalError as exc:
+                failures.append(exhausted_info(exc, step.name, seq, policy.max_attempts))
+                continue
+            record = StepRecord.decode(raw)
+            if record.completed:
+                self._apply_writes(record.writes)
+            elif record.error is not None:
+                failures.append(record.error)
+        return failures
+
+    # -- journaled values --------------------------------------------------------------------
+
+    def record_value(self, kind: str, produce: Callable[[], Any]) -> Awaitable[Any]:
+        self._take_seq()
+        return self._value(kind, produce)
+
+    async def _value(self, kind: str, produce: Callable[[], Any]) -> Any:
+        async def action() -> bytes:
+            return serde.dumps(produce()).encode()
+
+        raw = await self._ctx.run_typed(kind, action, restate.RunOptions(serde=BytesSerde()))
+        return json.loads(raw)
+
+    # -- waiting -----------------------------------------------------------------------------
+
+    def sleep(self, seconds: float) -> Awaitable[Any]:
+        self._take_seq()
+        return self._sleep(seconds)
+
+    async def _sleep(self, seconds: float) -> None:
+        await self._ctx.sleep(timedelta(seconds=seconds))
+
+    def _workflow_ctx(self, what: str) -> restate.WorkflowContext:
+        if self._workflow is None:
+            raise SagaError(f"{what} needs a saga workflow; on Restate an object call has none")
+        return self._workflow
+
+    def promise_value(self, name: str) -> Awaitable[Any]:
+        self._take_seq()
+        return self._promise_value(name)
+
+    async def _promise_value(self, name: str) -> Any:
+        promise = self._workflow_ctx("a durable promise").promise(name, type_hint=dict)
+        try:
+            envelope = await promise.value()
+        except RestateTerminalError as exc:
+            if is_cancellation(exc):
+                raise
+            raise PromiseRejectedError(exc.message) from None
+        return envelope.get("value") if isinstance(envelope, dict) else envelope
+
+    async def complete_promise(self, name: str, value: Any, error: str | None) -> None:
+        self._take_seq()
+        promise = self._workflow_ctx("a durable promise").promise(name, type_hint=dict)
+        try:
+            if error is None:
+                # wrapped, so that a promise resolved with None reads as resolved
+                await promise.resolve({"value": _jsonable(value)})
+            else:
+                await promise.reject(error)
+        except RestateTerminalError as exc:
+            raise PromiseAlreadyCompletedError(self.saga_id, name) from exc
+
+    def wait_for_signal(self, name: str, timeout: float | None) -> Awaitable[Any]:
+        self._take_seq()
+        n = self._signal_waits.get(name, 0)
+        self._signal_waits[name] = n + 1
+        return self._wait_for_signal(name, n, timeout)
+
+    async def _wait_for_signal(self, name: str, n: int, timeout: float | None) -> Any:
+        ctx = self._workflow_ctx("waiting for a signal")
+        promise = ctx.promise(SIGNAL_PROMISE.format(name=name, n=n), type_hint=dict)
+        if timeout is None:
+            envelope = await promise.value()
+        else:
+            which, envelope = await restate.select(
+                signal=promise.value(), timer=ctx.sleep(timedelta(seconds=timeout))
+            )
+            if which == "timer":
+                raise SagaTimeoutError(f"no signal {name!r} within {timeout}s")
+        return envelope.get("payload") if isinstance(envelope, dict) else envelope
+
+    def received_signals(self) -> Awaitable[Any]:
+        raise SagaError("the declarative front end's input context is not supported on Restate yet")
+
+    # -- virtual-object state ----------------------------------------------------------------
+
+    def object_set(self, key: str, value: str | None) -> None:
+        if value is None:
+            self._ctx.clear(key)
+        else:
+            self._ctx.set(key, json.loads(value))
+
+    async def object_get(self, key: str) -> str | None:
+        value = await self._ctx.get(key, type_hint=object)
+        return None if value is None else serde.dumps(value)
+
+    async def object_peek(self, key: str) -> str | None:
+        raise SagaError(
+            "reading object state inside a step is not supported on Restate: read it in the "
+            "handler and pass it to the step"
+        )
+
+    def set_state(self, key: str, value: Any) -> None:
+        self._take_seq()
+        self._ctx.set(f"sagakit.state.{key}", _jsonable(value))
+
+    # -- parallel branches -------------------------------------------------------------------
+
+    async def gather(self, awaitables: Sequence[Awaitable[Any]], limit: int | None) -> Any:
+        # The SDK drives the journal from whichever coroutine awaits: two asyncio tasks
+        # awaiting at once compete for the server's messages and can hang. So step calls are
+        # started together and awaited as one (restate.gather: one poll loop); any other
+        # branch runs on its own, in order (not in parallel yet on Restate).
+        if all(isinstance(a, _StepCall) for a in awaitables):
+            calls = [a for a in awaitables if isinstance(a, _StepCall)]
+            futures: list[RestateDurableFuture[bytes]] = []
+            size = limit or len(calls) or 1
+            for first in range(0, len(calls), size):
+                # at most ``limit`` at once: a group starts when the one before it has ended
+                group = [self._start_step(call) for call in calls[first : first + size]]
+                await restate.gather(*group)
+                futures.extend(group)
+            branches = [self._step(c, f) for c, f in zip(calls, futures, strict=True)]
+        else:
+            branches = [a if isinstance(a, Coroutine) else _as_coroutine(a) for a in awaitables]
+        results: list[Any] = []
+        failure: BaseException | None = None
+        try:
+            for branch in branches:
+                # every branch runs to its end; the first failure by position is raised after
+                try:
+                    results.append(await branch)
+                except Exception as exc:
+                    failure = failure or exc
+                    results.append(None)
+        finally:
+            # a suspension (Restate's control flow) leaves the later branches unstarted: the
+            # next attempt replays them
+            for branch in branches[len(results) + 1 :]:
+                branch.close()
+        if failure is not None:
+            raise failure
+        return results
+
+    # -- child sagas -------------------------------------------------------------------------
+
+    def start_child(
+        self, workflow: SagaWorkflow[Any, Any], inp: Any, saga_id: str | None
+    ) -> Awaitable[str]:
+        seq = self._take_seq()
+        child_id = saga_id if saga_id is not None else default_child_id(self.saga_id, seq)
+        return self._start_child(workflow, inp, child_id)
+
+    async def _start_child(self, workflow: SagaWorkflow[Any, Any], inp: Any, child_id: str) -> str:
+        # a journaled one-way call to the child's Workflow: a replay does not start it again
+        body = serde.dumps(inp, what=f"the input of child saga {child_id!r}").encode()
+        handle = self._ctx.generic_send(workflow.name, "run", body, key=child_id)
+        self._children[child_id] = await handle.invocation_id()
+        return child_id
+
+    def child_result(
+        self, child_id: str, workflow: SagaWorkflow[Any, Any], timeout: float | None
+    ) -> Awaitable[Any]:
+        self._take_seq()
+        return self._child_result(child_id, workflow, timeout)
+
+    async def _child_result(
+        self, child_id: str, workflow: SagaWorkflow[Any, Any], timeout: float | None
+    ) -> Any:
+        invocation = self._children.get(child_id)
+        if invocation is None:
+            raise SagaError(
+                f"child saga {child_id!r} was not started by this saga run; on Restate wait for "
+                "a child through the handle saga.start_child returned"
+            )
+        attached = self._ctx.attach_invocation(invocation, serde=BytesSerde())
+        try:
+            if timeout is None:
+                raw = await attached
+            else:
+                which, raw = await restate.select(
+                    result=attached, timer=self._ctx.sleep(timedelta(seconds=timeout))
+                )
+                if which == "timer":
+                    raise SagaTimeoutError(f"child saga {child_id!r} did not end within {timeout}s")
+        except RestateTerminalError as exc:
+            error = outcome.decode(exc.metadata)
+            if error is None or is_cancellation(exc):
+                raise
+            raise outcome.error_from_json(child_id, error) from None
+        return workflow.output.validate(json.loads(raw))
+
+
+class _StepCall:
+    """A step called in the saga function and not awaited yet (``saga.gather`` starts several
+    together)."""
+
+    __slots__ = ("driver", "inp", "seq", "step")
+
+    def __init__(self, driver: RestateDriver, step: SagaStep[Any], seq: int, inp: Any):
+        self.driver = driver
+        self.step = step
+        self.seq = seq
+        self.inp = inp
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.driver._step(self, None).__await__()
+
+
+async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+__all__ = ["SIGNAL_PROMISE", "RestateDriver", "is_cancellation", "terminal"]
