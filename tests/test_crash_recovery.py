@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from sagakit import Engine, SagaSnapshot, SagaStatus
-from tests.processes import AppProcesses
+from tests.processes import WAIT, AppProcesses
 
 pytestmark = pytest.mark.slow
 
@@ -151,6 +151,12 @@ def test_sigkill_during_rollback_resumes_the_rollback(app: App) -> None:
         "start", "--saga", "rollback-1", json.dumps({"fail_at": 4}), "--block", "comp:S3"
     )
     app.wait_for(first, "the compensation of S3 to block", blocked("rollback-1", "comp", "S3"))
+    # a compensation's entry commits behind the next compensation (the rollback waits for the
+    # failure to be durable once): kill only once S4's undo, with COMPENSATING, is in the journal
+    deadline = time.monotonic() + WAIT
+    while app.snapshots("rollback-1")["rollback-1"].status != SagaStatus.COMPENSATING:
+        assert time.monotonic() < deadline, "the rollback's first entry never committed"
+        time.sleep(0.02)
     app.kill(first)
 
     before = app.snapshots("rollback-1")["rollback-1"]

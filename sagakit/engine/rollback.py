@@ -1,6 +1,9 @@
 """Rolling a saga back: its registered compensations in reverse order, each a journaled
 operation with its own retries, so that a crash in the middle of a rollback resumes it and never
-repeats a compensation that finished. Mixed into :class:`~sagakit.engine.run.SagaRun`."""
+repeats a compensation whose result was journaled. The rollback waits once for the failure that
+caused it to be durable; each compensation's entry then commits behind the next compensation
+(a crash in between runs that compensation again: compensations are at least once, like steps).
+Mixed into :class:`~sagakit.engine.run.SagaRun`."""
 
 from __future__ import annotations
 
