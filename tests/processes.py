@@ -4,6 +4,7 @@ output when a test fails. Every wait is bounded: a bug fails the test, it never 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -11,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,18 @@ class AppProcesses:
             if time.monotonic() > deadline:
                 pytest.fail(f"timed out after {WAIT}s waiting for {what}:\n{self.describe(proc)}")
             time.sleep(0.02)
+
+    async def until(
+        self, proc: subprocess.Popen[bytes], what: str, check: Callable[[], Awaitable[bool]]
+    ) -> None:
+        """``wait_until`` for a check that reads the database (from async test code)."""
+        deadline = time.monotonic() + WAIT
+        while not await check():
+            if proc.poll() is not None:
+                pytest.fail(f"the process exited before {what}:\n{self.describe(proc)}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {WAIT}s waiting for {what}:\n{self.describe(proc)}")
+            await asyncio.sleep(0.02)
 
     def kill(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.poll() is None, f"expected a live process to kill:\n{self.describe(proc)}"

@@ -9,11 +9,9 @@ operator is the test process itself: an engine on the same database that runs no
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ import pytest
 
 from sagakit import SagaSnapshot, SagaStatus
 from tests.conftest import make_engine
-from tests.processes import WAIT, AppProcesses, journal_rows, step_pids
+from tests.processes import AppProcesses, journal_rows, step_pids
 
 pytestmark = pytest.mark.slow
 
@@ -46,18 +44,6 @@ class Workers(AppProcesses):
             path.write_text("on")
         else:
             path.unlink()
-
-    async def until(
-        self, proc: subprocess.Popen[bytes], what: str, check: Callable[[], Awaitable[bool]]
-    ) -> None:
-        """Poll ``check`` until it holds; fail if ``proc`` dies or time runs out."""
-        deadline = time.monotonic() + WAIT
-        while not await check():
-            if proc.poll() is not None:
-                pytest.fail(f"the process exited before {what}:\n{self.describe(proc)}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {WAIT}s waiting for {what}:\n{self.describe(proc)}")
-            await asyncio.sleep(0.02)
 
     async def blocked_in(self, proc: subprocess.Popen[bytes], step: str) -> None:
         marker = self.markers / f"{step}.blocked"
