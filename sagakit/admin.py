@@ -62,6 +62,7 @@ LIFECYCLE = (
     SagaStatus.CANCELLED,
 )
 _MAX_LIMIT = 1000
+_MICROSECOND = 1e-6
 #: compensation data that means "nothing to undo" (a skipped step did nothing to undo)
 _NOTHING_TO_COMPENSATE = "null"
 
@@ -130,7 +131,7 @@ class SagaAdmin:
         where = SagaFilter(
             status=_status(status),
             name=name,
-            created_after=_epoch(created_after, "created_after"),
+            created_after=_epoch(created_after, "created_after", inclusive=True),
             created_before=_epoch(created_before, "created_before"),
             after=None if cursor is None else _decode_cursor(cursor),
         )
@@ -499,13 +500,15 @@ def _status(status: str | None) -> str | None:
         raise SagaValidationError(f"unknown status {status!r}; use one of {choices}") from None
 
 
-def _epoch(value: datetime | float | None, what: str) -> float | None:
+def _epoch(value: datetime | float | None, what: str, *, inclusive: bool = False) -> float | None:
     if value is None:
         return None
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
-        return value.timestamp()
+        # a datetime holds microseconds, a saga's created_at finer: the saga whose created_at
+        # shows as this datetime (rounded to the microsecond) must be "at or after" it
+        return value.timestamp() - (_MICROSECOND if inclusive else 0.0)
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     raise SagaValidationError(f"{what} must be a datetime or an epoch time, got {value!r}")

@@ -1270,6 +1270,17 @@ async def test_list_sagas_filters(store_url: str) -> None:
         assert records[ids[0]].created_at <= records[ids[1]].created_at
 
 
+async def test_a_sagas_shown_creation_time_finds_it_as_created_after(store_url: str) -> None:
+    # a snapshot's created_at is rounded to the microsecond, half the time upwards: an operator
+    # who copies it into created_after must still find that saga
+    async with make_engine(store_url, worker=False) as engine:
+        ids = await make_sagas(engine, 40)
+        for saga_id in ids:
+            shown = (await engine.admin.get_saga(saga_id)).created_at
+            found = await engine.admin.list_sagas(created_after=shown, limit=1000)
+            assert saga_id in {s.saga_id for s in found}
+
+
 async def test_list_sagas_refuses_bad_arguments(store_url: str) -> None:
     async with make_engine(store_url, worker=False) as engine:
         await make_sagas(engine, 3)
