@@ -330,6 +330,61 @@ async def branches(saga: SagaContext, inp: Any) -> list[Any]:
     return [mixed, limited]
 
 
+# -- parallel branches of several operations -----------------------------------------------
+
+
+async def undo_leg(data: Any, failed: bool = False) -> None:
+    note(data["saga"], "undo", data["name"], failed)
+
+
+@saga_step("leg", compensate=undo_leg, retry=FAST)
+async def leg(ctx: SagaContext, inp: dict[str, Any]) -> Any:
+    note(ctx.saga_id, "start", inp["name"])
+    await asyncio.sleep(inp["seconds"])
+    note(ctx.saga_id, "end", inp["name"])
+    if inp["fail"]:
+        raise TerminalError(f"{inp['name']} refused")
+    return StepResponse(output=inp["name"], compensation_data=inp)
+
+
+async def trip(saga: SagaContext, branch: str, inp: dict[str, Any]) -> list[str]:
+    """A branch of ``inp["steps"]`` legs, each taking ``inp["seconds"]``."""
+    done: list[str] = []
+    for k in range(inp["steps"]):
+        name = f"{branch}{k}"
+        leg_input = {
+            "saga": saga.saga_id,
+            "name": name,
+            "seconds": inp["seconds"],
+            "fail": name == inp.get("fail"),
+        }
+        done.append(await leg(saga, leg_input))
+    return done
+
+
+@saga_workflow("Trips")
+async def trips(saga: SagaContext, inp: dict[str, Any]) -> list[Any]:
+    return await saga.gather(*(trip(saga, b, inp) for b in "abc"), limit=inp.get("limit"))
+
+
+async def nested_trips(saga: SagaContext, inp: dict[str, Any]) -> list[Any]:
+    return await saga.gather(trip(saga, "x", inp), trip(saga, "y", inp))
+
+
+async def signalled_trip(saga: SagaContext, inp: dict[str, Any]) -> list[Any]:
+    payload = await saga.wait_for_signal("go")
+    await saga.sleep(timedelta(milliseconds=50))
+    return [payload, *(await trip(saga, "s", {**inp, "steps": 1}))]
+
+
+@saga_workflow("MixedBranches")
+async def mixed_branches(saga: SagaContext, inp: dict[str, Any]) -> list[Any]:
+    # a branch that waits for a signal and sleeps, one with a gather of its own, one of steps
+    return await saga.gather(
+        signalled_trip(saga, inp), nested_trips(saga, inp), trip(saga, "a", inp)
+    )
+
+
 # -- the declarative front end ---------------------------------------------------------------
 
 
@@ -457,6 +512,8 @@ DEFINITIONS: list[Any] = [
     declarative,
     timed_out,
     branches,
+    trips,
+    mixed_branches,
     inventory,
     checkout,
     holds,

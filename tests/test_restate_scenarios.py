@@ -367,6 +367,95 @@ async def test_parallel_branches_of_several_operations(backend: Backend) -> None
     assert sorted(e[2] for e in did(sid)) == [0, 1, 1, 2, 2, 3, 10, 20]
 
 
+def _most_in_flight(events: list[tuple[Any, ...]]) -> int:
+    """The most legs that had started and not ended at one time, from the ledger's order."""
+    running = most = 0
+    for event in events:
+        if event[0] == "start":
+            running += 1
+            most = max(most, running)
+        elif event[0] == "end":
+            running -= 1
+    return most
+
+
+async def test_branches_of_several_steps_run_in_parallel(backend: Backend) -> None:
+    from .restate_scenarios_app import trips
+
+    sid = new_id()
+    result = await backend.run(trips, {"steps": 2, "seconds": 0.2}, sid)
+    assert result == [["a0", "a1"], ["b0", "b1"], ["c0", "c1"]]
+    # each leg of a round started before any leg of it ended: the branches overlapped
+    assert _most_in_flight(LEDGER[sid]) == 3
+    # and each leg ran once
+    assert sorted(e[1] for e in LEDGER[sid] if e[0] == "end") == [
+        "a0",
+        "a1",
+        "b0",
+        "b1",
+        "c0",
+        "c1",
+    ]
+
+
+async def test_a_failing_branch_lets_the_others_end_then_everything_is_undone(
+    backend: Backend,
+) -> None:
+    from .restate_scenarios_app import trips
+
+    sid = new_id()
+    with pytest.raises(SagaCompensatedError, match="b1 refused"):
+        await backend.run(trips, {"steps": 2, "seconds": 0.05, "fail": "b1"}, sid)
+    assert sorted(e[1] for e in LEDGER[sid] if e[0] == "end") == [
+        "a0",
+        "a1",
+        "b0",
+        "b1",
+        "c0",
+        "c1",
+    ]
+    # latest round first, last branch first within a round; the failed hybrid leg is undone
+    assert did(sid, "undo") == [
+        ("undo", "c1", False),
+        ("undo", "b1", True),
+        ("undo", "a1", False),
+        ("undo", "c0", False),
+        ("undo", "b0", False),
+        ("undo", "a0", False),
+    ]
+
+
+async def test_a_limit_keeps_branches_of_several_steps_in_bounds(backend: Backend) -> None:
+    from .restate_scenarios_app import trips
+
+    sid = new_id()
+    result = await backend.run(trips, {"steps": 2, "seconds": 0.1, "limit": 2}, sid)
+    assert result == [["a0", "a1"], ["b0", "b1"], ["c0", "c1"]]
+    assert _most_in_flight(LEDGER[sid]) == 2
+
+
+async def test_branches_that_wait_for_signals_sleep_and_gather(backend: Backend) -> None:
+    from .restate_scenarios_app import mixed_branches
+
+    sid = new_id()
+    await backend.start(mixed_branches, {"steps": 2, "seconds": 0.05}, sid)
+    await backend.signal(mixed_branches, sid, "go", "green")
+    assert await asyncio.wait_for(backend.result(mixed_branches, sid), 30) == [
+        ["green", "s0"],
+        [["x0", "x1"], ["y0", "y1"]],
+        ["a0", "a1"],
+    ]
+    assert sorted(e[1] for e in LEDGER[sid] if e[0] == "end") == [
+        "a0",
+        "a1",
+        "s0",
+        "x0",
+        "x1",
+        "y0",
+        "y1",
+    ]
+
+
 async def test_a_declarative_saga_and_its_on_reject_hook(backend: Backend) -> None:
     from .restate_scenarios_app import declarative
 

@@ -36,6 +36,7 @@ from ..retry import DEFAULT_RETRY
 from ..steps import SagaStep
 from ..workflows import SagaWorkflow
 from . import outcome
+from .branches import BranchTurns, settle
 from .retries import run_options
 from .steps import (
     NOTHING_TO_COMPENSATE,
@@ -117,12 +118,14 @@ class RestateDriver:
             step.name, attempt_step, options, self, step, call.seq, call.inp, terminal
         )
 
-    async def _step(self, call: _StepCall, started: RestateDurableFuture[bytes] | None) -> Any:
+    async def _step(self, call: _StepCall) -> Any:
         step, seq, inp = call.step, call.seq, call.inp
         hybrid = step.compensate is not None and not step.strict
         policy = step.retry or DEFAULT_RETRY
+        future = self._start_step(call)
         try:
-            raw = await (started if started is not None else self._start_step(call))
+            await settle(future)
+            raw = await future
         except RestateTerminalError as exc:
             # the retries ran out (or the invocation was cancelled): the attempts may have
             # done part of the work, which a hybrid step's compensation undoes
@@ -194,8 +197,9 @@ class RestateDriver:
         async def action() -> bytes:
             return serde.dumps(produce()).encode()
 
-        raw = await self._ctx.run_typed(kind, action, restate.RunOptions(serde=BytesSerde()))
-        return json.loads(raw)
+        future = self._ctx.run_typed(kind, action, restate.RunOptions(serde=BytesSerde()))
+        await settle(future)
+        return json.loads(await future)
 
     # -- waiting -----------------------------------------------------------------------------
 
@@ -204,7 +208,9 @@ class RestateDriver:
         return self._sleep(seconds)
 
     async def _sleep(self, seconds: float) -> None:
-        await self._ctx.sleep(timedelta(seconds=seconds))
+        timer = self._ctx.sleep(timedelta(seconds=seconds))
+        await settle(timer)
+        await timer
 
     def _workflow_ctx(self, what: str) -> restate.WorkflowContext:
         if self._workflow is None:
@@ -216,9 +222,10 @@ class RestateDriver:
         return self._promise_value(name)
 
     async def _promise_value(self, name: str) -> Any:
-        promise = self._workflow_ctx("a durable promise").promise(name, type_hint=dict)
+        value = self._workflow_ctx("a durable promise").promise(name, type_hint=dict).value()
         try:
-            envelope = await promise.value()
+            await settle(value)
+            envelope = await value
         except RestateTerminalError as exc:
             if is_cancellation(exc):
                 raise
@@ -246,12 +253,14 @@ class RestateDriver:
     async def _wait_for_signal(self, name: str, n: int, timeout: float | None) -> Any:
         ctx = self._workflow_ctx("waiting for a signal")
         promise = ctx.promise(SIGNAL_PROMISE.format(name=name, n=n), type_hint=dict)
+        value = promise.value()
         if timeout is None:
-            envelope = await promise.value()
+            await settle(value)
+            envelope = await value
         else:
-            which, envelope = await restate.select(
-                signal=promise.value(), timer=ctx.sleep(timedelta(seconds=timeout))
-            )
+            timer = ctx.sleep(timedelta(seconds=timeout))
+            await settle(value, timer)
+            which, envelope = await restate.select(signal=value, timer=timer)
             if which == "timer":
                 raise SagaTimeoutError(f"no signal {name!r} within {timeout}s")
         return envelope.get("payload") if isinstance(envelope, dict) else envelope
@@ -284,40 +293,13 @@ class RestateDriver:
     # -- parallel branches -------------------------------------------------------------------
 
     async def gather(self, awaitables: Sequence[Awaitable[Any]], limit: int | None) -> Any:
-        # The SDK drives the journal from whichever coroutine awaits: two asyncio tasks
-        # awaiting at once compete for the server's messages and can hang. So step calls are
-        # started together and awaited as one (restate.gather: one poll loop); any other
-        # branch runs on its own, in order (not in parallel yet on Restate).
-        if all(isinstance(a, _StepCall) for a in awaitables):
-            calls = [a for a in awaitables if isinstance(a, _StepCall)]
-            futures: list[RestateDurableFuture[bytes]] = []
-            size = limit or len(calls) or 1
-            for first in range(0, len(calls), size):
-                # at most ``limit`` at once: a group starts when the one before it has ended
-                group = [self._start_step(call) for call in calls[first : first + size]]
-                await restate.gather(*group)
-                futures.extend(group)
-            branches = [self._step(c, f) for c, f in zip(calls, futures, strict=True)]
-        else:
-            branches = [a if isinstance(a, Coroutine) else _as_coroutine(a) for a in awaitables]
-        results: list[Any] = []
-        failure: BaseException | None = None
-        try:
-            for branch in branches:
-                # every branch runs to its end; the first failure by position is raised after
-                try:
-                    results.append(await branch)
-                except Exception as exc:
-                    failure = failure or exc
-                    results.append(None)
-        finally:
-            # a suspension (Restate's control flow) leaves the later branches unstarted: the
-            # next attempt replays them
-            for branch in branches[len(results) + 1 :]:
-                branch.close()
-        if failure is not None:
-            raise failure
-        return results
+        branches = [a if isinstance(a, Coroutine) else _as_coroutine(a) for a in awaitables]
+        ended = await BranchTurns(branches, limit).run()
+        # every branch ran to its end; the first failure by position is raised
+        for end in ended:
+            if end.error is not None:
+                raise end.error
+        return [end.value for end in ended]
 
     # -- child sagas -------------------------------------------------------------------------
 
@@ -353,11 +335,12 @@ class RestateDriver:
         attached = self._ctx.attach_invocation(invocation, serde=BytesSerde())
         try:
             if timeout is None:
+                await settle(attached)
                 raw = await attached
             else:
-                which, raw = await restate.select(
-                    result=attached, timer=self._ctx.sleep(timedelta(seconds=timeout))
-                )
+                timer = self._ctx.sleep(timedelta(seconds=timeout))
+                await settle(attached, timer)
+                which, raw = await restate.select(result=attached, timer=timer)
                 if which == "timer":
                     raise SagaTimeoutError(f"child saga {child_id!r} did not end within {timeout}s")
         except RestateTerminalError as exc:
@@ -369,8 +352,8 @@ class RestateDriver:
 
 
 class _StepCall:
-    """A step called in the saga function and not awaited yet (``saga.gather`` starts several
-    together)."""
+    """A step called in the saga function: its number is taken at the call, its run is journaled
+    when it is awaited."""
 
     __slots__ = ("driver", "inp", "seq", "step")
 
@@ -381,7 +364,7 @@ class _StepCall:
         self.inp = inp
 
     def __await__(self) -> Generator[Any, None, Any]:
-        return self.driver._step(self, None).__await__()
+        return self.driver._step(self).__await__()
 
 
 async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:
