@@ -177,6 +177,10 @@ class SagaNotFoundError(SagaError, LookupError):
         self.saga_id = saga_id
 
 
+#: the message of the error a saga gets when it runs past its deadline
+PAST_DEADLINE = "the saga ran past its deadline (SagaWorkflowOptions.deadline)"
+
+
 class SagaTimeoutError(TerminalError):
     """A wait ran past its ``timeout``, or the saga past its deadline
     (``SagaWorkflowOptions(deadline=...)``). Terminal: the saga rolls back unless it catches

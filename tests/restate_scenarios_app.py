@@ -21,6 +21,7 @@ from sagakit import (
     SagaBuilder,
     SagaCompensatedError,
     SagaContext,
+    SagaWorkflowOptions,
     StepResponse,
     TerminalError,
     create_saga_long_workflow,
@@ -281,6 +282,30 @@ async def impatient(saga: SagaContext, inp: Any) -> Any:
     return await saga.wait_for_signal("never", timeout=timedelta(seconds=0.2))
 
 
+@saga_step("dawdle")
+async def dawdle(ctx: SagaContext, inp: float) -> str:
+    note(ctx.saga_id, "do", "dawdle")
+    await asyncio.sleep(inp)
+    note(ctx.saga_id, "do", "dawdled")  # never, when the deadline cuts the step
+    return "late"
+
+
+@saga_workflow("Hurried", options=SagaWorkflowOptions(deadline=timedelta(seconds=1)))
+async def hurried(saga: SagaContext, inp: str) -> Any:
+    """Bounded by a deadline of 1 s; the input says what runs into it."""
+    await book(saga, None)
+    if inp == "step":
+        return await dawdle(saga, 10)
+    if inp == "signal":
+        return await saga.wait_for_signal("never")
+    if inp == "sleep":
+        await saga.sleep(timedelta(seconds=30))
+    if inp == "in time":
+        await saga.sleep(timedelta(milliseconds=50))
+        return await dawdle(saga, 0.05)
+    return inp
+
+
 @saga_workflow("NotJson")
 async def not_json(saga: SagaContext, inp: Any) -> Any:
     await book(saga, None)
@@ -530,5 +555,6 @@ DEFINITIONS: list[Any] = [
     typed,
     values,
     impatient,
+    hurried,
     not_json,
 ]

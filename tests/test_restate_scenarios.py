@@ -524,6 +524,28 @@ async def test_a_signal_that_never_comes_times_out(backend: Backend) -> None:
     assert did(sid, "undo") == [("undo", "book", False)]
 
 
+async def test_a_saga_that_ends_before_its_deadline(backend: Backend) -> None:
+    from .restate_scenarios_app import hurried
+
+    sid = new_id()
+    assert await backend.run(hurried, "in time", sid) == "late"
+    assert did(sid) == [("do", "book"), ("do", "dawdle"), ("do", "dawdled")]
+
+
+@pytest.mark.parametrize("what", ["step", "signal", "sleep"])
+async def test_the_deadline_cuts_the_saga_and_it_rolls_back(backend: Backend, what: str) -> None:
+    from .restate_scenarios_app import hurried
+
+    sid = new_id()
+    with pytest.raises(SagaCompensatedError, match="deadline") as caught:
+        await asyncio.wait_for(backend.run(hurried, what, sid), 30)
+    assert caught.value.cause_type == "SagaTimeoutError"
+    assert did(sid, "undo") == [("undo", "book", False)]
+    # a step cut by the deadline did not finish, and is not run again
+    assert ("do", "dawdled") not in did(sid)
+    assert did(sid).count(("do", "dawdle")) == (1 if what == "step" else 0)
+
+
 async def test_a_rejected_promise_rolls_the_saga_back(backend: Backend) -> None:
     from .restate_scenarios_app import approval
 

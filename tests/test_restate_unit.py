@@ -18,7 +18,6 @@ from sagakit import (
     SagaContext,
     SagaError,
     SagaValidationError,
-    SagaWorkflowOptions,
     create_saga_long_workflow,
     saga_workflow,
 )
@@ -75,13 +74,6 @@ def test_an_exhausted_run_keeps_the_last_errors_type() -> None:
 
 
 def test_app_refuses_what_it_cannot_serve() -> None:
-    @saga_workflow("WithDeadline", options=SagaWorkflowOptions(deadline=timedelta(seconds=5)))
-    async def with_deadline(saga: SagaContext, inp: Any) -> None:
-        return None
-
-    with pytest.raises(SagaError, match="deadline"):
-        sagakit.restate.app(with_deadline)
-
     long = create_saga_long_workflow("Reserved")
 
     @long.main()

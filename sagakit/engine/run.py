@@ -21,6 +21,7 @@ from typing import Any
 from .. import serde
 from ..context import SagaContext
 from ..errors import (
+    PAST_DEADLINE,
     Drained,
     ErrorInfo,
     EventsArrived,
@@ -61,7 +62,6 @@ from .waits import PendingWait, WaitsMixin, object_scope
 
 log = logging.getLogger("sagakit.engine")
 
-_PAST_DEADLINE = "the saga ran past its deadline (SagaWorkflowOptions.deadline)"
 
 #: JSON text stored as a step's compensation data when the step said "nothing to compensate"
 NOTHING_TO_COMPENSATE = "null"
@@ -420,7 +420,7 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
             ctx = SagaContext(self, step_seq=seq, step_name=step.name, attempt=attempt)
             left = None if self._deadline_at is None else self._deadline_at - time.time()
             if left is not None and left <= 0:
-                info = ErrorInfo("SagaTimeoutError", _PAST_DEADLINE, step.name, seq)
+                info = ErrorInfo("SagaTimeoutError", PAST_DEADLINE, step.name, seq)
                 return await self._finish_step(
                     step, seq, attempt - 1, started, EntryStatus.FAILED, None, None, info
                 )
@@ -438,7 +438,7 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
                 terminal = terminal_form(exc)
                 timed_out = deadline.expired()
                 if timed_out and cut_by_deadline:
-                    info = ErrorInfo("SagaTimeoutError", _PAST_DEADLINE, step.name, seq)
+                    info = ErrorInfo("SagaTimeoutError", PAST_DEADLINE, step.name, seq)
                     return await self._finish_step(
                         step, seq, attempt, started, EntryStatus.FAILED, None, None, info
                     )

@@ -20,6 +20,7 @@ from typing import Any
 
 from .. import serde
 from ..errors import (
+    PAST_DEADLINE,
     ErrorInfo,
     EventsArrived,
     PromiseAlreadyCompletedError,
@@ -276,8 +277,7 @@ class WaitsMixin(RunCore):
                 message = f"no {kind} {name!r} arrived within its timeout"
                 error = ErrorInfo("SagaTimeoutError", message, name, seq)
         else:
-            message = "the saga ran past its deadline (SagaWorkflowOptions.deadline)"
-            error = ErrorInfo("SagaTimeoutError", message, name, seq)
+            error = ErrorInfo("SagaTimeoutError", PAST_DEADLINE, name, seq)
         if error is not None:
             await self._write(self._failed(seq, kind, name, error, begun), clear, guard=seen)
             raise _recorded_failure(self._journal[seq])

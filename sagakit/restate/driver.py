@@ -11,6 +11,7 @@ journal holds, so this driver keeps nothing between attempts; its own sequence n
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from datetime import timedelta
 from typing import Any
@@ -24,6 +25,7 @@ from .. import serde
 from ..engine.children import default_child_id
 from ..engine.outcome import _Compensation, terminal_form
 from ..errors import (
+    PAST_DEADLINE,
     ErrorInfo,
     PromiseAlreadyCompletedError,
     PromiseRejectedError,
@@ -92,6 +94,39 @@ class RestateDriver:
         self._signal_waits: dict[str, int] = {}
         #: child saga id -> its Restate invocation id, for this run
         self._children: dict[str, str] = {}
+        #: the saga's deadline (SagaWorkflowOptions.deadline): when, and its durable timer
+        self._deadline_at: float | None = None
+        self._deadline: RestateDurableFuture[None] | None = None
+
+    async def start_deadline(self, deadline: timedelta) -> None:
+        """Bound the saga by ``deadline`` from its first run: a durable timer every wait races,
+        and a time every step attempt is cut at. Compensations are not bounded."""
+        self._deadline = self._ctx.sleep(deadline)
+        started = await self._ctx.run_typed("sagakit.started", _now)
+        self._deadline_at = started + deadline.total_seconds()
+
+    async def _race(
+        self,
+        value: RestateDurableFuture[Any],
+        timer: RestateDurableFuture[None] | None = None,
+        timed_out: str = "",
+    ) -> Any:
+        """What ``value`` gives, unless ``timer`` (the wait's own timeout) or the saga's
+        deadline comes first: then a terminal :class:`SagaTimeoutError`."""
+        contenders: dict[str, RestateDurableFuture[Any]] = {"value": value}
+        if timer is not None:
+            contenders["timer"] = timer
+        if self._deadline is not None:
+            contenders["deadline"] = self._deadline
+        await settle(*contenders.values())
+        if len(contenders) == 1:
+            return await value
+        which, result = await restate.select(**contenders)
+        if which == "timer":
+            raise SagaTimeoutError(timed_out)
+        if which == "deadline":
+            raise SagaTimeoutError(PAST_DEADLINE)
+        return result
 
     def _take_seq(self) -> int:
         seq = self._next_seq
@@ -115,7 +150,15 @@ class RestateDriver:
         step = call.step
         options = run_options(step.retry or DEFAULT_RETRY)
         return self._ctx.run_typed(
-            step.name, attempt_step, options, self, step, call.seq, call.inp, terminal
+            step.name,
+            attempt_step,
+            options,
+            self,
+            step,
+            call.seq,
+            call.inp,
+            terminal,
+            self._deadline_at,
         )
 
     async def _step(self, call: _StepCall) -> Any:
@@ -165,6 +208,7 @@ class RestateDriver:
         """Run the registered compensations in reverse order, each a journaled run with its own
         retries; one that fails for good does not stop the others. Returns the failures."""
         failures: list[ErrorInfo] = []
+        self._deadline_at = self._deadline = None  # like the embedded engine's: not bounded
         for compensation in sorted(self._compensations.values(), key=lambda c: -c.seq):
             step = compensation.step
             seq = self._take_seq()
@@ -208,9 +252,8 @@ class RestateDriver:
         return self._sleep(seconds)
 
     async def _sleep(self, seconds: float) -> None:
-        timer = self._ctx.sleep(timedelta(seconds=seconds))
-        await settle(timer)
-        await timer
+        # a sleep that ends at the deadline ends normally (the deadline is the later contender)
+        await self._race(self._ctx.sleep(timedelta(seconds=seconds)))
 
     def _workflow_ctx(self, what: str) -> restate.WorkflowContext:
         if self._workflow is None:
@@ -224,8 +267,7 @@ class RestateDriver:
     async def _promise_value(self, name: str) -> Any:
         value = self._workflow_ctx("a durable promise").promise(name, type_hint=dict).value()
         try:
-            await settle(value)
-            envelope = await value
+            envelope = await self._race(value)
         except RestateTerminalError as exc:
             if is_cancellation(exc):
                 raise
@@ -253,16 +295,9 @@ class RestateDriver:
     async def _wait_for_signal(self, name: str, n: int, timeout: float | None) -> Any:
         ctx = self._workflow_ctx("waiting for a signal")
         promise = ctx.promise(SIGNAL_PROMISE.format(name=name, n=n), type_hint=dict)
-        value = promise.value()
-        if timeout is None:
-            await settle(value)
-            envelope = await value
-        else:
-            timer = ctx.sleep(timedelta(seconds=timeout))
-            await settle(value, timer)
-            which, envelope = await restate.select(signal=value, timer=timer)
-            if which == "timer":
-                raise SagaTimeoutError(f"no signal {name!r} within {timeout}s")
+        timer = None if timeout is None else ctx.sleep(timedelta(seconds=timeout))
+        message = f"no signal {name!r} within {timeout}s"
+        envelope = await self._race(promise.value(), timer, message)
         return envelope.get("payload") if isinstance(envelope, dict) else envelope
 
     def received_signals(self) -> Awaitable[Any]:
@@ -334,15 +369,9 @@ class RestateDriver:
             )
         attached = self._ctx.attach_invocation(invocation, serde=BytesSerde())
         try:
-            if timeout is None:
-                await settle(attached)
-                raw = await attached
-            else:
-                timer = self._ctx.sleep(timedelta(seconds=timeout))
-                await settle(attached, timer)
-                which, raw = await restate.select(result=attached, timer=timer)
-                if which == "timer":
-                    raise SagaTimeoutError(f"child saga {child_id!r} did not end within {timeout}s")
+            timer = None if timeout is None else self._ctx.sleep(timedelta(seconds=timeout))
+            message = f"child saga {child_id!r} did not end within {timeout}s"
+            raw = await self._race(attached, timer, message)
         except RestateTerminalError as exc:
             error = outcome.decode(exc.metadata)
             if error is None or is_cancellation(exc):
@@ -365,6 +394,10 @@ class _StepCall:
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self.driver._step(self).__await__()
+
+
+async def _now() -> float:
+    return time.time()
 
 
 async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:

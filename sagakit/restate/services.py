@@ -49,6 +49,8 @@ async def run_saga(
             str(exc), status_code=outcome.INVALID_INPUT_STATUS, metadata=outcome.encode(error)
         ) from None
     driver = RestateDriver(ctx, saga_id, workflow_ctx)
+    if workflow.options.deadline is not None:
+        await driver.start_deadline(workflow.options.deadline)
     try:
         result = await workflow.function(SagaContext(driver), value)
         # checked here, not left to the SDK: a saga whose output is not JSON rolls back
@@ -118,11 +120,6 @@ async def deliver_signal(ctx: restate.WorkflowSharedContext, name: str, payload:
 def saga_service(workflow: SagaWorkflow[Any, Any]) -> restate.Workflow:
     """The Restate Workflow that serves ``workflow``."""
     workflow.check_ready()
-    if workflow.options.deadline is not None:
-        raise SagaError(
-            f"workflow {workflow.name!r} has a deadline, which sagakit.restate does not enforce "
-            "yet; give its waits a timeout instead, or run it on the embedded engine"
-        )
     service = restate.Workflow(workflow.name, description=workflow.options.description)
     json_io: dict[str, Any] = {"input_serde": JsonSerde(), "output_serde": JsonSerde()}
 

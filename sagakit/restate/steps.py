@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,7 @@ from restate.exceptions import TerminalError as RestateTerminalError
 
 from .. import serde
 from ..context import RunDriver, SagaContext
-from ..errors import ErrorInfo, OutputNotSerializableError
+from ..errors import PAST_DEADLINE, ErrorInfo, OutputNotSerializableError
 from ..objects import operation_writes
 from ..steps import UNSET, SagaStep, StepResponse
 
@@ -95,19 +96,34 @@ def _compensation_json(response: StepResponse[Any], raw: Any) -> str | None:
 
 
 async def attempt_step(
-    driver: RunDriver, step: SagaStep[Any], seq: int, inp: Any, terminal: Any
+    driver: RunDriver,
+    step: SagaStep[Any],
+    seq: int,
+    inp: Any,
+    terminal: Any,
+    deadline_at: float | None,
 ) -> bytes:
     """One attempt of ``step``, inside ``ctx.run``: its journaled record, or an exception for
-    Restate to retry. ``terminal(exc)`` is the terminal form of an error, or None."""
+    Restate to retry. ``terminal(exc)`` is the terminal form of an error, or None. An attempt
+    is cut at the step's timeout or at the saga's deadline (``deadline_at``), whichever is
+    first; cut by the deadline, the step fails for good."""
     # the attempt number is Restate's to know (each retry is a new invocation attempt)
     ctx = SagaContext(driver, step_seq=seq, step_name=step.name, attempt=0)
+    left = None if deadline_at is None else deadline_at - time.time()
+    past_deadline = ErrorInfo("SagaTimeoutError", PAST_DEADLINE, step.name, seq)
+    if left is not None and left <= 0:
+        return _encode("failed", error=past_deadline)
+    cut_by_deadline = left is not None and (step.timeout is None or left < step.timeout)
+    limit = asyncio.timeout(left if cut_by_deadline else step.timeout)
     writes: list[tuple[str, str | None]] = []
     token = operation_writes.set(writes)
     try:
         value = step.input.validate(inp)
-        async with asyncio.timeout(step.timeout):
+        async with limit:
             result = await step.run(ctx, value)
     except Exception as exc:
+        if cut_by_deadline and limit.expired():
+            return _encode("failed", error=past_deadline)
         final = terminal(exc)
         if final is None:
             # Restate retries the run with the step's policy
