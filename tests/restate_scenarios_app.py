@@ -355,6 +355,32 @@ async def branches(saga: SagaContext, inp: Any) -> list[Any]:
     return [mixed, limited]
 
 
+# -- parking a step for an operator ----------------------------------------------------------
+
+#: saga id -> whether step "stubborn" still fails (a test mends it before retrying)
+BROKEN: dict[str, bool] = defaultdict(lambda: True)
+
+
+async def undo_stubborn(data: Any, failed: bool) -> None:
+    note(data["saga"], "undo", "stubborn", failed)
+
+
+@saga_step("stubborn", compensate=undo_stubborn, retry=TWO_FAST, on_exhausted="park")
+async def stubborn(ctx: SagaContext, inp: dict[str, Any]) -> Any:
+    note(ctx.saga_id, "do", "stubborn")
+    if BROKEN[ctx.saga_id]:
+        raise ValueError("the warehouse does not answer")
+    return {"fixed": True}
+
+
+@saga_workflow("Parking")
+async def parking(saga: SagaContext, inp: Any) -> Any:
+    await book(saga, None)
+    out = await stubborn(saga, {"saga": saga.saga_id})
+    await mark(saga, "after")
+    return out
+
+
 # -- parallel branches of several operations -----------------------------------------------
 
 
@@ -556,5 +582,6 @@ DEFINITIONS: list[Any] = [
     values,
     impatient,
     hurried,
+    parking,
     not_json,
 ]

@@ -20,6 +20,8 @@ from sagakit import (
     CompensationFailedError,
     Engine,
     SagaCompensatedError,
+    SagaError,
+    SagaStatus,
     SagaValidationError,
 )
 from sagakit.restate import RestateSagaClient
@@ -55,6 +57,12 @@ class Backend:
     async def object_call(self, obj: Any, key: str, handler: str, inp: Any) -> Any:
         raise NotImplementedError
 
+    async def parked_steps(self, workflow: Any, saga_id: str) -> list[str]:
+        raise NotImplementedError
+
+    async def operate(self, workflow: Any, saga_id: str, action: str, output: Any = None) -> None:
+        raise NotImplementedError
+
 
 class EmbeddedBackend(Backend):
     name = "embedded"
@@ -77,6 +85,21 @@ class EmbeddedBackend(Backend):
     async def object_call(self, obj: Any, key: str, handler: str, inp: Any) -> Any:
         return await self.engine.call_object(obj.name, key, handler, inp, timeout=30)
 
+    async def parked_steps(self, workflow: Any, saga_id: str) -> list[str]:
+        snapshot = await self.engine.get(saga_id)
+        if snapshot.status != SagaStatus.PARKED:
+            return []
+        return [s.name for s in snapshot.steps if s.kind == "step" and s.status == "failed"]
+
+    async def operate(self, workflow: Any, saga_id: str, action: str, output: Any = None) -> None:
+        admin = self.engine.admin
+        if action == "retry":
+            await admin.retry_step(saga_id)
+        elif action == "skip":
+            await admin.skip_step(saga_id, output)
+        else:
+            await admin.compensate(saga_id)
+
 
 class RestateBackend(Backend):
     name = "restate"
@@ -98,6 +121,17 @@ class RestateBackend(Backend):
 
     async def object_call(self, obj: Any, key: str, handler: str, inp: Any) -> Any:
         return await self.client.object_call(obj, key, handler, inp)
+
+    async def parked_steps(self, workflow: Any, saga_id: str) -> list[str]:
+        return [entry["step"] for entry in await self.client.parked(workflow, saga_id)]
+
+    async def operate(self, workflow: Any, saga_id: str, action: str, output: Any = None) -> None:
+        if action == "retry":
+            await self.client.retry_step(workflow, saga_id)
+        elif action == "skip":
+            await self.client.skip_step(workflow, saga_id, output)
+        else:
+            await self.client.compensate(workflow, saga_id)
 
 
 def _deployment(always_replay: bool) -> Iterator[RestateServer]:
@@ -454,6 +488,70 @@ async def test_branches_that_wait_for_signals_sleep_and_gather(backend: Backend)
         "y0",
         "y1",
     ]
+
+
+async def _parked(backend: Backend, workflow: Any, saga_id: str) -> list[str]:
+    for _ in range(300):
+        steps = await backend.parked_steps(workflow, saga_id)
+        if steps:
+            return steps
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"saga {saga_id} did not park")
+
+
+async def test_a_parked_step_retried_by_an_operator_goes_on(backend: Backend) -> None:
+    from .restate_scenarios_app import BROKEN, parking
+
+    sid = new_id()
+    await backend.start(parking, None, sid)
+    assert await _parked(backend, parking, sid) == ["stubborn"]
+    assert did(sid) == [("do", "book"), ("do", "stubborn"), ("do", "stubborn")]
+    BROKEN[sid] = False
+    await backend.operate(parking, sid, "retry")
+    assert await asyncio.wait_for(backend.result(parking, sid), 30) == {"fixed": True}
+    assert did(sid)[3:] == [("do", "stubborn"), ("do", "mark", "after")]
+    assert did(sid, "undo") == []
+    assert await backend.parked_steps(parking, sid) == []
+
+
+async def test_a_parked_step_skipped_by_an_operator_takes_its_output(backend: Backend) -> None:
+    from .restate_scenarios_app import parking
+
+    sid = new_id()
+    await backend.start(parking, None, sid)
+    await _parked(backend, parking, sid)
+    await backend.operate(parking, sid, "skip", {"fixed": "by hand"})
+    assert await asyncio.wait_for(backend.result(parking, sid), 30) == {"fixed": "by hand"}
+    assert did(sid)[-1] == ("do", "mark", "after")
+    assert did(sid).count(("do", "stubborn")) == 2
+
+
+async def test_a_parked_step_given_up_by_an_operator_is_compensated(backend: Backend) -> None:
+    from .restate_scenarios_app import parking
+
+    sid = new_id()
+    await backend.start(parking, None, sid)
+    await _parked(backend, parking, sid)
+    await backend.operate(parking, sid, "compensate")
+    with pytest.raises(SagaCompensatedError):
+        await asyncio.wait_for(backend.result(parking, sid), 30)
+    assert ("do", "mark", "after") not in did(sid)
+    # the hybrid step's attempts may have done part of the work: it is undone too
+    assert did(sid, "undo") == [("undo", "stubborn", True), ("undo", "book", False)]
+
+
+async def test_operating_a_saga_with_nothing_parked_is_refused(
+    restate_deployment: RestateServer,
+) -> None:
+    from .restate_scenarios_app import parking
+
+    sid = new_id()
+    url = restate_deployment.ingress_url
+    async with RestateSagaClient(url) as client:
+        with pytest.raises(SagaError, match="no parked step"):
+            await client.retry_step(parking, sid)
+        with pytest.raises(SagaError, match="operator request"):
+            await client._operate(parking, sid, {"action": "explode"})
 
 
 async def test_a_declarative_saga_and_its_on_reject_hook(backend: Backend) -> None:

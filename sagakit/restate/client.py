@@ -21,6 +21,7 @@ from ..errors import SagaError, SagaNotFoundError
 from ..objects import SagaVirtualObject
 from ..workflows import SagaWorkflow
 from . import outcome
+from .services import OPERATE_HANDLER
 
 
 def _name(target: SagaWorkflow[Any, Any] | SagaVirtualObject | str) -> str:
@@ -121,6 +122,44 @@ class RestateSagaClient:
         """Call a virtual object's handler for ``key`` (exclusive calls run one at a time)."""
         path = f"/{quote(_name(obj))}/{quote(key, safe='')}/{quote(handler)}"
         return self._result(f"{_name(obj)}/{key}", await self._post(path, inp))
+
+    # -- operators: parked steps (on_exhausted="park") ---------------------------------------
+
+    async def _operate(
+        self, workflow: SagaWorkflow[Any, Any] | str, saga_id: str, request: dict[str, Any]
+    ) -> Any:
+        path = f"/{quote(_name(workflow))}/{quote(saga_id, safe='')}/{OPERATE_HANDLER}"
+        return self._result(saga_id, await self._post(path, request))
+
+    async def parked(self, workflow: SagaWorkflow[Any, Any] | str, saga_id: str) -> list[Any]:
+        """The saga's parked steps, first first: ``{"step", "seq", "error"}`` each."""
+        return list(await self._operate(workflow, saga_id, {"action": "show"}))
+
+    async def retry_step(
+        self, workflow: SagaWorkflow[Any, Any] | str, saga_id: str, *, step: str | None = None
+    ) -> None:
+        """Run the parked step (``step``, or the first parked) again, with a fresh retry budget.
+        Raises :class:`~sagakit.errors.SagaError` when no such step is parked."""
+        await self._operate(workflow, saga_id, {"action": "retry", "step": step})
+
+    async def skip_step(
+        self,
+        workflow: SagaWorkflow[Any, Any] | str,
+        saga_id: str,
+        mock_output: Any = None,
+        *,
+        step: str | None = None,
+    ) -> None:
+        """Give the parked step ``mock_output`` as its output and go on; a skipped step is not
+        compensated. An output that does not fit the step's model leaves it parked."""
+        request = {"action": "skip", "step": step, "output": mock_output}
+        await self._operate(workflow, saga_id, request)
+
+    async def compensate(
+        self, workflow: SagaWorkflow[Any, Any] | str, saga_id: str, *, step: str | None = None
+    ) -> None:
+        """Give up the parked step: the saga rolls back (a hybrid step's compensation runs)."""
+        await self._operate(workflow, saga_id, {"action": "compensate", "step": step})
 
     async def cancel(self, invocation_id: str) -> None:
         """Cancel a saga through Restate's admin API: the saga stops at its next durable

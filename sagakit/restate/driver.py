@@ -31,6 +31,7 @@ from ..errors import (
     PromiseRejectedError,
     SagaError,
     SagaTimeoutError,
+    SagaValidationError,
     StepFailedError,
     TerminalError,
 )
@@ -50,6 +51,10 @@ from .steps import (
 
 #: the durable promise that carries the n-th signal of a name (see services.deliver_signal)
 SIGNAL_PROMISE = "sagakit.signal.{name}.{n}"
+#: the saga's state that lists its parked steps, by number (see services.operate)
+PARKED_STATE = "sagakit.parked"
+#: what an operator may do with a parked step
+OPERATOR_ACTIONS = ("retry", "skip", "compensate")
 
 
 def is_cancellation(exc: RestateTerminalError) -> bool:
@@ -136,11 +141,12 @@ class RestateDriver:
     # -- steps -------------------------------------------------------------------------------
 
     def call_step(self, step: SagaStep[Any], inp: Any) -> Awaitable[Any]:
-        if step.parks:
-            # refused rather than compensated silently: parking needs sagakit's operators
+        if step.parks and self._workflow is None:
+            # refused rather than compensated silently: nobody could reach the parked step
             raise SagaError(
                 f"step {step.name!r} parks when its retries run out (on_exhausted='park'), "
-                "which sagakit.restate does not support yet; use on_exhausted='compensate'"
+                "which a virtual object's handler cannot do on Restate: only a saga workflow's "
+                "steps can park there; use on_exhausted='compensate'"
             )
         # the number is taken when the step is called, so gathered branches number in order
         return _StepCall(self, step, self._take_seq(), inp)
@@ -165,19 +171,27 @@ class RestateDriver:
         step, seq, inp = call.step, call.seq, call.inp
         hybrid = step.compensate is not None and not step.strict
         policy = step.retry or DEFAULT_RETRY
-        future = self._start_step(call)
-        try:
-            await settle(future)
-            raw = await future
-        except RestateTerminalError as exc:
-            # the retries ran out (or the invocation was cancelled): the attempts may have
-            # done part of the work, which a hybrid step's compensation undoes
-            info = exhausted_info(exc, step.name, seq, policy.max_attempts)
-            if hybrid:
-                self._register(step, seq, None, inp, failed=True)
-            raise StepFailedError(
-                step.name, seq, info.type, info.message, policy.max_attempts
-            ) from None
+        while True:
+            future = self._start_step(call)
+            try:
+                await settle(future)
+                raw = await future
+                break
+            except RestateTerminalError as exc:
+                # the retries ran out (or the invocation was cancelled): the attempts may have
+                # done part of the work, which a hybrid step's compensation undoes
+                info = exhausted_info(exc, step.name, seq, policy.max_attempts)
+                if step.parks and not is_cancellation(exc):
+                    action, output = await self._park(step, seq, info)
+                    if action == "retry":
+                        continue  # a new run, with a fresh budget
+                    if action == "skip":
+                        return output  # what the operator gave; nothing to compensate
+                if hybrid:
+                    self._register(step, seq, None, inp, failed=True)
+                raise StepFailedError(
+                    step.name, seq, info.type, info.message, policy.max_attempts
+                ) from None
         record = StepRecord.decode(raw)
         self._apply_writes(record.writes)
         if record.completed:
@@ -188,6 +202,44 @@ class RestateDriver:
             self._register(step, seq, record.compensation, inp, failed=True)
         error = record.error or ErrorInfo("Error", "step failed", step.name, seq)
         raise StepFailedError(step.name, seq, error.type, error.message, 1)
+
+    async def _park(self, step: SagaStep[Any], seq: int, error: ErrorInfo) -> tuple[str, Any]:
+        """Wait, suspended, until an operator says what to do with the step whose retries ran
+        out: ``("retry", None)``, ``("skip", output)`` or ``("compensate", None)``. The step is
+        listed in the saga's parked state meanwhile, with the awakeable that answers it."""
+        while True:
+            awakeable, answer = self._ctx.awakeable(type_hint=dict)
+            await self._update_parked(
+                str(seq),
+                {"step": step.name, "seq": seq, "error": error.to_json(), "awakeable": awakeable},
+            )
+            await settle(answer)
+            decision = await answer
+            await self._update_parked(str(seq), None)
+            action = decision.get("action") if isinstance(decision, dict) else None
+            if action == "skip":
+                try:
+                    return action, step.output.validate(decision.get("output"))
+                except SagaValidationError as exc:
+                    # parked again, as on the embedded engine: the step stays failed
+                    error = ErrorInfo("SkipOutputInvalid", str(exc), step.name, seq)
+                    continue
+            if action in OPERATOR_ACTIONS:
+                return action, None
+            error = ErrorInfo(
+                "OperatorError", f"unknown operator action {action!r}", step.name, seq
+            )
+
+    async def _update_parked(self, key: str, entry: dict[str, Any] | None) -> None:
+        parked = await self._ctx.get(PARKED_STATE, type_hint=dict) or {}
+        if entry is None:
+            parked.pop(key, None)
+        else:
+            parked[key] = entry
+        if parked:
+            self._ctx.set(PARKED_STATE, parked)
+        else:
+            self._ctx.clear(PARKED_STATE)
 
     def _register(
         self, step: SagaStep[Any], seq: int, compensation: str | None, inp: Any, *, failed: bool
@@ -404,4 +456,11 @@ async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
-__all__ = ["SIGNAL_PROMISE", "RestateDriver", "is_cancellation", "terminal"]
+__all__ = [
+    "OPERATOR_ACTIONS",
+    "PARKED_STATE",
+    "SIGNAL_PROMISE",
+    "RestateDriver",
+    "is_cancellation",
+    "terminal",
+]

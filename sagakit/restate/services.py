@@ -25,10 +25,18 @@ from ..long_workflows import HandlerContext, SagaLongWorkflow, WorkflowHandler
 from ..objects import ObjectHandler, SagaVirtualObject, SharedObjectContext
 from ..workflows import SagaWorkflow
 from . import outcome
-from .driver import SIGNAL_PROMISE, RestateDriver, is_cancellation
+from .driver import (
+    OPERATOR_ACTIONS,
+    PARKED_STATE,
+    SIGNAL_PROMISE,
+    RestateDriver,
+    is_cancellation,
+)
 
+#: what operators call on a saga workflow to see and act on its parked steps
+OPERATE_HANDLER = "sagakit_operate"
 #: handler names every saga workflow service has (a long workflow's handlers may not take them)
-RESERVED_HANDLERS = ("run", "signal")
+RESERVED_HANDLERS = ("run", "signal", OPERATE_HANDLER)
 #: how many signals of one name a saga can receive (each is a durable promise of its own)
 MAX_SIGNALS_PER_NAME = 10_000
 
@@ -117,6 +125,36 @@ async def deliver_signal(ctx: restate.WorkflowSharedContext, name: str, payload:
     raise RestateTerminalError(f"too many signals {name!r} (at most {MAX_SIGNALS_PER_NAME})")
 
 
+async def operate(ctx: restate.WorkflowSharedContext, req: Any) -> Any:
+    """An operator's request on a saga's parked steps: ``{"action": "show"}`` lists them;
+    ``{"action": "retry" | "skip" | "compensate", "step": name?, "output": any?}`` answers the
+    parked step named (or the first one), which the saga then acts on."""
+    actions = ("show", *OPERATOR_ACTIONS)
+    if not isinstance(req, dict) or req.get("action") not in actions:
+        raise RestateTerminalError(
+            f'an operator request is {{"action": one of {list(actions)}, "step": str (optional), '
+            f'"output": any (for skip)}}, got {req!r}',
+            400,
+        )
+    parked = await ctx.get(PARKED_STATE, type_hint=dict) or {}
+    entries = sorted(parked.values(), key=lambda entry: int(entry["seq"]))
+    if req["action"] == "show":
+        return [{k: entry[k] for k in ("step", "seq", "error")} for entry in entries]
+    step = req.get("step")
+    chosen = next((e for e in entries if step is None or e["step"] == step), None)
+    if chosen is None:
+        which = "no parked step" if step is None else f"no parked step {step!r}"
+        raise RestateTerminalError(
+            f"saga {ctx.key()!r} has {which}: a step parks when its retries run out "
+            "(on_exhausted='park')",
+            409,
+        )
+    ctx.resolve_awakeable(
+        chosen["awakeable"], {"action": req["action"], "output": req.get("output")}
+    )
+    return {"step": chosen["step"], "seq": chosen["seq"], "action": req["action"]}
+
+
 def saga_service(workflow: SagaWorkflow[Any, Any]) -> restate.Workflow:
     """The Restate Workflow that serves ``workflow``."""
     workflow.check_ready()
@@ -133,6 +171,7 @@ def saga_service(workflow: SagaWorkflow[Any, Any]) -> restate.Workflow:
 
     service.main(name="run", **json_io)(run)
     service.handler(name="signal", **json_io)(signal)
+    service.handler(name=OPERATE_HANDLER, **json_io)(operate)
     if isinstance(workflow, SagaLongWorkflow):
         for name, handler in workflow.handlers.items():
             if name in RESERVED_HANDLERS:
