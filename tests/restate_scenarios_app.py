@@ -436,6 +436,21 @@ async def mixed_branches(saga: SagaContext, inp: dict[str, Any]) -> list[Any]:
     )
 
 
+async def booked_then_waiting(saga: SagaContext, name: str) -> Any:
+    await book(saga, None)
+    return await saga.promise(name).value()
+
+
+@saga_workflow("CancellableBranches")
+async def cancellable_branches(saga: SagaContext, inp: Any) -> Any:
+    # two branches that wait for ever (one after a step), and one that parks
+    return await saga.gather(
+        saga.promise("never").value(),
+        booked_then_waiting(saga, "never either"),
+        stubborn(saga, {"saga": saga.saga_id}),
+    )
+
+
 # -- the declarative front end ---------------------------------------------------------------
 
 
@@ -583,5 +598,6 @@ DEFINITIONS: list[Any] = [
     impatient,
     hurried,
     parking,
+    cancellable_branches,
     not_json,
 ]

@@ -448,15 +448,22 @@ async def test_a_failing_branch_lets_the_others_end_then_everything_is_undone(
         "c0",
         "c1",
     ]
-    # latest round first, last branch first within a round; the failed hybrid leg is undone
-    assert did(sid, "undo") == [
+    expected = [
         ("undo", "c1", False),
-        ("undo", "b1", True),
+        ("undo", "b1", True),  # the failed hybrid leg is undone too
         ("undo", "a1", False),
         ("undo", "c0", False),
         ("undo", "b0", False),
         ("undo", "a0", False),
     ]
+    undone = did(sid, "undo")
+    assert sorted(undone) == sorted(expected)
+    for branch in "abc":  # newest first within each branch, on every backend
+        assert [e[1] for e in undone if e[1][0] == branch] == [f"{branch}1", f"{branch}0"]
+    if backend.name == "embedded":
+        # by position: latest round first, last branch first within a round (on Restate:
+        # newest first in the order the legs were journaled, which is when they completed)
+        assert undone == expected
 
 
 async def test_a_limit_keeps_branches_of_several_steps_in_bounds(backend: Backend) -> None:
@@ -725,6 +732,29 @@ async def test_cancelling_through_the_admin_api_runs_the_compensations(
             await asyncio.wait_for(client.result(cancellable, sid), 30)
     assert caught.value.cause_type == "SagaCancelledError"
     assert did(sid, "undo") == [("undo", "book", False)]
+
+
+async def test_cancelling_parallel_branches_stops_each_at_its_wait_and_rolls_back(
+    restate_deployment: RestateServer,
+) -> None:
+    from .restate_scenarios_app import cancellable_branches
+
+    sid = new_id()
+    url, admin = restate_deployment.ingress_url, restate_deployment.admin_url
+    async with RestateSagaClient(url, admin) as client:
+        invocation = await client.start(cancellable_branches, None, sid)
+        await _parked(RestateBackend(client), cancellable_branches, sid)
+        # a run's transient failure ends Restate's invocation attempt: a run in flight beside it
+        # may lose its result and run again (steps are at least once), and Restate counts a
+        # run's attempts since the last entry it journaled, so the budget can start over
+        assert did(sid).count(("do", "stubborn")) >= 2
+        assert did(sid).count(("do", "book")) >= 1
+        await client.cancel(invocation)
+        with pytest.raises(SagaCompensatedError) as caught:
+            await asyncio.wait_for(client.result(cancellable_branches, sid), 30)
+    assert caught.value.cause_type == "SagaCancelledError"
+    # the parked hybrid step and the booking are undone, newest first
+    assert did(sid, "undo") == [("undo", "stubborn", True), ("undo", "book", False)]
 
 
 async def test_always_replay_mode_replays_the_saga_function(

@@ -5,12 +5,14 @@ from whichever coroutine awaits a durable future, so two asyncio tasks waiting a
 for the server's messages and one can wait forever for a message the other took. And the
 journal is ordered: a replay must issue the same commands in the same order as the first run.
 
-So the branches take turns, round-robin in the order they were given. A branch runs only while
-it holds the turn and gives it up when it waits for a durable future (see :func:`settle`) or
-ends. Only the gather's own loop waits on the server, for every future any branch waits on at
-once, so the branches' steps run in parallel; it hands the turn to the next branch once the
-future that branch waits for has completed. Which commands a branch issues, and in which turn,
-depends only on what its earlier operations returned, so a replay issues them in the same order.
+So one branch runs at a time. A branch gives up its turn when it waits for a durable future
+(see :func:`settle`) or ends. Only the gather's own loop waits on the server, for every future
+any branch waits on at once (so the branches' steps run at the same time), and gives the turn
+to the first branch, in the order given, whose future has completed. That is how Restate's own
+combinators (``restate.wait_completed``, ``select``) stay deterministic: what the SDK has seen
+completed at a point of the invocation is what its journal holds before the next command, on
+the first run and on a replay alike. So a replay hands the turns out in the same order, and the
+branches issue the same commands in the same order.
 """
 
 from __future__ import annotations
@@ -40,15 +42,10 @@ async def settle(*futures: RestateDurableFuture[Any]) -> None:
     Inside a branch this gives up the turn meanwhile; outside one it returns at once and the
     caller's own await polls the server. Awaiting a completed future afterwards reads its value
     without polling."""
-    await _settle(futures, futures)
-
-
-async def _settle(need: Futures, poll: Futures) -> None:
     current = _CURRENT.get()
-    if current is None:
-        return
-    turns, index = current
-    await turns.block(index, need, poll)
+    if current is not None:
+        turns, index = current
+        await turns.block(index, futures)
 
 
 @dataclass
@@ -59,47 +56,38 @@ class BranchEnd:
     error: Exception | None = None
 
 
-@dataclass
-class _Wait:
-    need: Futures
-    poll: Futures
-
-
 class BranchTurns:
     """Runs coroutines as branches that take turns (see the module's docstring); at most
     ``limit`` of them are started and not yet ended at a time."""
 
     def __init__(self, branches: Sequence[Coroutine[Any, Any, Any]], limit: int | None):
         self._branches = list(branches)
-        size = len(self._branches) if not limit else min(limit, len(self._branches))
-        self._rotation = list(range(size))
-        self._next_branch = size
-        self._position = 0
-        self._waits: dict[int, _Wait] = {}
+        self._limit = len(self._branches) if not limit else min(limit, len(self._branches))
+        self._next_branch = 0
+        #: branch -> the futures it waits for (one of them is enough)
+        self._waits: dict[int, Futures] = {}
         self._grants: dict[int, asyncio.Future[None]] = {}
         self._handed_back: asyncio.Future[None] | None = None
         self._ended: dict[int, BranchEnd] = {}
+        self._cancelled: RestateTerminalError | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def run(self) -> list[BranchEnd]:
         """Run every branch to its end; returns how each ended, in the order given."""
         try:
-            while self._rotation:
-                index = self._rotation[self._position]
-                wait = self._waits.pop(index, None)
-                error: RestateTerminalError | None = None
-                if wait is not None:
+            await self._fill()
+            while self._waits:
+                ready = self._first_ready()
+                if ready is None:
                     try:
-                        await self._until_completed(wait)
+                        await self._until_one_completed()
                     except RestateTerminalError as exc:
-                        # the invocation was cancelled: the branch waiting now learns it, as a
-                        # lone await would; the others go on to their end
-                        error = exc
-                await self._give_turn(index, error)
-                if index in self._ended:
-                    self._retire(index)
-                else:
-                    self._position = (self._position + 1) % len(self._rotation)
+                        # the invocation was cancelled (Restate says so once): every branch
+                        # learns it at its next wait, as a lone await would, and rolls back
+                        self._cancelled = exc
+                    continue
+                await self._give_turn(ready)
+                await self._fill()  # a branch that ended makes room for the next
         finally:
             for task in self._tasks:
                 task.cancel()
@@ -109,42 +97,50 @@ class BranchTurns:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         return [self._ended[index] for index in range(len(self._branches))]
 
-    async def _until_completed(self, wait: _Wait) -> None:
-        while not any(_completed(future) for future in wait.need):
-            pending = [f for f in wait.poll if not _completed(f)]
-            for other in self._waits.values():
-                pending.extend(f for f in other.poll if not _completed(f))
-            if _CURRENT.get() is not None:
-                # a gather inside a branch: the outer turns wait for it, polling ours too
-                await _settle(wait.need, tuple(pending))
-            else:
-                await restate.wait_completed(*pending)
+    def _first_ready(self) -> int | None:
+        """The first branch, in the order given, that may go on (its wait has ended)."""
+        for index in sorted(self._waits):
+            if self._cancelled is not None or any(_completed(f) for f in self._waits[index]):
+                return index
+        return None
 
-    async def _give_turn(self, index: int, error: RestateTerminalError | None) -> None:
-        """Let branch ``index`` run until it waits again or ends."""
+    async def _until_one_completed(self) -> None:
+        pending = tuple(f for futures in self._waits.values() for f in futures)
+        if _CURRENT.get() is not None:
+            # a gather inside a branch: the outer turns wait for it, polling ours too
+            await settle(*pending)
+        else:
+            await restate.wait_completed(*pending)
+
+    async def _fill(self) -> None:
+        """Start branches, in order, while fewer than ``limit`` are started and not ended."""
+        while (
+            self._next_branch < len(self._branches)
+            and self._next_branch - len(self._ended) < self._limit
+        ):
+            await self._start_next()
+
+    async def _start_next(self) -> None:
+        index = self._next_branch
+        self._next_branch += 1
         self._handed_back = asyncio.get_running_loop().create_future()
-        grant = self._grants.pop(index, None)
-        if grant is None:
-            self._tasks.append(asyncio.create_task(self._branch(index)))
-        elif error is not None:
-            grant.set_exception(error)
+        self._tasks.append(asyncio.create_task(self._branch(index)))
+        await self._handed_back
+
+    async def _give_turn(self, index: int) -> None:
+        """Let branch ``index`` run until it waits again or ends."""
+        del self._waits[index]
+        self._handed_back = asyncio.get_running_loop().create_future()
+        grant = self._grants.pop(index)
+        if self._cancelled is not None:
+            grant.set_exception(self._cancelled)
         else:
             grant.set_result(None)
         await self._handed_back
 
-    def _retire(self, index: int) -> None:
-        if self._next_branch < len(self._branches):
-            # the next branch not started yet takes the ended one's place (and turn)
-            self._rotation[self._position] = self._next_branch
-            self._next_branch += 1
-            return
-        del self._rotation[self._position]
-        if self._rotation:
-            self._position %= len(self._rotation)
-
-    async def block(self, index: int, need: Futures, poll: Futures) -> None:
-        """Branch ``index`` gives up the turn until one of ``need`` has completed."""
-        self._waits[index] = _Wait(need, poll)
+    async def block(self, index: int, futures: Futures) -> None:
+        """Branch ``index`` gives up the turn until one of ``futures`` has completed."""
+        self._waits[index] = futures
         grant = asyncio.get_running_loop().create_future()
         self._grants[index] = grant
         self._hand_back(None)

@@ -95,7 +95,9 @@ class RestateDriver:
         #: the same context when the saga is a Restate Workflow (it has durable promises)
         self._workflow = workflow_ctx
         self._next_seq = 0
-        self._compensations: dict[int, _Compensation] = {}
+        #: step number -> its compensation, and when the step was first journaled
+        self._compensations: dict[int, tuple[int, _Compensation]] = {}
+        self._journaled_steps = 0
         self._signal_waits: dict[str, int] = {}
         #: child saga id -> its Restate invocation id, for this run
         self._children: dict[str, str] = {}
@@ -171,6 +173,10 @@ class RestateDriver:
         step, seq, inp = call.step, call.seq, call.inp
         hybrid = step.compensate is not None and not step.strict
         policy = step.retry or DEFAULT_RETRY
+        # the rollback undoes newest first: in the order the steps were journaled, which in
+        # parallel branches is not the order their numbers were taken in
+        order = self._journaled_steps
+        self._journaled_steps += 1
         while True:
             future = self._start_step(call)
             try:
@@ -182,13 +188,19 @@ class RestateDriver:
                 # done part of the work, which a hybrid step's compensation undoes
                 info = exhausted_info(exc, step.name, seq, policy.max_attempts)
                 if step.parks and not is_cancellation(exc):
-                    action, output = await self._park(step, seq, info)
+                    try:
+                        action, output = await self._park(step, seq, info)
+                    except RestateTerminalError as stop:
+                        if not is_cancellation(stop):
+                            raise
+                        action, output = "compensate", None  # cancelled while parked
+                        info = exhausted_info(stop, step.name, seq, policy.max_attempts)
                     if action == "retry":
                         continue  # a new run, with a fresh budget
                     if action == "skip":
                         return output  # what the operator gave; nothing to compensate
                 if hybrid:
-                    self._register(step, seq, None, inp, failed=True)
+                    self._register(step, seq, order, None, inp, failed=True)
                 raise StepFailedError(
                     step.name, seq, info.type, info.message, policy.max_attempts
                 ) from None
@@ -196,10 +208,10 @@ class RestateDriver:
         self._apply_writes(record.writes)
         if record.completed:
             if step.compensate is not None:
-                self._register(step, seq, record.compensation, inp, failed=False)
+                self._register(step, seq, order, record.compensation, inp, failed=False)
             return step.output.validate(record.output)
         if hybrid:
-            self._register(step, seq, record.compensation, inp, failed=True)
+            self._register(step, seq, order, record.compensation, inp, failed=True)
         error = record.error or ErrorInfo("Error", "step failed", step.name, seq)
         raise StepFailedError(step.name, seq, error.type, error.message, 1)
 
@@ -242,13 +254,20 @@ class RestateDriver:
             self._ctx.clear(PARKED_STATE)
 
     def _register(
-        self, step: SagaStep[Any], seq: int, compensation: str | None, inp: Any, *, failed: bool
+        self,
+        step: SagaStep[Any],
+        seq: int,
+        order: int,
+        compensation: str | None,
+        inp: Any,
+        *,
+        failed: bool,
     ) -> None:
         if compensation == NOTHING_TO_COMPENSATE:
             self._compensations.pop(seq, None)
             return
         data = _jsonable(inp) if compensation is None else json.loads(compensation)
-        self._compensations[seq] = _Compensation(seq, step, data, failed)
+        self._compensations[seq] = (order, _Compensation(seq, step, data, failed))
 
     def _apply_writes(self, writes: list[tuple[str, str | None]]) -> None:
         for key, value in writes:
@@ -261,7 +280,7 @@ class RestateDriver:
         retries; one that fails for good does not stop the others. Returns the failures."""
         failures: list[ErrorInfo] = []
         self._deadline_at = self._deadline = None  # like the embedded engine's: not bounded
-        for compensation in sorted(self._compensations.values(), key=lambda c: -c.seq):
+        for _, compensation in sorted(self._compensations.values(), key=lambda c: -c[0]):
             step = compensation.step
             seq = self._take_seq()
             policy = step.compensation_retry or DEFAULT_RETRY
