@@ -2,9 +2,10 @@
 ``python -m tests.restate_crash_app PORT LEDGER`` serves a saga on 127.0.0.1:PORT with hypercorn
 in this process's main thread, so that SIGKILL of this pid really kills the endpoint.
 
-Every step and compensation appends a JSON line to LEDGER. The second step hangs on its first
-execution, and so does its compensation, so that the test can kill the process in the middle
-of a step and in the middle of the rollback; later executions go on.
+Every step and compensation appends a JSON line to LEDGER. In "Crashy" the second step hangs on
+its first execution, and so does its compensation, so that the test can kill the process in the
+middle of a step and in the middle of the rollback; later executions go on. In "CrashyBranches"
+leg b1 of three parallel branches hangs on its first execution.
 """
 
 from __future__ import annotations
@@ -72,7 +73,31 @@ async def crashy(saga: SagaContext, inp: Any) -> str:
     return "unreachable"
 
 
-app = sagakit.restate.app(crashy)
+@saga_step("leg", compensate=undo)
+async def leg(ctx: SagaContext, inp: dict[str, Any]) -> str:
+    name = inp["name"]
+    seen = executions("do", name)
+    note(do=name, key=ctx.step_key)
+    if name == "b1" and seen == 0:
+        await asyncio.sleep(120)  # the test kills the process here
+    await asyncio.sleep(inp["seconds"])
+    note(done=name)
+    return name
+
+
+async def branch(saga: SagaContext, name: str, seconds: float) -> list[str]:
+    first_leg = await leg(saga, {"name": f"{name}0", "seconds": seconds})
+    second_leg = await leg(saga, {"name": f"{name}1", "seconds": seconds})
+    return [first_leg, second_leg]
+
+
+@saga_workflow("CrashyBranches")
+async def crashy_branches(saga: SagaContext, inp: Any) -> list[Any]:
+    # the legs complete in another order than the branches were given: b, c, then a
+    return await saga.gather(branch(saga, "a", 0.3), branch(saga, "b", 0.0), branch(saga, "c", 0.1))
+
+
+app = sagakit.restate.app(crashy, crashy_branches)
 
 
 async def main(port: int) -> None:

@@ -157,3 +157,35 @@ async def test_sigkill_in_the_middle_of_a_step_and_of_the_rollback(service: Serv
     # the killed compensation was started again; each compensation finished once, in reverse
     assert [e["undoing"] for e in events if "undoing" in e] == ["second", "second", "first"]
     assert [e["undo"] for e in events if "undo" in e] == ["second", "first"], events
+
+
+@pytest.mark.slow
+async def test_sigkill_in_the_middle_of_parallel_branches(service: ServiceProcess) -> None:
+    """The replay after the kill hands the branches their turns in the order of the first run
+    (legs completed b0, c0, c1, a0, a1, not in the order of the branches): it issues the same
+    journal entries, so no finished leg runs again."""
+    with RestateServer() as server:
+        first = service.spawn()
+        server.register(service.url)
+        async with RestateSagaClient(server.ingress_url) as client:
+            await client.start("CrashyBranches", None, "branches-1")
+            await _until(
+                lambda: (
+                    sorted(e["done"] for e in service.events() if "done" in e)
+                    == ["a0", "a1", "b0", "c0", "c1"]
+                    and any(e.get("do") == "b1" for e in service.events())
+                ),
+                "every leg but b1 to finish",
+                service,
+            )
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+            service.spawn()
+            result = await client.result("CrashyBranches", "branches-1")
+    assert result == [["a0", "a1"], ["b0", "b1"], ["c0", "c1"]]
+    events = service.events()
+    started = [e["do"] for e in events if "do" in e]
+    # only the leg killed in flight ran again, with the same step key
+    assert sorted(started) == ["a0", "a1", "b0", "b1", "b1", "c0", "c1"], events
+    b1_keys = {e["key"] for e in events if e.get("do") == "b1"}
+    assert len(b1_keys) == 1
