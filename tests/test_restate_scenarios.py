@@ -401,6 +401,14 @@ async def test_parallel_branches_of_several_operations(backend: Backend) -> None
     assert sorted(e[2] for e in did(sid)) == [0, 1, 1, 2, 2, 3, 10, 20]
 
 
+#: every leg of the three 2-leg branches of "Trips"
+ALL_LEGS = ["a0", "a1", "b0", "b1", "c0", "c1"]
+
+
+def _finished_legs(saga_id: str) -> list[str]:
+    return sorted(e[1] for e in LEDGER[saga_id] if e[0] == "end")
+
+
 def _most_in_flight(events: list[tuple[Any, ...]]) -> int:
     """The most legs that had started and not ended at one time, from the ledger's order."""
     running = most = 0
@@ -422,14 +430,7 @@ async def test_branches_of_several_steps_run_in_parallel(backend: Backend) -> No
     # each leg of a round started before any leg of it ended: the branches overlapped
     assert _most_in_flight(LEDGER[sid]) == 3
     # and each leg ran once
-    assert sorted(e[1] for e in LEDGER[sid] if e[0] == "end") == [
-        "a0",
-        "a1",
-        "b0",
-        "b1",
-        "c0",
-        "c1",
-    ]
+    assert _finished_legs(sid) == ALL_LEGS
 
 
 async def test_a_failing_branch_lets_the_others_end_then_everything_is_undone(
@@ -440,14 +441,7 @@ async def test_a_failing_branch_lets_the_others_end_then_everything_is_undone(
     sid = new_id()
     with pytest.raises(SagaCompensatedError, match="b1 refused"):
         await backend.run(trips, {"steps": 2, "seconds": 0.05, "fail": "b1"}, sid)
-    assert sorted(e[1] for e in LEDGER[sid] if e[0] == "end") == [
-        "a0",
-        "a1",
-        "b0",
-        "b1",
-        "c0",
-        "c1",
-    ]
+    assert _finished_legs(sid) == ALL_LEGS
     expected = [
         ("undo", "c1", False),
         ("undo", "b1", True),  # the failed hybrid leg is undone too
@@ -486,15 +480,7 @@ async def test_branches_that_wait_for_signals_sleep_and_gather(backend: Backend)
         [["x0", "x1"], ["y0", "y1"]],
         ["a0", "a1"],
     ]
-    assert sorted(e[1] for e in LEDGER[sid] if e[0] == "end") == [
-        "a0",
-        "a1",
-        "s0",
-        "x0",
-        "x1",
-        "y0",
-        "y1",
-    ]
+    assert _finished_legs(sid) == ["a0", "a1", "s0", "x0", "x1", "y0", "y1"]
 
 
 async def _parked(backend: Backend, workflow: Any, saga_id: str) -> list[str]:
