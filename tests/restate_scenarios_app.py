@@ -569,6 +569,22 @@ async def order(saga: SagaContext, state: ObjectContext, inp: dict[str, Any]) ->
     return "ordered"
 
 
+@inventory.handler()
+async def restock(saga: SagaContext, state: ObjectContext, inp: int) -> int:
+    @saga_step("Count")
+    async def count(ctx: SagaContext, added: int) -> int:
+        # a read inside a step: the state as the handler left it, then the step's own write
+        before = int(await state.get("stock", 0))
+        state.set("stock", before + added)
+        return int(await state.get("stock"))
+
+    state.set("restocked_by", saga.saga_id)
+    first = await count(saga, inp)
+    second = await count(saga, inp)
+    assert second == first + inp
+    return second
+
+
 @inventory.handler(kind="shared")
 async def view(state: SharedObjectContext, inp: Any) -> dict[str, Any]:
     return {k: await state.get(k) for k in ("stock", "reserved", "last_order")}

@@ -669,6 +669,15 @@ async def test_virtual_object_state(backend: Backend) -> None:
     assert await backend.object_call(counter, key, "total", None) == 5
 
 
+async def test_a_step_reads_its_objects_state(backend: Backend) -> None:
+    from .restate_scenarios_app import inventory
+
+    key = new_id()
+    await backend.object_call(inventory, key, "stock", 5)
+    assert await backend.object_call(inventory, key, "restock", 2) == 9
+    assert (await backend.object_call(inventory, key, "view", None))["stock"] == 9
+
+
 async def test_a_rolled_back_object_call_leaves_state_as_its_compensations_make_it(
     backend: Backend,
 ) -> None:

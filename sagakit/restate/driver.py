@@ -101,6 +101,8 @@ class RestateDriver:
         self._signal_waits: dict[str, int] = {}
         #: child saga id -> its Restate invocation id, for this run
         self._children: dict[str, str] = {}
+        #: an object call's state as its steps see it (see object_peek)
+        self._object_view: dict[str, str | None] | None = None
         #: the saga's deadline (SagaWorkflowOptions.deadline): when, and its durable timer
         self._deadline_at: float | None = None
         self._deadline: RestateDurableFuture[None] | None = None
@@ -177,6 +179,7 @@ class RestateDriver:
         # parallel branches is not the order their numbers were taken in
         order = self._journaled_steps
         self._journaled_steps += 1
+        await self._load_object_view()
         while True:
             future = self._start_step(call)
             try:
@@ -381,16 +384,30 @@ class RestateDriver:
             self._ctx.clear(key)
         else:
             self._ctx.set(key, json.loads(value))
+        if self._object_view is not None:
+            self._object_view[key] = value
 
     async def object_get(self, key: str) -> str | None:
         value = await self._ctx.get(key, type_hint=object)
         return None if value is None else serde.dumps(value)
 
     async def object_peek(self, key: str) -> str | None:
-        raise SagaError(
-            "reading object state inside a step is not supported on Restate: read it in the "
-            "handler and pass it to the step"
-        )
+        # inside a step's run no Restate call may be made: the view loaded before the call's
+        # first step, kept up to date by every write since, is the object's state
+        if self._object_view is None:
+            raise SagaError("object state is read inside a step of a virtual object's handler")
+        return self._object_view.get(key)
+
+    async def _load_object_view(self) -> None:
+        """Read the object's whole state once, before the call's first step (for steps that
+        read it: see object_peek). Journaled reads, the same on a replay."""
+        if self._workflow is not None or self._object_view is not None:
+            return
+        view: dict[str, str | None] = {}
+        for key in await self._ctx.state_keys():
+            value = await self._ctx.get(key, type_hint=object)
+            view[key] = None if value is None else serde.dumps(value)
+        self._object_view = view
 
     def set_state(self, key: str, value: Any) -> None:
         self._take_seq()
