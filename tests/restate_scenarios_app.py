@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from sagakit import (
     BaseStep,
     ErrorInfo,
+    InputContext,
     RetryPolicy,
     SagaBuilder,
     SagaCompensatedError,
@@ -500,6 +501,28 @@ def _declarative() -> Any:
 declarative = _declarative()
 
 
+class Coupons(BaseModel):
+    codes: list[str]
+
+
+class ApplyCoupons(BaseStep[Coupons, Coupons]):
+    async def execute(self, inp: Coupons) -> Coupons:
+        return inp
+
+
+def _coupons(ctx: InputContext) -> Coupons:
+    return Coupons(codes=[e["payload"] for e in ctx.events if e["name"] == "coupon"])
+
+
+def _with_events() -> Any:
+    builder = SagaBuilder()
+    builder.add_step(step=ApplyCoupons(), input_map=_coupons)
+    return builder.build().to_workflow("WithEvents")
+
+
+with_events = _with_events()
+
+
 # -- a virtual object --------------------------------------------------------------------------
 
 counter = create_saga_virtual_object("Counter")
@@ -592,6 +615,7 @@ async def view(state: SharedObjectContext, inp: Any) -> dict[str, Any]:
 
 DEFINITIONS: list[Any] = [
     declarative,
+    with_events,
     timed_out,
     branches,
     trips,

@@ -752,6 +752,22 @@ async def test_cancelling_parallel_branches_stops_each_at_its_wait_and_rolls_bac
     assert did(sid, "undo") == [("undo", "stubborn", True), ("undo", "book", False)]
 
 
+@pytest.mark.parametrize("fixture", ["restate_deployment", "restate_replay_deployment"])
+async def test_a_declarative_root_sees_the_signals_sent_before_the_saga_started(
+    request: pytest.FixtureRequest, fixture: str
+) -> None:
+    from .restate_scenarios_app import with_events
+
+    server: RestateServer = request.getfixturevalue(fixture)
+    sid = new_id()
+    async with RestateSagaClient(server.ingress_url) as client:
+        await client.signal(with_events, sid, "coupon", "SPRING")
+        await client.signal(with_events, sid, "other", "ignored")
+        await client.signal(with_events, sid, "coupon", "VIP")
+        result = await client.run(with_events, {}, sid)
+    assert result == {"ApplyCoupons": {"codes": ["SPRING", "VIP"]}}
+
+
 async def test_always_replay_mode_replays_the_saga_function(
     restate_replay_deployment: RestateServer,
 ) -> None:

@@ -49,8 +49,13 @@ from .steps import (
     exhausted_info,
 )
 
+#: how many signals of one name, and in all, a saga can receive (each is a durable promise)
+MAX_SIGNALS = 10_000
 #: the durable promise that carries the n-th signal of a name (see services.deliver_signal)
 SIGNAL_PROMISE = "sagakit.signal.{name}.{n}"
+#: the durable promise that records the k-th signal the saga received, of any name (in the
+#: order they were delivered): what the declarative front end's InputContext.events reads
+EVENT_PROMISE = "sagakit.event.{k}"
 #: the saga's state that lists its parked steps, by number (see services.operate)
 PARKED_STATE = "sagakit.parked"
 #: what an operator may do with a parked step
@@ -375,7 +380,19 @@ class RestateDriver:
         return envelope.get("payload") if isinstance(envelope, dict) else envelope
 
     def received_signals(self) -> Awaitable[Any]:
-        raise SagaError("the declarative front end's input context is not supported on Restate yet")
+        self._take_seq()
+        return self._received_signals()
+
+    async def _received_signals(self) -> list[dict[str, Any]]:
+        ctx = self._workflow_ctx("the declarative input context's events")
+        received: list[dict[str, Any]] = []
+        for k in range(MAX_SIGNALS):
+            # a journaled peek each, so a replay sees the same list
+            event = await ctx.promise(EVENT_PROMISE.format(k=k), type_hint=dict).peek()
+            if event is None:
+                break
+            received.append(event)
+        return received
 
     # -- virtual-object state ----------------------------------------------------------------
 
@@ -493,6 +510,8 @@ async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:
 
 
 __all__ = [
+    "EVENT_PROMISE",
+    "MAX_SIGNALS",
     "OPERATOR_ACTIONS",
     "PARKED_STATE",
     "SIGNAL_PROMISE",

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import restate
@@ -26,6 +27,8 @@ from ..objects import ObjectHandler, SagaVirtualObject, SharedObjectContext
 from ..workflows import SagaWorkflow
 from . import outcome
 from .driver import (
+    EVENT_PROMISE,
+    MAX_SIGNALS,
     OPERATOR_ACTIONS,
     PARKED_STATE,
     SIGNAL_PROMISE,
@@ -37,8 +40,6 @@ from .driver import (
 OPERATE_HANDLER = "sagakit_operate"
 #: handler names every saga workflow service has (a long workflow's handlers may not take them)
 RESERVED_HANDLERS = ("run", "signal", OPERATE_HANDLER)
-#: how many signals of one name a saga can receive (each is a durable promise of its own)
-MAX_SIGNALS_PER_NAME = 10_000
 
 
 async def run_saga(
@@ -111,18 +112,30 @@ class _SharedHandlerDriver:
 
 async def deliver_signal(ctx: restate.WorkflowSharedContext, name: str, payload: Any) -> None:
     """Resolve the first of the saga's signal promises for ``name`` that is still open: the
-    n-th wait for ``name`` takes the n-th signal, in the order they were delivered."""
-    envelope = {"payload": serde.loads(serde.dumps(payload))}
-    for n in range(MAX_SIGNALS_PER_NAME):
-        promise = ctx.promise(SIGNAL_PROMISE.format(name=name, n=n), type_hint=dict)
+    n-th wait for ``name`` takes the n-th signal, in the order they were delivered. The signal
+    is also recorded in the saga's list of received signals (InputContext.events)."""
+    payload = serde.loads(serde.dumps(payload))
+    await _resolve_first_open(
+        ctx, lambda n: SIGNAL_PROMISE.format(name=name, n=n), {"payload": payload}
+    )
+    await _resolve_first_open(
+        ctx, lambda k: EVENT_PROMISE.format(k=k), {"name": name, "payload": payload}
+    )
+
+
+async def _resolve_first_open(
+    ctx: restate.WorkflowSharedContext, promise_name: Callable[[int], str], value: Any
+) -> None:
+    for n in range(MAX_SIGNALS):
+        promise = ctx.promise(promise_name(n), type_hint=dict)
         if await promise.peek() is not None:
             continue
         try:
-            await promise.resolve(envelope)
+            await promise.resolve(value)
             return
         except RestateTerminalError:
             continue  # another signal took this one meanwhile: try the next
-    raise RestateTerminalError(f"too many signals {name!r} (at most {MAX_SIGNALS_PER_NAME})")
+    raise RestateTerminalError(f"too many signals (at most {MAX_SIGNALS}): {promise_name(0)}")
 
 
 async def operate(ctx: restate.WorkflowSharedContext, req: Any) -> Any:
