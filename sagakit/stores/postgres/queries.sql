@@ -14,32 +14,29 @@ SELECT coalesce(max(version), 0) FROM saga_schema_version
 INSERT INTO saga_schema_version (version) VALUES ($1)
 
 -- name: create_sagas
-WITH new AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[],
-                         $6::text[])
-        AS n(saga_id, name, input, owner, lease_seconds, parent_id)
-), clock AS (
+-- the sagas inserted; an id already taken is missing from the answer (see get_sagas)
+WITH clock AS (
     SELECT extract(epoch FROM clock_timestamp())::float8 AS now
-), inserted AS (
-    INSERT INTO saga_instances
-        (saga_id, name, status, input, owner, fence, lease_expires_at, created_at, updated_at,
-         parent_id)
-    SELECT n.saga_id, n.name,
-           CASE WHEN n.owner IS NULL THEN 'PENDING' ELSE 'RUNNING' END,
-           n.input, n.owner, 1,
-           CASE WHEN n.owner IS NULL THEN 0 ELSE clock.now + n.lease_seconds END,
-           clock.now, clock.now, n.parent_id
-    FROM new n, clock
-    ON CONFLICT (saga_id) DO NOTHING
-    RETURNING saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
-              created_at, updated_at, wait_token, event_count, object_key, parent_id
 )
-SELECT true AS created, * FROM inserted
-UNION ALL
-SELECT false AS created, s.saga_id, s.name, s.status, s.input, s.output, s.error, s.owner,
-       s.fence, s.lease_expires_at, s.created_at, s.updated_at, s.wait_token, s.event_count,
-       s.object_key, s.parent_id
-FROM saga_instances s JOIN new n USING (saga_id)
+INSERT INTO saga_instances
+    (saga_id, name, status, input, owner, fence, lease_expires_at, created_at, updated_at,
+     parent_id)
+SELECT n.saga_id, n.name,
+       CASE WHEN n.owner IS NULL THEN 'PENDING' ELSE 'RUNNING' END,
+       n.input, n.owner, 1,
+       CASE WHEN n.owner IS NULL THEN 0 ELSE clock.now + n.lease_seconds END,
+       clock.now, clock.now, n.parent_id
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[])
+        AS n(saga_id, name, input, owner, lease_seconds, parent_id),
+     clock
+ON CONFLICT (saga_id) DO NOTHING
+RETURNING saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
+          created_at, updated_at, wait_token, event_count, object_key, parent_id
+
+-- name: get_sagas
+SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
+       created_at, updated_at, wait_token, event_count, object_key, parent_id
+FROM saga_instances WHERE saga_id = ANY($1::text[])
 
 -- name: append
 -- $1-$9 one row per saga: the fence to check, the events seen (guard), the status change;
@@ -98,6 +95,46 @@ WITH upd AS (
 ), state_clear AS (
     DELETE FROM saga_state d USING writes w
     WHERE w.value IS NULL AND d.scope = w.scope AND d.key = w.key
+)
+SELECT saga_id FROM ok
+
+-- name: append_one
+-- append of one saga, at most one journal entry and no state writes (a saga alone, or a
+-- quiet moment): the same as append with scalars, cheaper to run than unnesting arrays
+-- (0.65 against 0.85 ms a commit here). Its status rules are append's: change them together.
+WITH ok AS (
+    UPDATE saga_instances s
+    SET status = coalesce($4::text, s.status),
+        output = coalesce($5::text, s.output),
+        error = coalesce($6::text, s.error),
+        owner = CASE WHEN $4::text IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED',
+                                       'SUSPENDED', 'PARKED')
+                     THEN NULL ELSE s.owner END,
+        lease_expires_at = CASE WHEN $4::text IN ('COMPLETED', 'COMPENSATED', 'FAILED',
+                                                  'CANCELLED') THEN 0
+                                WHEN $4::text = 'SUSPENDED' THEN $7::float8
+                                WHEN $4::text = 'PARKED' THEN 1e18
+                                ELSE s.lease_expires_at END,
+        wait_token = CASE WHEN $4::text IN ('COMPLETED', 'COMPENSATED', 'FAILED',
+                                            'CANCELLED', 'PARKED') THEN NULL
+                          WHEN $8::bool THEN $9::text
+                          ELSE s.wait_token END,
+        updated_at = extract(epoch FROM clock_timestamp())
+    WHERE s.saga_id = $1 AND s.fence = $2
+      AND ($3::int8 IS NULL OR s.event_count = $3::int8)
+    RETURNING s.saga_id
+), entries AS (
+    INSERT INTO saga_journal
+        (saga_id, seq, kind, name, status, attempts, output, compensation, error,
+         started_at, finished_at)
+    SELECT ok.saga_id, $10::int4, $11::text, $12::text, $13::text, $14::int4, $15::text,
+           $16::text, $17::text, $18::float8, $19::float8
+    FROM ok WHERE $10::int4 IS NOT NULL
+    ON CONFLICT (saga_id, seq) DO UPDATE SET
+        kind = excluded.kind, name = excluded.name, status = excluded.status,
+        attempts = excluded.attempts, output = excluded.output,
+        compensation = excluded.compensation, error = excluded.error,
+        started_at = excluded.started_at, finished_at = excluded.finished_at
 )
 SELECT saga_id FROM ok
 
