@@ -76,8 +76,11 @@ class BranchTurns:
         """Run every branch to its end; returns how each ended, in the order given."""
         try:
             await self._fill()
+            nested = _CURRENT.get() is not None
             while self._waits:
-                ready = self._first_ready()
+                # a gather inside a branch goes on when the outer turns say so, even with a
+                # future at hand: deciding here would depend on when its completion was read
+                ready = None if nested else self._first_ready()
                 if ready is None:
                     try:
                         await self._until_one_completed()
@@ -85,7 +88,9 @@ class BranchTurns:
                         # the invocation was cancelled (Restate says so once): every branch
                         # learns it at its next wait, as a lone await would, and rolls back
                         self._cancelled = exc
-                    continue
+                    ready = self._first_ready()
+                    if ready is None:
+                        continue
                 await self._give_turn(ready)
                 await self._fill()  # a branch that ended makes room for the next
         finally:
@@ -109,7 +114,7 @@ class BranchTurns:
         if _CURRENT.get() is not None:
             # a gather inside a branch: the outer turns wait for it, polling ours too
             await settle(*pending)
-        else:
+        elif not any(_completed(f) for f in pending):
             await restate.wait_completed(*pending)
 
     async def _fill(self) -> None:
