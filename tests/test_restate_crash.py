@@ -5,13 +5,14 @@ steps are not run again (Restate replays them from its journal), the killed step
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,31 +117,40 @@ async def _until(check: Any, what: str, service: ServiceProcess) -> None:
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.slow
-async def test_sigkill_in_the_middle_of_a_step_and_of_the_rollback(service: ServiceProcess) -> None:
+@contextlib.asynccontextmanager
+async def _deployed(
+    service: ServiceProcess,
+) -> AsyncIterator[tuple[subprocess.Popen[bytes], RestateSagaClient]]:
+    """A Restate server with the service's first process registered, and a client of it."""
     with RestateServer() as server:
         first = service.spawn()
         server.register(service.url)
         async with RestateSagaClient(server.ingress_url) as client:
-            await client.start("Crashy", None, "crash-1")
-            await _until(
-                lambda: [e.get("do") for e in service.events()] == ["first", "second"],
-                "the second step to start",
-                service,
-            )
-            first.send_signal(signal.SIGKILL)
-            first.wait(timeout=10)
-            second = service.spawn()  # the same URL: Restate retries the invocation there
-            await _until(
-                lambda: any(e.get("undoing") == "second" for e in service.events()),
-                "the rollback to start",
-                service,
-            )
-            second.send_signal(signal.SIGKILL)  # in the middle of a compensation
-            second.wait(timeout=10)
-            service.spawn()
-            with pytest.raises(SagaCompensatedError) as caught:
-                await client.result("Crashy", "crash-1")
+            yield first, client
+
+
+@pytest.mark.slow
+async def test_sigkill_in_the_middle_of_a_step_and_of_the_rollback(service: ServiceProcess) -> None:
+    async with _deployed(service) as (first, client):
+        await client.start("Crashy", None, "crash-1")
+        await _until(
+            lambda: [e.get("do") for e in service.events()] == ["first", "second"],
+            "the second step to start",
+            service,
+        )
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        second = service.spawn()  # the same URL: Restate retries the invocation there
+        await _until(
+            lambda: any(e.get("undoing") == "second" for e in service.events()),
+            "the rollback to start",
+            service,
+        )
+        second.send_signal(signal.SIGKILL)  # in the middle of a compensation
+        second.wait(timeout=10)
+        service.spawn()
+        with pytest.raises(SagaCompensatedError) as caught:
+            await client.result("Crashy", "crash-1")
     assert caught.value.cause.step == "third"
     events = service.events()
     done = [e["do"] for e in events if "do" in e]
@@ -164,24 +174,21 @@ async def test_sigkill_in_the_middle_of_parallel_branches(service: ServiceProces
     """The replay after the kill hands the branches their turns in the order of the first run
     (legs completed b0, c0, c1, a0, a1, not in the order of the branches): it issues the same
     journal entries, so no finished leg runs again."""
-    with RestateServer() as server:
-        first = service.spawn()
-        server.register(service.url)
-        async with RestateSagaClient(server.ingress_url) as client:
-            await client.start("CrashyBranches", None, "branches-1")
-            await _until(
-                lambda: (
-                    sorted(e["done"] for e in service.events() if "done" in e)
-                    == ["a0", "a1", "b0", "c0", "c1"]
-                    and any(e.get("do") == "b1" for e in service.events())
-                ),
-                "every leg but b1 to finish",
-                service,
-            )
-            first.send_signal(signal.SIGKILL)
-            first.wait(timeout=10)
-            service.spawn()
-            result = await client.result("CrashyBranches", "branches-1")
+    async with _deployed(service) as (first, client):
+        await client.start("CrashyBranches", None, "branches-1")
+        await _until(
+            lambda: (
+                sorted(e["done"] for e in service.events() if "done" in e)
+                == ["a0", "a1", "b0", "c0", "c1"]
+                and any(e.get("do") == "b1" for e in service.events())
+            ),
+            "every leg but b1 to finish",
+            service,
+        )
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        service.spawn()
+        result = await client.result("CrashyBranches", "branches-1")
     assert result == [["a0", "a1"], ["b0", "b1"], ["c0", "c1"]]
     events = service.events()
     started = [e["do"] for e in events if "do" in e]
