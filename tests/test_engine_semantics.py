@@ -213,6 +213,34 @@ async def test_compensations_run_in_reverse_order_each_once(engine: Engine) -> N
     assert snapshot.error["cause"]["message"] == "no stock"
 
 
+async def test_a_hybrid_step_is_undone_with_the_input_it_was_called_with(engine: Engine) -> None:
+    """A step that gives no compensation data and changes its own input (a list it appends
+    to) does not change what its compensation gets: the input as called, the same as a
+    replay (which does not run the step again) sees."""
+    undone: list[Any] = []
+
+    async def unreserve(data: Any, failed: bool) -> None:
+        undone.append(data)
+
+    @saga_step("Reserve", compensate=unreserve)
+    async def reserve(ctx: SagaContext, inp: dict[str, Any]) -> None:
+        inp["items"].append("added by the step")
+        # returns no data: its compensation gets its input
+
+    @saga_step("Pay")
+    async def pay(ctx: SagaContext, inp: Any) -> None:
+        raise TerminalError("card declined")
+
+    @saga_workflow("Mutating")
+    async def mutating(saga: SagaContext, inp: Any) -> None:
+        await reserve(saga, {"items": ["book"]})
+        await pay(saga, None)
+
+    with pytest.raises(SagaCompensatedError):
+        await engine.run(mutating, None, saga_id="mutating", timeout=WAIT)
+    assert undone == [{"items": ["book"]}]
+
+
 async def test_gathered_steps_are_compensated_in_reverse_call_order(engine: Engine) -> None:
     comps = Compensations()
 

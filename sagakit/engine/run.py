@@ -365,7 +365,14 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
         if data is None:
             self._compensations.pop(seq, None)
             return
-        value = _jsonable(inp) if data is UNSET else data
+        if data is not UNSET:
+            value = data
+        elif compensation is not None:
+            # a hybrid step's input as it was called with (taken before the step could
+            # change it), in its JSON form already
+            value = compensation.data
+        else:
+            value = _jsonable(inp)
         if compensation is None:
             compensation = _Compensation(seq, step, value, failed)
         else:
