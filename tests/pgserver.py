@@ -23,7 +23,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
+
+from tests.served import Served
 
 
 def _bin_dir() -> Path:
@@ -45,7 +46,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class PgServer:
+class PgServer(Served):
     """Start and stop a private PostgreSQL server."""
 
     def __init__(self, *, durable: bool = True, max_connections: int = 200):
@@ -142,21 +143,6 @@ class PgServer:
         with contextlib.suppress(Exception):
             self.stop("immediate")
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> PgServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
 
 if __name__ == "__main__":

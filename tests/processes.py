@@ -35,6 +35,9 @@ class AppProcesses:
         self.url = url
         self.module = module
         self.ledger = tmp_path / "ledger.jsonl"
+        #: a folder of switch and marker files the test and the app processes share
+        self.markers = tmp_path / "markers"
+        self.markers.mkdir(exist_ok=True)
         self.procs: list[subprocess.Popen[bytes]] = []
         self._names: dict[int, str] = {}
 

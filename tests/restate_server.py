@@ -30,8 +30,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Any
+
+from tests.served import Served
 
 REPO = Path(__file__).resolve().parent.parent
 #: where scripts/test.sh installs the npm package
@@ -95,7 +96,7 @@ def _wait_healthy(url: str, what: str, proc: subprocess.Popen[bytes] | None = No
         time.sleep(0.05)
 
 
-class RestateServer:
+class RestateServer(Served):
     """Start and stop a private Restate server on loopback.
 
     ``always_replay=True`` makes the server suspend the invocation at every await (the handler
@@ -200,21 +201,6 @@ class RestateServer:
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> RestateServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
-
 
 def hypercorn_config(port: int) -> Any:
     """Hypercorn settings for a Restate deployment on loopback."""
@@ -231,7 +217,7 @@ def hypercorn_config(port: int) -> Any:
     return config
 
 
-class AppServer:
+class AppServer(Served):
     """Serve an ASGI app with hypercorn on a free loopback port, in a thread of this process."""
 
     def __init__(self, app: Any, port: int | None = None):
@@ -280,19 +266,7 @@ class AppServer:
             self._thread.join(timeout=15)
             self._thread = None
 
-    def __enter__(self) -> AppServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def cleanup(self) -> None:
         self.stop()
 
 

@@ -35,8 +35,6 @@ class Workers(AppProcesses):
 
     def __init__(self, tmp_path: Path, url: str):
         super().__init__(tmp_path, url, "tests.children_crash_app")
-        self.markers = tmp_path / "markers"
-        self.markers.mkdir()
 
     def app_args(self) -> list[str]:
         return [str(self.ledger), str(self.markers), PARENT]
