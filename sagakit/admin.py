@@ -17,6 +17,7 @@ import binascii
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -330,7 +331,11 @@ class SagaAdmin:
         journal = {e.seq: e for e in await store.load_journal(saga_id)}
         change = plan(record, journal)
         now = time.time()
+        # chosen before the first attempt: a store retrying the change after a lost answer
+        # recognises it as made (see AdminChange.key)
+        action_id = uuid.uuid4().hex
         audit = {
+            "action_id": action_id,
             "action": action,
             "reason": reason,
             "by": by,
@@ -357,6 +362,7 @@ class SagaAdmin:
                 replace=change.replace,
                 delete=change.delete,
                 tell=change.tell,
+                key=action_id,
             )
         )
         if updated is None:

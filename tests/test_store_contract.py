@@ -210,7 +210,7 @@ async def test_terminal_status_clears_owner_and_lease(store: Store, terminal: st
     assert (r.status, r.owner, r.lease_expires_at) == (terminal, None, 0)
     assert (r.output, r.error) == (output, error)
     assert r.updated_at >= created.updated_at
-    assert await store.renew_leases("w1", 30) == 0
+    assert await store.renew_leases("w1", 30, ["s1"]) == 0
     assert await store.claim("w2", ["W"], 30, 10) == []
 
 
@@ -222,14 +222,27 @@ async def test_renew_leases_pushes_back_the_owners_live_sagas(store: Store) -> N
     other_before = await load(store, "c")
 
     before = time.time()
-    assert await store.renew_leases("w1", 100) == 2
+    everything = ["a", "b", "c", "done", "unknown"]
+    assert await store.renew_leases("w1", 100, everything) == 2
     for saga_id in ("a", "b"):
         r = await load(store, saga_id)
         assert before + 99 <= r.lease_expires_at <= time.time() + 101
         assert r.owner == "w1" and r.fence == 1
     assert await load(store, "c") == other_before
     assert (await load(store, "done")).lease_expires_at == 0
-    assert await store.renew_leases("nobody", 100) == 0
+    assert await store.renew_leases("nobody", 100, everything) == 0
+    assert await store.renew_leases("w1", 100, []) == 0
+
+
+async def test_renew_leases_renews_only_the_sagas_named(store: Store) -> None:
+    """A saga the worker holds without a live run (a claim whose answer was lost) is not
+    renewed: it expires and another worker takes it."""
+    await store.create_saga(new("live", owner="w1", lease=5))
+    await store.create_saga(new("orphan", owner="w1", lease=EXPIRED))
+    assert await store.renew_leases("w1", 100, ["live"]) == 1
+    await expire()
+    claimed = await store.claim("w2", ["W"], 30, 10)
+    assert [c.record.saga_id for c in claimed] == ["orphan"]
 
 
 async def test_claim_takes_only_expired_runnable_sagas_of_the_given_names(store: Store) -> None:
@@ -389,7 +402,7 @@ async def test_parked_saga_is_released_and_never_claimed(store: Store) -> None:
     await store.append("s1", 1, entry("s1", 0, status="failed"), SagaUpdate("PARKED"))
     record = await load(store, "s1")
     assert (record.status, record.owner, record.lease_expires_at) == ("PARKED", None, NEVER)
-    assert await store.renew_leases("w1", 30) == 0
+    assert await store.renew_leases("w1", 30, ["s1"]) == 0
     assert await store.claim("w2", ["W"], 30, 10) == []
     # an event is kept for it, but does not wake it
     delivery = await store.deliver("s1", "signal", "go", "1")
@@ -461,3 +474,66 @@ async def test_status_values_are_the_saga_statuses(store: Store) -> None:
     assert SagaStatus(created.record.status) is SagaStatus.PENDING
     claimed = await store.claim("w1", ["W"], 30, 1)
     assert SagaStatus(claimed[0].record.status) is SagaStatus.RUNNING
+
+
+async def test_a_delivery_key_stores_the_event_once(store: Store) -> None:
+    await store.create_saga(new("s1", owner="w1"))
+    first = await store.deliver("s1", "signal", "go", "1", key="k1")
+    again = await store.deliver("s1", "signal", "go", "1", key="k1")
+    assert (first.outcome, again.outcome) == ("delivered", "delivered")
+    other = await store.deliver("s1", "signal", "go", "2", key="k2")
+    assert other.outcome == "delivered"
+    assert [(e.seq, e.payload) for e in await store.load_events("s1")] == [(1, "1"), (2, "2")]
+    assert (await load(store, "s1")).event_count == 2
+    # the same key on another saga is another delivery
+    await store.create_saga(new("s2", owner="w1"))
+    assert (await store.deliver("s2", "signal", "go", "1", key="k1")).outcome == "delivered"
+    assert len(await store.load_events("s2")) == 1
+
+
+async def test_a_keyed_delivery_repeated_after_the_saga_ended_keeps_its_first_outcome(
+    store: Store,
+) -> None:
+    await store.create_saga(new("s1", owner="w1"))
+    assert (await store.deliver("s1", "promise", "p", "1", unique=True, key="k")).outcome == (
+        "delivered"
+    )
+    await store.append("s1", 1, None, SagaUpdate("COMPLETED", output="1"))
+    again = await store.deliver("s1", "promise", "p", "1", unique=True, key="k")
+    assert again.outcome == "delivered"
+    assert len(await store.load_events("s1")) == 1
+
+
+async def test_a_wait_token_answers_once(store: Store) -> None:
+    await store.create_saga(new("s1", owner="w1"))
+    await store.append("s1", 1, None, SagaUpdate("SUSPENDED", wake_at=NEVER, wait_token="t1"))
+    first = await store.deliver("s1", "notify", "t1", "1", token="t1")
+    second = await store.deliver("s1", "notify", "t1", "2", token="t1")
+    assert (first.outcome, second.outcome) == ("delivered", "stale")
+    assert (await load(store, "s1")).wait_token is None
+    assert [e.payload for e in await store.load_events("s1")] == ["1"]
+
+
+async def test_two_racing_notifies_with_one_token_deliver_once(store: Store) -> None:
+    await store.create_saga(new("s1", owner="w1"))
+    await store.append("s1", 1, None, SagaUpdate("SUSPENDED", wake_at=NEVER, wait_token="t1"))
+    outcomes = await asyncio.gather(
+        *(store.deliver("s1", "notify", "t1", str(i), token="t1") for i in range(5))
+    )
+    assert sorted(o.outcome for o in outcomes) == ["delivered"] + ["stale"] * 4
+    assert len(await store.load_events("s1")) == 1
+
+
+async def test_an_administer_retried_with_its_key_finds_it_applied(store: Store) -> None:
+    await store.create_saga(new("s1", owner="w1"))
+    await store.append("s1", 1, entry("s1", 0, status="failed"), SagaUpdate("PARKED"))
+    output = '{"action_id": "a1", "action": "retry"}'
+    made = JournalEntry("s1", 0, "admin", "retry", "completed", 1, output, None, None, 1.0, 1.0)
+    change = AdminChange("s1", "PARKED", 1, "RUNNING", 0.0, made, key="a1")
+    first = await store.administer(change)
+    assert first is not None and first.fence == 2
+    again = await store.administer(change)  # as a retry after a lost answer would
+    assert again is not None and (again.status, again.fence) == ("RUNNING", 2)
+    assert [e.seq for e in await store.load_journal("s1")] == [-1, 0]
+    other = replace(change, key="a2")
+    assert await store.administer(other) is None  # another action: stale, not applied

@@ -236,10 +236,13 @@ class Engine(RunningMixin, TalkMixin):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    async def drain(self, grace: float | timedelta = 30.0) -> None:
+    async def drain(
+        self, grace: float | timedelta = 30.0, *, timeout: float | timedelta | None = None
+    ) -> None:
         """Shut down gracefully: take no new work, let each running saga finish the step it is
         in (for up to ``grace``), stop it before its next durable operation and release its
-        lease so that another worker goes on with it at once; then close."""
+        lease so that another worker goes on with it at once; then close (within ``timeout``,
+        see :meth:`close`)."""
         self._draining = True
         if self._background is not None:
             self._background.cancel()
@@ -247,13 +250,28 @@ class Engine(RunningMixin, TalkMixin):
             task.sagakit_run.draining = True  # type: ignore[attr-defined]
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=_seconds(grace))
-        await self.close()
+        await self.close(timeout=timeout)
 
-    async def close(self) -> None:
+    async def close(self, timeout: float | timedelta | None = None) -> None:
         """Stop the worker; sagas still running here are stopped and their leases released, so
-        that another worker (or the next start) takes them over at once."""
+        that another worker (or the next start) takes them over at once.
+
+        With ``timeout``, returns within it even when the database does not answer: what could
+        not be released or committed by then is left as it is, and the sagas concerned are
+        taken over by another worker once their lease expires (nothing is lost: they go on
+        from their journals). Without it, close waits at most for the store's retry deadline
+        (:data:`sagakit.stores.retrying.DEFAULT_RETRY_DEADLINE`, 30 s by default) per step.
+        """
         if self._store is None:
             return
+        store = self._store
+        loop = asyncio.get_running_loop()
+        bound = _seconds(timeout)
+        ends = None if bound is None else loop.time() + max(0.0, bound)
+
+        def left() -> float | None:
+            return None if ends is None else max(0.0, ends - loop.time())
+
         self._closing = True
         if self._background is not None:
             self._background.cancel()
@@ -264,12 +282,18 @@ class Engine(RunningMixin, TalkMixin):
         for task in list(self._tasks.values()):
             task.cancel()
         if self._tasks:
-            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            await asyncio.wait(list(self._tasks.values()), timeout=left())
         try:
-            await self._store.release(self.worker_id, unfinished)
-        except Exception:
-            log.exception("could not release the leases of %d sagas", len(unfinished))
-        await self._store.close()
+            async with asyncio.timeout(left()):
+                await store.release(self.worker_id, unfinished)
+        except Exception as exc:
+            log.warning(
+                "could not release the leases of %d sagas (%s); another worker takes them over "
+                "when their leases expire",
+                len(unfinished),
+                exc,
+            )
+        await store.close(timeout=left())
         self._store = None
         self._closing = False
 

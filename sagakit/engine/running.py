@@ -213,7 +213,10 @@ class RunningMixin:
                 if now >= next_renew:
                     next_renew = now + renew_every
                     if self._tasks:
-                        await self._store_or_raise().renew_leases(self.worker_id, lease)
+                        # only the sagas with a live run here: one this worker holds without
+                        # knowing it (a claim whose answer a dropped connection lost) expires
+                        live = list(self._tasks)
+                        await self._store_or_raise().renew_leases(self.worker_id, lease, live)
                 if now >= next_poll:
                     next_poll = now + poll
                     await self._claim_some()

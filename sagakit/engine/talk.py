@@ -46,11 +46,16 @@ class TalkMixin:
             object_key: str | None = None,
         ) -> SagaHandle: ...
 
-    async def signal(self, saga_id: str, name: str, payload: Any = None) -> None:
+    async def signal(
+        self, saga_id: str, name: str, payload: Any = None, *, key: str | None = None
+    ) -> None:
         """Send the signal ``name`` with ``payload`` (JSON) to a saga.
 
         Kept until the saga waits for it (``saga.wait_for_signal(name)``); each signal is taken
-        by one wait, in the order they were sent.
+        by one wait, in the order they were sent. The signal is stored once even when the
+        store retries the write after a lost acknowledgement; give it a ``key`` (for example
+        the id of the message that made you send it) to make your own retries safe too: a
+        signal sent again with a key already delivered to this saga is not stored again.
 
         Raises:
             SagaNotFoundError: no saga has this id.
@@ -59,7 +64,9 @@ class TalkMixin:
         if not isinstance(name, str) or not name:
             raise SagaValidationError(f"a signal name must be a non-empty string, got {name!r}")
         body = _payload(payload, f"the payload of signal {name!r}")
-        delivery = await self._store_or_raise().deliver(saga_id, EventKind.SIGNAL, name, body)
+        delivery = await self._store_or_raise().deliver(
+            saga_id, EventKind.SIGNAL, name, body, key=_delivery_key(key)
+        )
         refuse_undelivered(delivery, saga_id, "a signal")
         if delivery.status == SagaStatus.SUSPENDED:
             self._poke()
@@ -69,15 +76,16 @@ class TalkMixin:
 
         Returns True when that wait is the saga's current one (the event answers it: it is
         returned by ``wait_for_signal``, or is the promise's value, or ends a sleep), False
-        when the token is stale (that wait is over, or the saga ended) and nothing was
-        delivered.
+        when the token is stale (that wait is over, the saga ended, or the token was used
+        already) and nothing was delivered. A token answers once: of two ``notify`` calls with
+        the same token, even racing from two processes, exactly one returns True.
 
         Raises:
             SagaNotFoundError: no saga has this id.
         """
         body = _payload(event, "the event")
         delivery = await self._store_or_raise().deliver(
-            saga_id, EventKind.NOTIFY, str(token), body, token=str(token)
+            saga_id, EventKind.NOTIFY, str(token), body, token=str(token), key=_delivery_key(None)
         )
         if delivery.outcome == DeliveryOutcome.NOT_FOUND:
             raise SagaNotFoundError(saga_id)
@@ -188,6 +196,17 @@ class TalkMixin:
         """The committed state of a virtual object's key, decoded (for inspection and tests)."""
         state = await self.read_object_state(f"{object_name}/{key}")
         return {k: serde.loads(v) for k, v in state.items()}
+
+
+def _delivery_key(given: str | None) -> str:
+    """The key of one delivery, chosen before its first attempt (see ``Store.deliver``)."""
+    if given is None:
+        return uuid.uuid4().hex
+    if not isinstance(given, str) or not given or len(given) > 200:
+        raise SagaValidationError(
+            f"a delivery key must be a non-empty string of at most 200 characters, got {given!r}"
+        )
+    return given
 
 
 def _payload(value: Any, what: str) -> str:

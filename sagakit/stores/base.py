@@ -27,6 +27,7 @@ Rules every implementation keeps (the contract tests check them):
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -95,6 +96,8 @@ class EntryStatus(StrEnum):
     #: an attempt started in a run that took the saga over from a dead worker; replaced by the
     #: operation's result when it finishes, and counted if that worker dies too
     RUNNING = "running"
+    #: an attempt failed and the next one waits for a long backoff (sagakit.engine.backoff)
+    RETRYING = "retrying"
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +216,21 @@ class AdminChange:
     replace: tuple[JournalEntry, ...] = ()
     delete: tuple[int, ...] = ()
     tell: tuple[tuple[str, str, str, str], ...] = ()
+    #: the action's id, chosen before the first attempt and kept in the audit entry's output
+    #: as ``action_id``: a store that retries the change after a lost acknowledgement finds
+    #: it applied and returns the saga instead of None
+    key: str | None = None
+
+
+def audit_key(entry: JournalEntry) -> str | None:
+    """The ``action_id`` an audit entry was written with (see :attr:`AdminChange.key`)."""
+    if entry.kind != EntryKind.ADMIN or not entry.output:
+        return None
+    try:
+        found = json.loads(entry.output).get("action_id")
+    except (ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +327,11 @@ class Store(Protocol):
         """Connect and create or upgrade the schema. Safe when several processes do it at once."""
         ...
 
-    async def close(self) -> None: ...
+    async def close(self, timeout: float | None = None) -> None:
+        """Commit what is queued and disconnect. With ``timeout``, return within it even when
+        the database does not answer: writes still queued then fail with StoreError (what
+        they belonged to is recovered from the journal, nothing is lost)."""
+        ...
 
     async def create_saga(self, new: NewSaga) -> CreateResult:
         """Insert the saga unless its id exists; return the row that is there either way."""
@@ -348,12 +370,21 @@ class Store(Protocol):
         *,
         token: str | None = None,
         unique: bool = False,
+        key: str | None = None,
     ) -> Delivery:
         """Give a saga an event, in one transaction: refused when the saga is unknown or has
         ended, when ``token`` is given and is not the saga's wait token, or when ``unique`` and
         an event of this kind and name was received already (DUPLICATE, with the payload
         received first, takes precedence over FINISHED: a repeated promise outcome or child
-        outcome is recognised after the saga ended too). A SUSPENDED saga becomes due."""
+        outcome is recognised after the saga ended too). A SUSPENDED saga becomes due.
+
+        A delivery with ``token`` consumes it: the saga's wait token is withdrawn in the same
+        transaction, so any later delivery with that token is STALE (a token answers once).
+
+        ``key`` (chosen by the caller before the first attempt) makes the delivery idempotent:
+        if an event with this key was stored already, nothing is written and the answer is
+        DELIVERED, whatever happened to the saga since (a retry after a lost acknowledgement
+        gets the first outcome)."""
         ...
 
     async def load_events(self, saga_id: str, after: int = 0) -> list[SagaEvent]:
@@ -364,14 +395,17 @@ class Store(Protocol):
         """Every key of ``scope`` with its JSON text."""
         ...
 
-    async def renew_leases(self, owner: str, lease_seconds: float) -> int:
-        """Push back the lease of every non-terminal saga ``owner`` holds; return how many."""
+    async def renew_leases(self, owner: str, lease_seconds: float, saga_ids: Sequence[str]) -> int:
+        """Push back the lease of those of ``saga_ids`` that ``owner`` holds and that have not
+        ended; return how many. The engine passes the sagas it has a live run of: a saga it
+        holds without knowing it (a claim whose answer was lost) expires within one lease."""
         ...
 
     async def claim(
         self, owner: str, names: Sequence[str], lease_seconds: float, limit: int
     ) -> list[ClaimedSaga]:
-        """Take up to ``limit`` runnable sagas of these workflows whose lease expired."""
+        """Take up to ``limit`` runnable sagas of these workflows whose lease expired, and
+        read their journals and events, in one transaction."""
         ...
 
     async def release(self, owner: str, saga_ids: Sequence[str]) -> None:

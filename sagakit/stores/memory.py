@@ -28,6 +28,7 @@ from .base import (
     SagaStatus,
     SagaUpdate,
     StateWrite,
+    audit_key,
 )
 
 _ACTIVE = frozenset({*RUNNABLE_STATUSES, SagaStatus.SUSPENDED.value})
@@ -41,6 +42,8 @@ class _Tables:
         self.events: dict[str, list[SagaEvent]] = {}
         self.state: dict[str, dict[str, str]] = {}
         self.arrival: dict[str, int] = {}
+        #: the delivery keys each saga's events were stored with
+        self.delivery_keys: dict[str, set[str]] = {}
         #: the on_work callbacks of every store open on these tables (the "other processes")
         self.listeners: list[MemoryStore] = []
 
@@ -76,7 +79,7 @@ class MemoryStore:
         if self not in self._t.listeners:
             self._t.listeners.append(self)
 
-    async def close(self) -> None:
+    async def close(self, timeout: float | None = None) -> None:
         if self in self._t.listeners:
             self._t.listeners.remove(self)
 
@@ -152,11 +155,15 @@ class MemoryStore:
         *,
         token: str | None = None,
         unique: bool = False,
+        key: str | None = None,
     ) -> Delivery:
         record = self._t.sagas.get(saga_id)
         if record is None:
             return Delivery(DeliveryOutcome.NOT_FOUND)
         events = self._t.events[saga_id]
+        keys = self._t.delivery_keys.setdefault(saga_id, set())
+        if key is not None and key in keys:
+            return Delivery(DeliveryOutcome.DELIVERED, record.status)
         if unique:
             for event in events:
                 if event.kind == kind and event.name == name:
@@ -168,7 +175,11 @@ class MemoryStore:
         now = time.time()
         count = record.event_count + 1
         events.append(SagaEvent(saga_id, count, kind, name, payload, now))
+        if key is not None:
+            keys.add(key)
         changes: dict[str, object] = {"event_count": count}
+        if token is not None:
+            changes["wait_token"] = None  # a token answers once
         if record.status == SagaStatus.SUSPENDED:
             changes["lease_expires_at"] = 0.0
         self._t.sagas[saga_id] = replace(record, **changes)  # type: ignore[arg-type]
@@ -194,11 +205,12 @@ class MemoryStore:
         entries = self._t.journal.get(saga_id, {})
         return [entries[k] for k in sorted(entries)]
 
-    async def renew_leases(self, owner: str, lease_seconds: float) -> int:
+    async def renew_leases(self, owner: str, lease_seconds: float, saga_ids: Sequence[str]) -> int:
         until = time.time() + lease_seconds
         count = 0
-        for saga_id, record in list(self._t.sagas.items()):
-            if record.owner == owner and record.status in _ACTIVE:
+        for saga_id in set(saga_ids):
+            record = self._t.sagas.get(saga_id)
+            if record is not None and record.owner == owner and record.status in _ACTIVE:
                 self._t.sagas[saga_id] = replace(record, lease_expires_at=until)
                 count += 1
         return count
@@ -257,6 +269,10 @@ class MemoryStore:
 
     async def administer(self, change: AdminChange) -> SagaRecord | None:
         record = self._t.sagas.get(change.saga_id)
+        if change.key is not None and record is not None:
+            journal_now = self._t.journal[change.saga_id]
+            if any(audit_key(e) == change.key for s, e in journal_now.items() if s < 0):
+                return record  # applied already
         if (
             record is None
             or record.status != change.expect_status

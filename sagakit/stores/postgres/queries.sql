@@ -172,8 +172,13 @@ SELECT 1 FROM saga_instances WHERE saga_id = $1 FOR UPDATE
 -- name: deliver
 -- one statement: look at the saga (locked), refuse (unknown, ended, stale token, duplicate) or
 -- number the event, store it, make a SUSPENDED saga due and wake the workers
+-- $5 a wait token (consumed: withdrawn in the same statement), $6 unique, $7 a delivery key
+-- (an event stored with it already: nothing is written, the first outcome stands)
 WITH saga AS (
     SELECT status, wait_token FROM saga_instances WHERE saga_id = $1 FOR UPDATE
+), keyed AS (
+    SELECT 1 FROM saga_events
+    WHERE $7::text IS NOT NULL AND saga_id = $1 AND delivery_key = $7::text
 ), dup AS (
     SELECT payload FROM saga_events
     WHERE $6 AND saga_id = $1 AND kind = $2 AND name = $3
@@ -181,20 +186,23 @@ WITH saga AS (
 ), counted AS (
     UPDATE saga_instances
     SET event_count = event_count + 1,
-        lease_expires_at = CASE WHEN status = 'SUSPENDED' THEN 0 ELSE lease_expires_at END
+        lease_expires_at = CASE WHEN status = 'SUSPENDED' THEN 0 ELSE lease_expires_at END,
+        wait_token = CASE WHEN $5::text IS NULL THEN wait_token END
     WHERE saga_id = $1
       AND status NOT IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED')
       AND ($5::text IS NULL OR wait_token IS NOT DISTINCT FROM $5::text)
       AND NOT EXISTS (SELECT 1 FROM dup)
+      AND NOT EXISTS (SELECT 1 FROM keyed)
     RETURNING event_count, status
 ), stored AS (
-    INSERT INTO saga_events (saga_id, seq, kind, name, payload, created_at)
-    SELECT $1, counted.event_count, $2, $3, $4, extract(epoch FROM clock_timestamp())
+    INSERT INTO saga_events (saga_id, seq, kind, name, payload, created_at, delivery_key)
+    SELECT $1, counted.event_count, $2, $3, $4, extract(epoch FROM clock_timestamp()), $7::text
     FROM counted
 ), woken AS (
     SELECT pg_notify('sagakit_work', '') FROM counted WHERE counted.status = 'SUSPENDED'
 )
 SELECT (SELECT status FROM saga) AS status,
+       EXISTS (SELECT 1 FROM keyed) AS redelivered,
        (SELECT payload FROM dup) AS duplicate,
        (SELECT event_count FROM counted) AS seq,
        (SELECT count(*) FROM woken) AS woken
@@ -228,7 +236,8 @@ FROM saga_journal WHERE saga_id = ANY($1::text[]) ORDER BY saga_id, seq
 -- name: renew_leases
 UPDATE saga_instances
 SET lease_expires_at = extract(epoch FROM clock_timestamp()) + $2
-WHERE owner = $1 AND status IN ('PENDING', 'RUNNING', 'COMPENSATING', 'SUSPENDED')
+WHERE saga_id = ANY($3::text[]) AND owner = $1
+  AND status IN ('PENDING', 'RUNNING', 'COMPENSATING', 'SUSPENDED')
 
 -- name: claim
 WITH clock AS (
@@ -301,6 +310,11 @@ ON CONFLICT (saga_id, seq) DO UPDATE SET
     attempts = excluded.attempts, output = excluded.output,
     compensation = excluded.compensation, error = excluded.error,
     started_at = excluded.started_at, finished_at = excluded.finished_at
+
+-- name: audit_entries
+SELECT saga_id, seq, kind, name, status, attempts, output, compensation, error,
+       started_at, finished_at
+FROM saga_journal WHERE saga_id = $1 AND seq < 0
 
 -- name: next_audit_seq
 -- audit entries count down from -1, below every entry of the saga function

@@ -6,10 +6,16 @@ journal entries) and all the starts as another. Each statement commits on its ow
 N sagas' journal entries costs one round trip and one durable commit. A saga's step counts as
 recorded only once that statement returned.
 
-Faults: when a connection drops (server restart, ``pg_terminate_backend``), the writer reconnects
-with backoff and sends the batch again. Every write is idempotent under retry (journal entries
-are upserts, status updates are fenced, a start that our own lost attempt already made is
-recognised by its owner), so a batch whose commit acknowledgement was lost is not applied twice.
+Faults: when a connection drops (server restart, ``pg_terminate_backend``, a statement that
+does not answer within ``command_timeout``), the writer reconnects with backoff and sends the
+batch again, up to ``retry_deadline`` (then the waiters get a StoreError; see
+:mod:`sagakit.stores.retrying`). Every write is idempotent under retry, so a batch whose commit
+acknowledgement was lost is not applied twice: journal entries are upserts and status updates
+are fenced; a start that our own lost attempt already made is recognised by its owner; a
+delivery carries a key (and a wait token is consumed by the delivery that used it); an
+operator's change carries an action id kept in its audit entry. A claim takes its sagas and
+reads their journals in one transaction; if its answer is lost, the engine does not know it
+holds them and does not renew them, so they expire within one lease.
 
 Wake-ups: ``LISTEN sagakit_work`` on a dedicated connection; a start that leaves a saga PENDING
 and a release send ``NOTIFY``, so idle workers take new work at once; the engine's slow poll stays
@@ -44,10 +50,12 @@ from ..base import (
     SagaStatus,
     SagaUpdate,
     StateWrite,
+    audit_key,
     entry_from_row,
     event_from_row,
     record_from_row,
 )
+from ..retrying import DEFAULT_RETRY_DEADLINE, Backoff, retry
 from ..sqlfile import load_migrations, load_queries
 
 log = logging.getLogger("sagakit.store.postgres")
@@ -57,6 +65,9 @@ MIGRATIONS = load_migrations("sagakit.stores.postgres.migrations")
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 CHANNEL = "sagakit_work"
 MAX_BATCH = 2000
+#: how long one statement may run before its connection is taken for dead (seconds)
+DEFAULT_COMMAND_TIMEOUT = 10.0
+_CONNECT_TIMEOUT = 10.0
 #: the journal entry columns of append_one when a write has no entry
 _NO_ENTRY: tuple[Any, ...] = (None,) * 10
 #: the session settings of the store's own connections (see PostgresStore._connect)
@@ -167,12 +178,32 @@ class PostgresStore:
     Args:
         url: ``postgresql://user:password@host:port/database``.
         read_pool_size: connections for reads (journal loads, snapshots, result polling).
-        on_work: called when another process announces work (NOTIFY); the engine sets it.
+        retry_deadline: how long an operation is retried against a database that does not
+            answer before it fails with StoreError (seconds).
+        command_timeout: how long one statement may take before its connection is taken for
+            dead and the statement retried on a new one (seconds): a connection that went
+            silent (a network partition, a blackhole) is noticed instead of hanging.
+
+    ``on_work`` is called when another process announces work (NOTIFY); the engine sets it.
     """
 
-    def __init__(self, url: str, *, read_pool_size: int = 4):
+    def __init__(
+        self,
+        url: str,
+        *,
+        read_pool_size: int = 4,
+        retry_deadline: float = DEFAULT_RETRY_DEADLINE,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+    ):
+        if retry_deadline <= 0 or command_timeout <= 0:
+            raise StoreError(
+                "retry_deadline and command_timeout must be positive seconds, got "
+                f"{retry_deadline!r} and {command_timeout!r}"
+            )
         self.url = url
         self.read_pool_size = read_pool_size
+        self.retry_deadline = retry_deadline
+        self.command_timeout = command_timeout
         self.on_work: Callable[[], None] | None = None
         self._writer: asyncpg.Connection | None = None
         self._pool: asyncpg.Pool | None = None
@@ -194,7 +225,11 @@ class PostgresStore:
             self._writer = await self._connect()
             await self._migrate(self._writer)
             self._pool = await asyncpg.create_pool(
-                self.url, min_size=1, max_size=self.read_pool_size
+                self.url,
+                min_size=1,
+                max_size=self.read_pool_size,
+                timeout=_CONNECT_TIMEOUT,
+                command_timeout=self.command_timeout,
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             await self.close()
@@ -204,26 +239,65 @@ class PostgresStore:
         self._writer_task = asyncio.create_task(self._writer_loop(), name="sagakit-pg-writer")
         self._listener_task = asyncio.create_task(self._listen_loop(), name="sagakit-pg-listen")
 
-    async def close(self) -> None:
+    async def close(self, timeout: float | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        ends = None if timeout is None else loop.time() + timeout
+
+        def left(most: float) -> float:
+            return most if ends is None else max(0.0, min(most, ends - loop.time()))
+
         self._closing = True
+        abandoned = False
         if self._writer_task is not None and self._wakeup is not None:
             self._wakeup.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer_task
+            try:
+                # what is queued still commits, for as long as the timeout (or the retry
+                # deadline) allows
+                await asyncio.wait_for(asyncio.shield(self._writer_task), left(1e9))
+            except TimeoutError:
+                abandoned = True
+                self._writer_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._writer_task
+            except asyncio.CancelledError:
+                if self._writer_task.done():
+                    pass
+                else:
+                    raise
+            self._fail_queued(f"the PostgreSQL store closed after {timeout}s")
         if self._listener_task is not None:
             self._listener_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener_task
         self._writer_task = self._listener_task = None
         for conn in (self._writer, self._listener):
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(conn.close(), 5)
+            if conn is None:
+                continue
+            if abandoned:
+                conn.terminate()
+                continue
+            try:
+                await asyncio.wait_for(conn.close(), left(5.0))
+            except Exception:
+                conn.terminate()
         self._writer = self._listener = None
         if self._pool is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._pool.close(), 5)
+            try:
+                if abandoned:
+                    raise TimeoutError
+                await asyncio.wait_for(self._pool.close(), left(5.0))
+            except Exception:
+                self._pool.terminate()
             self._pool = None
+
+    def _fail_queued(self, why: str) -> None:
+        """Fail the writes still queued (the writer stopped before it took them)."""
+        batch, self._queue = self._queue, _Batch()
+        error = StoreError(f"{why}; the write was not made (its saga goes on from the journal)")
+        futures: list[asyncio.Future[Any]] = [op.future for op in batch.creates]
+        futures += [op.future for op in batch.appends]
+        futures += [op.future for op in batch.calls]
+        _fail(futures, error)
 
     async def _connect(self) -> asyncpg.Connection:
         # Our writes are a handful of array statements run thousands of times: planning each
@@ -236,7 +310,10 @@ class PostgresStore:
         # autovacuum ANALYZE happens to invalidate the plan. Every statement of this
         # connection finds its rows by key, so table scans are priced out.
         conn: asyncpg.Connection = await asyncpg.connect(
-            self.url, timeout=10, server_settings=_SERVER_SETTINGS
+            self.url,
+            timeout=_CONNECT_TIMEOUT,
+            command_timeout=self.command_timeout,
+            server_settings=_SERVER_SETTINGS,
         )
         return conn
 
@@ -303,34 +380,45 @@ class PostgresStore:
         futures: Sequence[asyncio.Future[Any]],
     ) -> None:
         """Run a write on the writer connection; on a dropped connection reconnect with backoff
-        and run it again (writes are idempotent); fail the waiters on any other error."""
-        delay = 0.05
+        and run it again (writes are idempotent), up to the retry deadline; fail the waiters on
+        any other error, after the deadline, or when the store is closed meanwhile."""
+        backoff = Backoff("PostgreSQL write", self.retry_deadline)
         retry = False
-        while True:
-            try:
-                if self._writer is None or self._writer.is_closed():
-                    self._writer = await self._connect()
-                await fn(self._writer, retry)
-                self.commits += 1
-                self.writes += len(futures)
-                return
-            except Exception as exc:
-                if not _is_connection_error(exc):
-                    error = StoreError(f"PostgreSQL write failed: {type(exc).__name__}: {exc}")
-                    error.__cause__ = exc
-                    for future in futures:
-                        if not future.done():
-                            future.set_exception(error)
+        try:
+            while True:
+                try:
+                    if self._writer is None or self._writer.is_closed():
+                        self._writer = await self._connect()
+                    await fn(self._writer, retry)
+                    self.commits += 1
+                    self.writes += len(futures)
                     return
-                if self._closing and all(f.done() for f in futures):
-                    return
-                log.warning("PostgreSQL connection lost (%s); reconnecting in %.2fs", exc, delay)
-                if self._writer is not None:
-                    self._writer.terminate()
-                self._writer = None
-                retry = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                except Exception as exc:
+                    if not _is_connection_error(exc):
+                        error = StoreError(
+                            f"PostgreSQL write failed: {type(exc).__name__}: {exc}"
+                        )
+                        error.__cause__ = exc
+                        _fail(futures, error)
+                        return
+                    if self._closing and all(f.done() for f in futures):
+                        return
+                    if self._writer is not None:
+                        self._writer.terminate()
+                    self._writer = None
+                    try:
+                        delay = backoff.next_delay(exc)
+                    except StoreError as gave_up:
+                        _fail(futures, gave_up)
+                        return
+                    log.warning(
+                        "PostgreSQL connection lost (%s); reconnecting in %.2fs", exc, delay
+                    )
+                    retry = True
+                    await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            _fail(futures, StoreError("the PostgreSQL store closed before the write committed"))
+            raise
 
     async def _write_creates(
         self, conn: asyncpg.Connection, retry: bool, ops: list[_Create]
@@ -482,20 +570,26 @@ class PostgresStore:
     # -- reads -------------------------------------------------------------------------------
 
     async def _read(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        if self._pool is None:
+        pool = self._pool
+        if pool is None:
             raise StoreError("the PostgreSQL store is not open")
-        delay = 0.05
-        for attempt in range(8):
-            try:
-                async with self._pool.acquire() as conn:
-                    return await fn(conn)
-            except Exception as exc:
-                if not _is_connection_error(exc) or attempt == 7:
-                    raise StoreError(f"PostgreSQL read failed: {exc}") from exc
-                log.warning("PostgreSQL read failed (%s); retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")
+
+        async def attempt(_retrying: bool) -> T:
+            async with pool.acquire(timeout=_CONNECT_TIMEOUT) as conn:
+                return await fn(conn)
+
+        try:
+            return await retry(
+                attempt,
+                what="PostgreSQL read",
+                transient=_is_connection_error,
+                deadline=self.retry_deadline,
+                log=log,
+            )
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"PostgreSQL read failed: {type(exc).__name__}: {exc}") from exc
 
     # -- wake-ups ----------------------------------------------------------------------------
 
@@ -504,25 +598,29 @@ class PostgresStore:
             self.on_work()
 
     async def _listen_loop(self) -> None:
-        delay = 0.1
+        # nobody waits for this loop: it retries for as long as the store is open (the
+        # engine's poll finds work meanwhile), with the backoff every retry uses
+        backoff = Backoff("LISTEN connection", None, first_delay=0.1)
         while not self._closing:
+            cause: BaseException = ConnectionError("the LISTEN connection was lost")
             try:
                 lost = asyncio.Event()
                 self._listener = await self._connect()
                 self._listener.add_termination_listener(functools.partial(_set_event, lost))
                 await self._listener.add_listener(CHANNEL, self._notified)
-                delay = 0.1
+                backoff = Backoff("LISTEN connection", None, first_delay=0.1)
                 self._notified()  # work may have been announced while we were not listening
                 await lost.wait()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.debug("LISTEN connection failed (%s); retrying in %.1fs", exc, delay)
+                cause = exc
             if self._listener is not None:
                 self._listener.terminate()
                 self._listener = None
+            delay = backoff.next_delay(cause)
+            log.debug("LISTEN connection failed (%s); retrying in %.1fs", cause, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
     # -- the Store protocol ------------------------------------------------------------------
 
@@ -555,22 +653,25 @@ class PostgresStore:
         *,
         token: str | None = None,
         unique: bool = False,
+        key: str | None = None,
     ) -> Delivery:
+        args = (saga_id, kind, name, payload, token, unique, key)
+
         async def fn(conn: asyncpg.Connection) -> Delivery:
-            if unique:
-                # the duplicate check must see an event committed by whoever held the saga's
-                # row before us: lock it first, so that the next statement's snapshot is later
+            if unique or key is not None:
+                # the duplicate (or key) check must see an event committed by whoever held the
+                # saga's row before us — our own earlier attempt, whose connection died with
+                # the statement still running, included: lock the row first, so that the next
+                # statement's snapshot is later
                 async with conn.transaction():
                     await conn.execute(Q["lock_saga"], saga_id)
-                    row = await conn.fetchrow(
-                        Q["deliver"], saga_id, kind, name, payload, token, unique
-                    )
+                    row = await conn.fetchrow(Q["deliver"], *args)
             else:
-                row = await conn.fetchrow(Q["deliver"], saga_id, kind, name, payload, token, False)
+                row = await conn.fetchrow(Q["deliver"], *args)
             status = row["status"]
             if status is None:
                 return Delivery(DeliveryOutcome.NOT_FOUND)
-            if row["seq"] is not None:
+            if row["seq"] is not None or row["redelivered"]:
                 return Delivery(DeliveryOutcome.DELIVERED, status)
             if row["duplicate"] is not None:
                 return Delivery(DeliveryOutcome.DUPLICATE, status, row["duplicate"])
@@ -606,9 +707,12 @@ class PostgresStore:
 
         return await self._read(fn)
 
-    async def renew_leases(self, owner: str, lease_seconds: float) -> int:
+    async def renew_leases(self, owner: str, lease_seconds: float, saga_ids: Sequence[str]) -> int:
+        if not saga_ids:
+            return 0
+
         async def fn(conn: asyncpg.Connection) -> int:
-            status = await conn.execute(Q["renew_leases"], owner, lease_seconds)
+            status = await conn.execute(Q["renew_leases"], owner, lease_seconds, list(saga_ids))
             return int(status.split()[-1])
 
         return await self._call(fn)
@@ -620,19 +724,22 @@ class PostgresStore:
             return []
 
         async def fn(conn: asyncpg.Connection) -> list[ClaimedSaga]:
-            rows = await conn.fetch(Q["claim"], owner, list(names), lease_seconds, limit)
-            records = [record_from_row(tuple(r)[:-1]) for r in rows]
-            taken_over = {r["saga_id"]: bool(r["taken_over"]) for r in rows}
-            if not records:
-                return []
-            journals: dict[str, list[JournalEntry]] = {r.saga_id: [] for r in records}
-            for row in await conn.fetch(Q["get_journals"], list(journals)):
-                journals[row["saga_id"]].append(entry_from_row(tuple(row)))
-            events: dict[str, list[SagaEvent]] = {r.saga_id: [] for r in records}
-            with_events = [r.saga_id for r in records if r.event_count]
-            if with_events:
-                for row in await conn.fetch(Q["get_events_of"], with_events):
-                    events[row["saga_id"]].append(event_from_row(tuple(row)))
+            # one transaction: a connection lost before the commit took nothing; one lost
+            # after it leaves sagas this engine does not know it holds, which it never renews
+            async with conn.transaction():
+                rows = await conn.fetch(Q["claim"], owner, list(names), lease_seconds, limit)
+                records = [record_from_row(tuple(r)[:-1]) for r in rows]
+                taken_over = {r["saga_id"]: bool(r["taken_over"]) for r in rows}
+                if not records:
+                    return []
+                journals: dict[str, list[JournalEntry]] = {r.saga_id: [] for r in records}
+                for row in await conn.fetch(Q["get_journals"], list(journals)):
+                    journals[row["saga_id"]].append(entry_from_row(tuple(row)))
+                events: dict[str, list[SagaEvent]] = {r.saga_id: [] for r in records}
+                with_events = [r.saga_id for r in records if r.event_count]
+                if with_events:
+                    for row in await conn.fetch(Q["get_events_of"], with_events):
+                        events[row["saga_id"]].append(event_from_row(tuple(row)))
             return [
                 ClaimedSaga(r, journals[r.saga_id], taken_over[r.saga_id], events[r.saga_id])
                 for r in records
@@ -694,14 +801,16 @@ class PostgresStore:
                     change.expect_fence,
                 )
                 if row is None:
-                    return None
+                    return await _applied_already(conn, change)
                 if change.delete:
                     await conn.execute(Q["delete_entries"], change.saga_id, list(change.delete))
                 seq = await conn.fetchval(Q["next_audit_seq"], change.saga_id)
                 for entry in (*change.replace, replace(change.audit, seq=seq)):
                     await conn.execute(Q["upsert_entry"], *astuple(entry))
                 for saga_id, kind, name, payload in change.tell:
-                    await conn.fetchrow(Q["deliver"], saga_id, kind, name, payload, None, True)
+                    await conn.fetchrow(
+                        Q["deliver"], saga_id, kind, name, payload, None, True, None
+                    )
                 await conn.execute(Q["notify_work"])
                 return record_from_row(tuple(row))
 
@@ -722,6 +831,24 @@ def _entry_columns(e: JournalEntry) -> tuple[Any, ...]:
         e.started_at,
         e.finished_at,
     )
+
+
+async def _applied_already(conn: asyncpg.Connection, change: AdminChange) -> SagaRecord | None:
+    """The saga, if ``change`` (by its key) was made already — by our own attempt whose
+    answer a dropped connection lost; else None."""
+    if change.key is None:
+        return None
+    audits = await conn.fetch(Q["audit_entries"], change.saga_id)
+    if not any(audit_key(entry_from_row(tuple(r))) == change.key for r in audits):
+        return None
+    row = await conn.fetchrow(Q["get_saga"], change.saga_id)
+    return None if row is None else record_from_row(tuple(row))
+
+
+def _fail(futures: Sequence[asyncio.Future[Any]], error: BaseException) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(error)
 
 
 def _set_event(event: asyncio.Event, *_args: object) -> None:

@@ -84,15 +84,19 @@ SELECT status, wait_token, event_count FROM saga_instances WHERE saga_id = :saga
 SELECT payload FROM saga_events WHERE saga_id = :saga_id AND kind = :kind AND name = :name
 ORDER BY seq LIMIT 1
 
+-- name: find_delivery
+SELECT 1 FROM saga_events WHERE saga_id = :saga_id AND delivery_key = :key
+
 -- name: insert_event
-INSERT INTO saga_events (saga_id, seq, kind, name, payload, created_at)
-VALUES (:saga_id, :seq, :kind, :name, :payload, :now)
+INSERT INTO saga_events (saga_id, seq, kind, name, payload, created_at, delivery_key)
+VALUES (:saga_id, :seq, :kind, :name, :payload, :now, :key)
 
 -- name: count_event
--- a SUSPENDED saga becomes due at once
+-- a SUSPENDED saga becomes due at once; a delivery for the wait token consumes it
 UPDATE saga_instances
 SET event_count = :seq,
-    lease_expires_at = CASE WHEN status = 'SUSPENDED' THEN 0 ELSE lease_expires_at END
+    lease_expires_at = CASE WHEN status = 'SUSPENDED' THEN 0 ELSE lease_expires_at END,
+    wait_token = CASE WHEN :consume_token THEN NULL ELSE wait_token END
 WHERE saga_id = :saga_id
 
 -- name: get_events
@@ -119,7 +123,8 @@ FROM saga_journal WHERE saga_id = :saga_id ORDER BY seq
 
 -- name: renew_leases
 UPDATE saga_instances SET lease_expires_at = :until
-WHERE owner = :owner AND status IN ('PENDING', 'RUNNING', 'COMPENSATING', 'SUSPENDED')
+WHERE owner = :owner AND saga_id IN (SELECT value FROM json_each(:saga_ids))
+  AND status IN ('PENDING', 'RUNNING', 'COMPENSATING', 'SUSPENDED')
 
 -- name: claim_candidates
 -- due sagas (lease over, or wake-up time reached), but of an object key only the first
@@ -174,6 +179,11 @@ WHERE saga_id = :saga_id AND status = :expect_status AND fence = :expect_fence
 
 -- name: delete_entry
 DELETE FROM saga_journal WHERE saga_id = :saga_id AND seq = :seq
+
+-- name: audit_entries
+SELECT saga_id, seq, kind, name, status, attempts, output, compensation, error,
+       started_at, finished_at
+FROM saga_journal WHERE saga_id = :saga_id AND seq < 0
 
 -- name: next_audit_seq
 -- audit entries count down from -1, below every entry of the saga function

@@ -48,10 +48,12 @@ from ..base import (
     SagaStatus,
     SagaUpdate,
     StateWrite,
+    audit_key,
     entry_from_row,
     event_from_row,
     record_from_row,
 )
+from ..retrying import DEFAULT_RETRY_DEADLINE, Backoff
 from ..sqlfile import load_migrations, load_queries
 
 log = logging.getLogger("sagakit.store.sqlite")
@@ -97,9 +99,17 @@ class SqliteStore:
         synchronous: SQLite's ``synchronous`` setting. ``FULL`` (the default) makes every commit
             durable across a power cut; ``NORMAL`` is faster and may lose the last commits on a
             power cut (never on a process crash). Benchmarks report which one was in force.
+        retry_deadline: how long a write waits for a file that another process keeps locked
+            before it fails with StoreError (seconds; see :mod:`sagakit.stores.retrying`).
     """
 
-    def __init__(self, url: str, *, synchronous: str = "FULL"):
+    def __init__(
+        self,
+        url: str,
+        *,
+        synchronous: str = "FULL",
+        retry_deadline: float = DEFAULT_RETRY_DEADLINE,
+    ):
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise StoreError(f"synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")
         self.url = url
@@ -114,7 +124,9 @@ class SqliteStore:
         self._flush_handle: asyncio.Handle | None = None
         #: set by close() when writes are still queued; done once they are committed
         self._drained: asyncio.Future[None] | None = None
-        self._busy_delay = _FIRST_BUSY_DELAY
+        self.retry_deadline = retry_deadline
+        #: the backoff of the writes waiting for a file another process is writing
+        self._busy: Backoff | None = None
         self._open = False
         self._closing = False
         #: counters for benchmarks: transactions committed and operations in them
@@ -147,11 +159,14 @@ class SqliteStore:
         self._closing = False
         self._open = True
 
-    async def close(self) -> None:
+    async def close(self, timeout: float | None = None) -> None:
         self._closing = True
         if self._pending:  # what was queued before close still commits
             self._drained = asyncio.get_running_loop().create_future()
-            await self._drained
+            try:
+                await asyncio.wait_for(asyncio.shield(self._drained), timeout)
+            except TimeoutError:
+                self._abandon_pending(timeout)
         self._open = False
         loop = asyncio.get_running_loop()
         for conn, executor in (
@@ -209,19 +224,33 @@ class SqliteStore:
         self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
 
     def _retry_busy(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` until SQLite stops answering "locked": some operations (switching to WAL
-        while another process opens the file) fail at once instead of waiting the busy timeout.
-        """
-        delay = 0.01
+        """Run ``fn`` until SQLite stops answering "locked" (up to the retry deadline): some
+        operations (switching to WAL while another process opens the file) fail at once
+        instead of waiting the busy timeout. Runs off the event loop."""
+        backoff = Backoff(f"opening SQLite file {self.path}", self.retry_deadline, max_delay=1.0)
         while True:
             try:
                 return fn()
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
+                delay = backoff.next_delay(exc)
                 log.info("SQLite file %s is busy; retrying in %.2fs", self.path, delay)
                 time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+
+    def _abandon_pending(self, timeout: float | None) -> None:
+        """Fail every queued write: close ran out of time (the file stayed locked)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        error = StoreError(
+            f"the SQLite store closed after {timeout}s with writes not committed (the file "
+            f"{self.path} stayed locked by another process); their sagas go on from the journal"
+        )
+        pending, self._pending = self._pending, []
+        for _, future in pending:
+            if not future.done():
+                future.set_exception(error)
 
     def _queue_write(self, op: WriteOp) -> asyncio.Future[Any]:
         """Queue ``op`` for the next group commit; the future is done once it committed."""
@@ -252,16 +281,25 @@ class SqliteStore:
                     outcome = exc
                 else:
                     # another process is writing: come back later rather than block the loop
-                    log.debug(
-                        "SQLite file %s is busy; retrying in %.3fs", self.path, self._busy_delay
-                    )
-                    self._flush_handle = loop.call_later(self._busy_delay, self._flush)
-                    self._busy_delay = min(self._busy_delay * 2, _MAX_BUSY_DELAY)
-                    return
+                    if self._busy is None:
+                        self._busy = Backoff(
+                            "SQLite write",
+                            self.retry_deadline,
+                            first_delay=_FIRST_BUSY_DELAY,
+                            max_delay=_MAX_BUSY_DELAY,
+                        )
+                    try:
+                        delay = self._busy.next_delay(exc)
+                    except StoreError as gave_up:
+                        outcome = gave_up
+                    else:
+                        log.debug("SQLite file %s is busy; retrying in %.3fs", self.path, delay)
+                        self._flush_handle = loop.call_later(delay, self._flush)
+                        return
             except Exception as exc:
                 outcome = exc
             del self._pending[: len(batch)]
-            self._busy_delay = _FIRST_BUSY_DELAY
+            self._busy = None
             _settle(batch, outcome)
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
@@ -388,9 +426,12 @@ class SqliteStore:
         *,
         token: str | None = None,
         unique: bool = False,
+        key: str | None = None,
     ) -> Delivery:
         def op(conn: sqlite3.Connection) -> Delivery:
-            return _deliver(conn, saga_id, kind, name, payload, token=token, unique=unique)
+            return _deliver(
+                conn, saga_id, kind, name, payload, token=token, unique=unique, key=key
+            )
 
         result: Delivery = await self._write(op)
         return result
@@ -421,10 +462,17 @@ class SqliteStore:
 
         return await self._read(fn)
 
-    async def renew_leases(self, owner: str, lease_seconds: float) -> int:
+    async def renew_leases(self, owner: str, lease_seconds: float, saga_ids: Sequence[str]) -> int:
+        if not saga_ids:
+            return 0
+
         def op(conn: sqlite3.Connection) -> int:
-            until = time.time() + lease_seconds
-            return conn.execute(Q["renew_leases"], {"owner": owner, "until": until}).rowcount
+            params = {
+                "owner": owner,
+                "until": time.time() + lease_seconds,
+                "saga_ids": json.dumps(list(saga_ids)),
+            }
+            return conn.execute(Q["renew_leases"], params).rowcount
 
         count: int = await self._write(op)
         return count
@@ -524,7 +572,7 @@ class SqliteStore:
                 },
             )
             if cur.rowcount != 1:
-                return None
+                return _applied_already(conn, change)
             for seq in change.delete:
                 conn.execute(Q["delete_entry"], {"saga_id": change.saga_id, "seq": seq})
             for entry in change.replace:
@@ -540,6 +588,17 @@ class SqliteStore:
         return result
 
 
+def _applied_already(conn: sqlite3.Connection, change: AdminChange) -> SagaRecord | None:
+    """The saga, if ``change`` (by its key) was made already; else None."""
+    if change.key is None:
+        return None
+    audits = conn.execute(Q["audit_entries"], {"saga_id": change.saga_id}).fetchall()
+    if not any(audit_key(entry_from_row(r)) == change.key for r in audits):
+        return None
+    row = conn.execute(Q["get_saga"], {"saga_id": change.saga_id}).fetchone()
+    return None if row is None else record_from_row(row)
+
+
 def _deliver(
     conn: sqlite3.Connection,
     saga_id: str,
@@ -549,12 +608,18 @@ def _deliver(
     *,
     token: str | None,
     unique: bool,
+    key: str | None = None,
 ) -> Delivery:
     """``Store.deliver`` inside a write transaction."""
     row = conn.execute(Q["saga_for_event"], {"saga_id": saga_id}).fetchone()
     if row is None:
         return Delivery(DeliveryOutcome.NOT_FOUND)
     status, wait_token, count = row
+    redelivered = key is not None and conn.execute(
+        Q["find_delivery"], {"saga_id": saga_id, "key": key}
+    ).fetchone()
+    if redelivered:
+        return Delivery(DeliveryOutcome.DELIVERED, status)
     if unique:
         params = {"saga_id": saga_id, "kind": kind, "name": name}
         found = conn.execute(Q["find_event"], params).fetchone()
@@ -574,9 +639,12 @@ def _deliver(
             "name": name,
             "payload": payload,
             "now": time.time(),
+            "key": key,
         },
     )
-    conn.execute(Q["count_event"], {"saga_id": saga_id, "seq": seq})
+    conn.execute(
+        Q["count_event"], {"saga_id": saga_id, "seq": seq, "consume_token": token is not None}
+    )
     return Delivery(DeliveryOutcome.DELIVERED, status)
 
 
@@ -623,8 +691,11 @@ def _settle(
 ) -> None:
     """In the event loop: resolve the waiters of one committed (or failed) transaction."""
     if isinstance(outcome, Exception):
-        error = StoreError(f"SQLite write failed: {outcome}")
-        error.__cause__ = outcome
+        if isinstance(outcome, StoreError):
+            error = outcome
+        else:
+            error = StoreError(f"SQLite write failed: {outcome}")
+            error.__cause__ = outcome
         for _, future in batch:
             if not future.done():
                 future.set_exception(error)

@@ -1,0 +1,8 @@
+-- sagakit schema version 4 (PostgreSQL): idempotent deliveries, and children found by parent.
+--
+-- A delivery may carry a key chosen by its sender before the first attempt: a retry after a
+-- lost acknowledgement finds the event stored and writes nothing.
+ALTER TABLE saga_events ADD COLUMN delivery_key text;
+CREATE UNIQUE INDEX saga_events_delivery_key ON saga_events (saga_id, delivery_key)
+    WHERE delivery_key IS NOT NULL;
+CREATE INDEX saga_instances_parent ON saga_instances (parent_id) WHERE parent_id IS NOT NULL;
