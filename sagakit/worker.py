@@ -64,9 +64,12 @@ async def run_worker(
     lease: timedelta = timedelta(seconds=30),
     poll_interval: timedelta = timedelta(seconds=1),
     grace: timedelta = timedelta(seconds=30),
+    shutdown_timeout: timedelta = timedelta(seconds=10),
 ) -> None:
     """Run sagas of ``workflows`` from the store at ``url`` until SIGTERM/SIGINT, then drain:
-    running sagas finish their current step (for up to ``grace``) and are released."""
+    running sagas finish their current step (for up to ``grace``) and are released, within
+    ``shutdown_timeout`` more even when the database does not answer (what is not released
+    by then is taken over by another worker when its lease expires)."""
     engine = Engine(url, lease=lease, poll_interval=poll_interval, max_concurrency=concurrency)
     engine.register(*workflows)
     stop = asyncio.Event()
@@ -79,5 +82,5 @@ async def run_worker(
         print(f"sagakit worker {engine.worker_id} ready (workflows: {names})", flush=True)
         await stop.wait()
         log.info("worker %s draining", engine.worker_id)
-        await engine.drain(grace)
+        await engine.drain(grace, timeout=shutdown_timeout)
     print(f"sagakit worker {engine.worker_id} stopped", flush=True)

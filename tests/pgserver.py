@@ -134,6 +134,10 @@ class PgServer(Served):
             )
             self.started = False
 
+    def start_again(self) -> None:
+        """Start a stopped server again on the same data and port."""
+        self._pg_ctl_start()
+
     def restart(self, stop_mode: str = "immediate") -> None:
         """Stop (by default as a crash would) and start again on the same data and port."""
         self.stop(stop_mode)

@@ -66,8 +66,22 @@ def demo(ctx: click.Context, keep: bool) -> None:
     show_default=True,
     help="On SIGTERM, seconds to let running steps finish before their sagas are released.",
 )
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="After the grace period, the most seconds to spend releasing sagas and closing the "
+    "database (it may be unreachable); what is left expires with its lease.",
+)
 def worker_command(
-    db: str, app: str, concurrency: int, lease: float, poll: float, grace: float
+    db: str,
+    app: str,
+    concurrency: int,
+    lease: float,
+    poll: float,
+    grace: float,
+    shutdown_timeout: float,
 ) -> None:
     """Run and recover sagas until SIGTERM or SIGINT, then drain and exit 0.
 
@@ -89,6 +103,7 @@ def worker_command(
             lease=timedelta(seconds=lease),
             poll_interval=timedelta(seconds=poll),
             grace=timedelta(seconds=grace),
+            shutdown_timeout=timedelta(seconds=shutdown_timeout),
         )
     )
 
