@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import Drained, EventsArrived, LeaseLost, StoreUnavailable, Suspended
 from ..stores.base import ClaimedSaga, SagaStatus, Store
+from ..stores.retrying import Backoff
 from ..workflows import SagaWorkflow
 from .observe import Observers
 from .outcome import Outcome
@@ -207,6 +208,9 @@ class RunningMixin:
         next_renew = loop.time() + renew_every
         next_poll = loop.time()
         failures = 0
+        # the store gave up on one operation (after its own retry deadline); the loop itself
+        # goes on as long as the engine is open, backing off between rounds
+        backoff = Backoff("the background worker", None, first_delay=0.2, max_delay=5.0)
         while True:
             now = loop.time()
             try:
@@ -220,13 +224,15 @@ class RunningMixin:
                 if now >= next_poll:
                     next_poll = now + poll
                     await self._claim_some()
-                failures = 0
+                if failures:
+                    failures = 0
+                    backoff = Backoff("the background worker", None, first_delay=0.2, max_delay=5.0)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 failures += 1
                 log.exception("the background worker failed (%d in a row); retrying", failures)
-                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+                await asyncio.sleep(backoff.next_delay(exc))
                 continue
             timeout = max(0.0, min(next_renew, next_poll) - loop.time())
             with contextlib.suppress(TimeoutError):
