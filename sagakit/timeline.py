@@ -21,6 +21,7 @@ from .engine.snapshots import AuditEntry, SagaSnapshot, StepSnapshot
 from .stores.base import SagaStatus
 
 __all__ = [
+    "describe_retry",
     "format_duration",
     "format_error",
     "format_time",
@@ -49,6 +50,8 @@ _VALUE_KINDS = frozenset({"now", "uuid", "random", "state_get", "signals", "gath
 _WAIT_KINDS = frozenset({"sleep", "signal", "promise", "child_result"})
 #: statuses in which a worker is (or is about to be) moving the saga on by itself
 _MOVING = frozenset({SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING})
+#: entry statuses of an operation that has not ended (an attempt runs, or waits to be retried)
+_UNFINISHED = frozenset({"running", "retrying"})
 
 _JSON_PREVIEW = 100
 #: an audit entry's details share a line with four other columns
@@ -181,6 +184,8 @@ def _header(snapshot: SagaSnapshot, style: _Style, now: datetime) -> list[str]:
         lines.append(f"  output    {_preview(snapshot.output, style.ellipsis)}")
     if status == SagaStatus.SUSPENDED:
         lines.extend(_wait_lines(snapshot, now))
+        if (snapshot.error or {}).get("kind") == "compensating":
+            lines.extend(_error_lines(snapshot, style))  # a compensation waits to retry
     elif status == SagaStatus.PARKED:
         lines.extend(_parked_lines(snapshot, style))
     else:
@@ -199,9 +204,41 @@ def _open_waits(snapshot: SagaSnapshot) -> list[StepSnapshot]:
     return [s for s in snapshot.steps if s.kind in _WAIT_KINDS and s.status == "running"]
 
 
+def describe_retry(step: StepSnapshot, now: datetime | None = None) -> str:
+    """What an entry waiting out a retry backoff waits for: ``retrying ChargeCard, attempt 3
+    of 5 at 12:04:31 CEST`` (the next attempt's number, the attempts allowed, and when it runs,
+    in the local time zone; with the date when it is not ``now``'s)."""
+    what = step.name if step.kind == "step" else f"the compensation of {step.name}"
+    return f"retrying {what}, {_next_attempt(step, now)}"
+
+
+def _next_attempt(step: StepSnapshot, now: datetime | None) -> str:
+    text = f"attempt {step.attempts + 1}"
+    if step.max_attempts is not None:
+        text += f" of {step.max_attempts}"
+    at = step.retry_at
+    if at is None:
+        return text
+    local = at.astimezone()
+    today = (now or datetime.now(UTC)).astimezone(local.tzinfo).date()
+    shape = "%H:%M:%S %Z" if local.date() == today else "%Y-%m-%d %H:%M:%S %Z"
+    return f"{text} at {local.strftime(shape)}"
+
+
+def _retry_lines(snapshot: SagaSnapshot, now: datetime) -> list[str]:
+    lines = []
+    for step in snapshot.retrying:
+        lines.append(f"  waiting   {describe_retry(step, now)}")
+        if step.error:
+            lines.append(f"            after {format_error(step.error, with_step=False)}")
+    return lines
+
+
 def _wait_lines(snapshot: SagaSnapshot, now: datetime) -> list[str]:
     targets = [_wait_target(s) for s in _open_waits(snapshot)]
-    lines = [f"  waiting   for {', '.join(targets) if targets else 'an event'}"]
+    lines = _retry_lines(snapshot, now)
+    if targets or not lines:
+        lines.append(f"  waiting   for {', '.join(targets) if targets else 'an event'}")
     if snapshot.wake_at is not None:
         remaining = snapshot.wake_at - now
         due = "due now" if remaining <= timedelta(0) else f"in {format_duration(remaining)}"
@@ -285,8 +322,9 @@ def _error_lines(snapshot: SagaSnapshot, style: _Style) -> list[str]:
             f"  rollback  complete ({_plural(len(compensations), 'compensation')}, "
             "in reverse order)"
         )
-    elif snapshot.status == SagaStatus.COMPENSATING:
-        lines.append(f"  rollback  under way ({len(compensations)} compensation(s) done so far)")
+    elif snapshot.status == SagaStatus.COMPENSATING or error.get("kind") == "compensating":
+        done = [c for c in compensations if c.status == "completed"]
+        lines.append(f"  rollback  under way ({len(done)} compensation(s) done so far)")
     return lines
 
 
@@ -305,16 +343,25 @@ def _offset(step: StepSnapshot, start: datetime) -> str:
 def _status_cell(step: StepSnapshot, style: _Style, *, ended: bool = False) -> str:
     if step.status == "failed":
         return f"{style.bad} failed"
-    if step.status == "running" and ended:
+    if step.status in _UNFINISHED and ended:
         return f"{style.dash} unfinished"  # the saga ended (cancelled, say) during it
+    if step.status == "retrying":
+        return f"{style.ellipsis} retrying"
     if step.status == "running":
         return f"{style.ellipsis} " + ("waiting" if step.kind in _WAIT_KINDS else "running")
     return f"{style.ok} {step.status}"
 
 
-def _note(step: StepSnapshot, style: _Style, *, ended: bool = False) -> str:
+def _note(
+    step: StepSnapshot, style: _Style, *, ended: bool = False, now: datetime | None = None
+) -> str:
     if step.status == "failed":
         return format_error(step.error, with_step=False)
+    if step.status == "retrying":
+        last = format_error(step.error, with_step=False)
+        if ended:
+            return last
+        return f"{_next_attempt(step, now)}, after {last}"
     if step.status == "running" and ended:
         return ""
     if step.kind in _VALUE_KINDS:
@@ -355,14 +402,14 @@ def _epoch(value: Any) -> datetime | None:
         return None
 
 
-def _journal(snapshot: SagaSnapshot, style: _Style) -> list[str]:
+def _journal(snapshot: SagaSnapshot, style: _Style, now: datetime) -> list[str]:
     if not snapshot.steps:
         return ["  (no journal entries yet)"]
     ended = snapshot.status.is_terminal
     marks = _operator_marks(snapshot)
     rows: list[tuple[str, ...]] = []
     for step in sorted(snapshot.steps, key=lambda s: s.seq):
-        note = _note(step, style, ended=ended)
+        note = _note(step, style, ended=ended, now=now)
         if step.seq in marks:
             note = f"{note} {marks[step.seq]}".lstrip()
         duration = "" if step.kind in _VALUE_KINDS else format_duration(step.duration)
@@ -447,9 +494,10 @@ def render_timeline(
     min" counts from.
     """
     style = _Style(color, unicode)
-    lines = _header(snapshot, style, now or datetime.now(UTC))
+    now = now or datetime.now(UTC)
+    lines = _header(snapshot, style, now)
     lines.append("")
-    lines.extend(_journal(snapshot, style))
+    lines.extend(_journal(snapshot, style, now))
     if snapshot.status in _MOVING and snapshot.steps:
         lines.append(f"  {style.dash} the next entry appears once it is journaled")
     if snapshot.audit:
@@ -518,7 +566,11 @@ def render_status_line(
         return f"{text}  at {where}: {format_error(cause, with_step=False)}".rstrip(": ")
     if status == SagaStatus.SUSPENDED:
         targets = [_wait_target(s) for s in _open_waits(snapshot)]
-        text += f"  waiting for {', '.join(targets) if targets else 'an event'}"
+        retries = [describe_retry(s, now) for s in snapshot.retrying]
+        if retries:
+            text += "  " + "; ".join(retries)
+        if targets or not retries:
+            text += f"  waiting for {', '.join(targets) if targets else 'an event'}"
         if snapshot.wake_at is not None:
             text += f" (wakes in {format_duration(snapshot.wake_at - now)})"
         return text
@@ -530,6 +582,8 @@ def render_status_line(
         last = max(work, key=lambda s: s.seq)
         if last.status == "running":
             text += f"  in {last.kind} {last.name!r} (attempt {last.attempts})"
+        elif last.status == "retrying":
+            text += f"  {describe_retry(last, now)}"
         else:
             mark = _status_cell(last, style).split(" ")[0]
             text += f"  last {last.kind} {last.name!r} {mark}"

@@ -74,7 +74,8 @@ ACTIONS: dict[str, Action] = {
             "resume",
             "Resume now",
             frozenset({S.SUSPENDED}),
-            "end the saga's timers now; a wait for an event looks at its events again",
+            "end the saga's timers and retry backoffs now; a wait for an event looks at its "
+            "events again",
             "Saga woken",
         ),
         Action(

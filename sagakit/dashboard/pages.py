@@ -19,7 +19,7 @@ from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 from ..engine.snapshots import AuditEntry, SagaSnapshot, StepSnapshot
 from ..stores.base import SagaStatus
-from ..timeline import format_duration, format_error, format_time
+from ..timeline import describe_retry, format_duration, format_error, format_time
 from .actions import Action, available_actions
 from .chart import render_timeline_svg
 
@@ -500,6 +500,11 @@ def _journal_row(saga: SagaSnapshot, step: StepSnapshot) -> str:
     else:
         detail = _preview(step.output)
     mark = "✗ " if failed else ""
+    if step.status == "retrying" and not saga.status.is_terminal:
+        # the error is the last attempt's; the next one is due at retry_at
+        duration = "waiting to retry"
+        detail = f'<div class="small">{e(describe_retry(step))}</div>{detail}'
+        mark = "↻ "
     return (
         f'<tr class="{"failed" if failed else ""}" data-seq="{step.seq}">'
         f'<td class="num">{step.seq}</td><td>{e(step.kind)}</td>'

@@ -1,9 +1,10 @@
 """Rolling a saga back: its registered compensations in reverse order, each a journaled
 operation with its own retries, so that a crash in the middle of a rollback resumes it and never
-repeats a compensation whose result was journaled. The rollback waits once for the failure that
-caused it to be durable; each compensation's entry then commits behind the next compensation
-(a crash in between runs that compensation again: compensations are at least once, like steps).
-Mixed into :class:`~sagakit.engine.run.SagaRun`."""
+repeats a compensation whose result was journaled. Nothing is undone before the failure that
+caused the rollback is durable, and no compensation starts before the entry of the one before
+it committed: a crash inside a compensation runs that one again (compensations are at least
+once, like steps), never one that had finished. Group commit still batches these entries with
+other sagas' writes. Mixed into :class:`~sagakit.engine.run.SagaRun`."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import serde
-from ..errors import ErrorInfo, NonDeterminismError
+from ..errors import ErrorInfo, NonDeterminismError, Suspended
 from ..objects import operation_writes
 from ..retry import DEFAULT_RETRY, RetryPolicy
 from ..steps import SagaStep
@@ -25,10 +26,14 @@ from ..stores.base import (
     SagaUpdate,
     StateWrite,
 )
+from .backoff import FailedAttempt, Retrying
 from .core import RunCore
 from .outcome import Outcome, _Compensation, terminal_form
 
 log = logging.getLogger("sagakit.engine")
+
+#: entry statuses of an operation that has not ended: it goes on when the rollback replays it
+_UNFINISHED = (EntryStatus.RUNNING, EntryStatus.RETRYING)
 
 
 class RollbackMixin(RunCore):
@@ -37,17 +42,26 @@ class RollbackMixin(RunCore):
     _compensations: dict[int, _Compensation]
     _mark_next_attempt: bool
 
-    if TYPE_CHECKING:  # provided by SagaRun
+    if TYPE_CHECKING:  # provided by SagaRun and BackoffMixin
 
         async def _wait_to_retry(
             self,
             what: str,
-            step: str,
-            seq: int,
-            attempt: int,
+            failed: FailedAttempt,
             policy: RetryPolicy,
             exc: Exception,
+            *,
+            deadline: float | None = None,
+            update: SagaUpdate | None = None,
         ) -> None: ...
+
+        async def _await_retry(
+            self, seq: int, retrying: Retrying, deadline: float | None
+        ) -> None: ...
+
+        def _retry_pending(self) -> bool: ...
+
+        async def _suspend(self) -> Outcome: ...
 
         def _object_writes(
             self, writes: list[tuple[str, str | None]]
@@ -60,7 +74,7 @@ class RollbackMixin(RunCore):
         ) -> contextlib.AbstractContextManager[None]: ...
 
         async def _execute_step(
-            self, step: SagaStep[Any], seq: int, inp: Any, prior_attempts: int
+            self, step: SagaStep[Any], seq: int, inp: Any, recorded: JournalEntry | None
         ) -> JournalEntry: ...
 
         async def _finish(
@@ -69,11 +83,15 @@ class RollbackMixin(RunCore):
 
     async def _rollback(self, cause: ErrorInfo) -> Outcome:
         """Run the registered compensations in reverse order, each journaled, then finish."""
+        if self._retry_pending() and self._operator_rollback is None:
+            # a step of a parallel branch waits for its next attempt: like a step still
+            # executing, it ends before anything is undone (the saga sleeps until then)
+            return await self._suspend()
         failures: list[ErrorInfo] = []
         status_written = self.record.status == SagaStatus.COMPENSATING
         cause_json = serde.dumps({"kind": "compensating", "cause": cause.to_json()})
         # the decision to roll back (the failure that caused it) is durable before anything is
-        # undone; the compensations' own entries then commit behind them, in order
+        # undone; each compensation settles the entry of the one before it (see below)
         await self._settle()
         try:
             for compensation in sorted(
@@ -81,13 +99,12 @@ class RollbackMixin(RunCore):
             ):
                 seq = self._take_seq()
                 entry = self._recorded(seq, EntryKind.COMPENSATION, compensation.step.name)
-                if entry is None or entry.status == EntryStatus.RUNNING:
+                if entry is None or entry.status in _UNFINISHED:
                     self._check_draining()
                     update = None
                     if not status_written:
                         update = SagaUpdate(SagaStatus.COMPENSATING, error=cause_json)
-                    prior = 0 if entry is None else entry.attempts
-                    entry = await self._execute_compensation(compensation, seq, update, prior)
+                    entry = await self._execute_compensation(compensation, seq, update, entry)
                     status_written = True
                 if entry.status == EntryStatus.FAILED:
                     failures.append(ErrorInfo.from_json(serde.loads(entry.error) or {}))
@@ -97,6 +114,10 @@ class RollbackMixin(RunCore):
                     failures.append(failure)
         except NonDeterminismError as exc:
             return await self._fail_nondeterministic(exc)
+        except Suspended:
+            # a compensation waits for its next attempt (a long backoff): the saga sleeps until
+            # then, and the rollback goes on from the journal when it wakes
+            return await self._suspend()
         if failures:
             error = {
                 "kind": "compensation_failed",
@@ -114,32 +135,48 @@ class RollbackMixin(RunCore):
         front end's ``on_reject``): journaled and retried like any step, given the cause."""
         seq = self._take_seq()
         entry = self._recorded(seq, EntryKind.STEP, hook.name)
-        if entry is None or entry.status == EntryStatus.RUNNING:
+        if entry is None or entry.status in _UNFINISHED:
             self._check_draining()
             self._deadline_at = None  # like the compensations, it is not cut by the deadline
-            prior = 0 if entry is None else entry.attempts
-            entry = await self._execute_step(hook, seq, cause.to_json(), prior)
+            entry = await self._execute_step(hook, seq, cause.to_json(), entry)
         if entry.status == EntryStatus.FAILED:
             return ErrorInfo.from_json(serde.loads(entry.error) or {})
         return None
 
     async def _execute_compensation(
-        self, compensation: _Compensation, seq: int, update: SagaUpdate | None, prior: int
+        self,
+        compensation: _Compensation,
+        seq: int,
+        update: SagaUpdate | None,
+        recorded: JournalEntry | None,
     ) -> JournalEntry:
+        """Run the compensation's attempts (after those ``recorded`` counts: an attempt a dead
+        worker began, or failed ones waiting to retry) and journal how it ended."""
         step = compensation.step
         policy: RetryPolicy = step.compensation_retry or DEFAULT_RETRY
-        started = time.time()
+        # the previous compensation's end is durable before this one leaves the run: a crash
+        # from here on never repeats it
+        await self._settle()
+        prior = 0 if recorded is None else recorded.attempts
+        retrying = Retrying.of(recorded)
+        started = time.time() if retrying is None else retrying.started
         attempt = prior
         error: ErrorInfo | None = None
         if prior >= policy.max_attempts:
-            error = ErrorInfo(
-                "WorkerDiedError",
-                f"the worker running attempt {prior} died (crash, kill or out of memory); "
-                f"gave up after {prior} attempts",
-                step.name,
-                seq,
-            )
-        elif self._mark_next_attempt:
+            if retrying is not None:  # the policy allows fewer attempts than it did
+                error = retrying.given_up()
+            else:
+                error = ErrorInfo(
+                    "WorkerDiedError",
+                    f"the worker running attempt {prior} died (crash, kill or out of memory); "
+                    f"gave up after {prior} attempts",
+                    step.name,
+                    seq,
+                )
+        elif retrying is not None:
+            # a rollback is not cut by the saga's deadline: the backoff runs its course
+            await self._await_retry(seq, retrying, None)
+        if error is None and self._mark_next_attempt:
             self._mark_next_attempt = False
             now = time.time()
             marker = JournalEntry(
@@ -170,7 +207,12 @@ class RollbackMixin(RunCore):
                 terminal = terminal_form(exc)
                 if terminal is None and attempt < policy.max_attempts:
                     what = f"compensation of step {step.name}"
-                    await self._wait_to_retry(what, step.name, seq, attempt, policy, exc)
+                    info = ErrorInfo(type(exc).__name__, str(exc), step.name, seq)
+                    failed = FailedAttempt(
+                        EntryKind.COMPENSATION, step.name, seq, attempt, started, info
+                    )
+                    # a long backoff journals the entry, with the status change not written yet
+                    await self._wait_to_retry(what, failed, policy, exc, update=update)
                     continue
                 base = ErrorInfo.from_exception(terminal or exc)
                 message = base.message if terminal else f"{exc} (gave up after {attempt} attempts)"

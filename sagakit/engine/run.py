@@ -37,7 +37,7 @@ from ..errors import (
     Suspended,
 )
 from ..objects import operation_writes
-from ..retry import DEFAULT_RETRY, RetryPolicy
+from ..retry import DEFAULT_RETRY
 from ..steps import UNSET, SagaStep, StepResponse
 from ..stores.base import (
     NEVER,
@@ -52,6 +52,7 @@ from ..stores.base import (
     Store,
 )
 from ..workflows import SagaWorkflow
+from .backoff import BackoffMixin, FailedAttempt, Retrying
 from .children import ChildrenMixin, ChildStarter
 from .observe import NO_OBSERVERS, Observers, RunInfo
 from .operators import operator_rollback, skipped_seqs
@@ -65,6 +66,8 @@ log = logging.getLogger("sagakit.engine")
 
 #: JSON text stored as a step's compensation data when the step said "nothing to compensate"
 NOTHING_TO_COMPENSATE = "null"
+#: entry statuses of a step that has not ended: its next attempt runs when the step is replayed
+_UNFINISHED = (EntryStatus.RUNNING, EntryStatus.RETRYING)
 
 
 def _jsonable(value: Any) -> Any:
@@ -80,7 +83,7 @@ def _retrieve(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
+class SagaRun(RollbackMixin, BackoffMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
     """Drives one saga function to a terminal state, to a wait (SUSPENDED), or until its lease
     is lost."""
 
@@ -293,11 +296,12 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
         self, step: SagaStep[Any], seq: int, inp: Any, compensation: _Compensation | None
     ) -> Any:
         entry = self._recorded(seq, EntryKind.STEP, step.name)
-        if entry is None or entry.status == EntryStatus.RUNNING:
+        if entry is None or entry.status in _UNFINISHED:
             if self._operator_rollback is not None:
                 if entry is not None and compensation is not None:
-                    # an attempt began before the operator stopped the saga: it may have done
-                    # part of its work, which a hybrid step's compensation undoes
+                    # an attempt began (or failed, and waits to retry) before the operator
+                    # stopped the saga: it may have done part of its work, which a hybrid
+                    # step's compensation undoes
                     self._register(step, seq, compensation, UNSET, inp, failed=True)
                 raise self._operator_rollback
             self._check_draining()
@@ -310,8 +314,7 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
             settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._in_flight.add(settled)
             try:
-                prior = 0 if entry is None else entry.attempts
-                entry = await self._execute_step(step, seq, inp, prior)
+                entry = await self._execute_step(step, seq, inp, entry)
             finally:
                 self._in_flight.discard(settled)
                 settled.set_result(None)
@@ -400,25 +403,34 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
         )
 
     async def _execute_step(
-        self, step: SagaStep[Any], seq: int, inp: Any, prior_attempts: int
+        self, step: SagaStep[Any], seq: int, inp: Any, recorded: JournalEntry | None
     ) -> JournalEntry:
+        """Run the step's attempts (after those ``recorded`` counts: an attempt a dead worker
+        began, or failed ones waiting to retry) and journal how it ended."""
         policy = step.retry or DEFAULT_RETRY
         timeout = step.timeout
         await self._settle()  # what the saga did before must be durable before this side effect
-        started = time.time()
+        prior_attempts = 0 if recorded is None else recorded.attempts
+        retrying = Retrying.of(recorded)
+        started = time.time() if retrying is None else retrying.started
         attempt = prior_attempts
         if prior_attempts >= policy.max_attempts:
-            info = ErrorInfo(
-                "WorkerDiedError",
-                f"the worker running attempt {prior_attempts} died (crash, kill or out of "
-                f"memory); gave up after {prior_attempts} attempts",
-                step.name,
-                seq,
-            )
+            if retrying is not None:  # the policy allows fewer attempts than it did
+                info = retrying.given_up()
+            else:
+                info = ErrorInfo(
+                    "WorkerDiedError",
+                    f"the worker running attempt {prior_attempts} died (crash, kill or out of "
+                    f"memory); gave up after {prior_attempts} attempts",
+                    step.name,
+                    seq,
+                )
             return await self._finish_step(
                 step, seq, prior_attempts, started, EntryStatus.FAILED, None, None, info,
                 exhausted=True,
             )  # fmt: skip
+        if retrying is not None:
+            await self._await_retry(seq, retrying, self._deadline_at)
         if self._mark_next_attempt:
             self._mark_next_attempt = False
             await self._mark_attempt(EntryKind.STEP, step.name, seq, attempt + 1)
@@ -450,9 +462,16 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
                         step, seq, attempt, started, EntryStatus.FAILED, None, None, info
                     )
                 if terminal is None and attempt < policy.max_attempts:
-                    await self._wait_to_retry(
-                        f"step {step.name}", step.name, seq, attempt, policy, exc
+                    failed = FailedAttempt(
+                        EntryKind.STEP,
+                        step.name,
+                        seq,
+                        attempt,
+                        started,
+                        self._attempt_error(exc, step, seq, timed_out),
                     )
+                    what = f"step {step.name}"
+                    await self._wait_to_retry(what, failed, policy, exc, deadline=self._deadline_at)
                     continue
                 info = self._failure_info(exc, terminal, step, seq, attempt, timed_out)
                 return await self._finish_step(
@@ -471,29 +490,6 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
             return contextlib.nullcontext()
         return self.observers.attempt(self.info, kind, name, seq, attempt)
 
-    async def _wait_to_retry(
-        self, what: str, step: str, seq: int, attempt: int, policy: RetryPolicy, exc: Exception
-    ) -> None:
-        delay = policy.delay_after(attempt)
-        log.info(
-            "%s of saga %s failed (attempt %d of %d), retrying in %.2fs: %r",
-            what,
-            self.saga_id,
-            attempt,
-            policy.max_attempts,
-            delay,
-            exc,
-            extra={
-                "saga_id": self.saga_id,
-                "workflow": self.workflow.name,
-                "step": step,
-                "seq": seq,
-                "status": self.record.status,
-            },
-        )
-        await asyncio.sleep(delay)
-        await self._check_still_owned()
-
     async def _check_still_owned(self) -> None:
         """Raise LeaseLost if the saga is not this run's any more (an operator cancelled or
         changed it, or another worker took it over): another attempt would be a side effect
@@ -504,6 +500,15 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
             raise StoreUnavailable(self.saga_id, exc) from exc
         if record is None or record.fence != self.fence:
             raise LeaseLost(self.saga_id)
+
+    def _attempt_error(
+        self, exc: BaseException, step: SagaStep[Any], seq: int, timed_out: bool
+    ) -> ErrorInfo:
+        """What one attempt failed with (it is retried: no "gave up" in it)."""
+        if timed_out:
+            message = f"attempt ran longer than {step.timeout}s"
+            return ErrorInfo("StepTimeoutError", message, step.name, seq)
+        return ErrorInfo(type(exc).__name__, str(exc), step.name, seq)
 
     def _failure_info(
         self,
@@ -604,6 +609,7 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
 
         Raises :class:`~sagakit.errors.LeaseLost` if another worker took the saga meanwhile.
         """
+        await self._stop_if_ancestor_cancelled()  # see engine/cascade.py
         ctx = SagaContext(self)
         # only this task takes numbers of the saga function's own (see parallel.py)
         self._root.owner = asyncio.current_task()
@@ -659,7 +665,7 @@ class SagaRun(RollbackMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
         update = SagaUpdate(
             SagaStatus.SUSPENDED,
             wake_at=NEVER if wake_at is None else wake_at,
-            wait_token=waits[0].token if waits else None,
+            wait_token=next((w.token for w in waits if w.token is not None), None),
         )
         # parallel waits may each have decided on a different number of events: the saga may
         # sleep only if no event arrived since the oldest of those decisions

@@ -15,7 +15,7 @@ from ..errors import (
     SagaCompensatedError,
     SagaError,
 )
-from ..stores.base import NEVER, JournalEntry, SagaRecord, SagaStatus
+from ..stores.base import NEVER, EntryStatus, JournalEntry, SagaRecord, SagaStatus
 
 
 def _time(epoch: float | None) -> datetime | None:
@@ -41,6 +41,23 @@ class StepSnapshot:
         if self.started_at is None or self.finished_at is None:
             return None
         return self.finished_at - self.started_at
+
+    @property
+    def retry_at(self) -> datetime | None:
+        """When the next attempt runs, for an entry waiting out a retry backoff (status
+        ``retrying``: ``attempts`` failed so far, ``error`` is the last one's)."""
+        if self.status != EntryStatus.RETRYING or not self.error:
+            return None
+        at = self.error.get("retry_at")
+        return _time(at) if isinstance(at, int | float) else None
+
+    @property
+    def max_attempts(self) -> int | None:
+        """The attempts the retry policy allows, for an entry waiting out a retry backoff."""
+        if self.status != EntryStatus.RETRYING or not self.error:
+            return None
+        most = self.error.get("max_attempts")
+        return most if isinstance(most, int) else None
 
     @classmethod
     def from_entry(cls, entry: JournalEntry) -> StepSnapshot:
@@ -112,6 +129,11 @@ class SagaSnapshot:
     parent_id: str | None = None
     #: operators' actions on the saga, oldest first (``engine.admin``)
     audit: tuple[AuditEntry, ...] = ()
+
+    @property
+    def retrying(self) -> tuple[StepSnapshot, ...]:
+        """The steps and compensations waiting out a retry backoff (see ``retry_at``)."""
+        return tuple(s for s in self.steps if s.status == EntryStatus.RETRYING)
 
     @classmethod
     def build(cls, record: SagaRecord, journal: list[JournalEntry] | None) -> SagaSnapshot:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -64,10 +65,13 @@ class PendingWait:
     """A wait the run stopped in: the saga sleeps until ``until`` or an event."""
 
     seq: int
-    token: str
+    #: what ``engine.notify`` answers the wait with (None: nothing does, a retry backoff)
+    token: str | None
     until: float | None
     #: how many events the wait had seen when it found none that answers it
     seen: int
+    #: a step or compensation waiting for its next attempt (sagakit.engine.backoff)
+    retry: bool = False
 
 
 #: what a wait takes from the events: the event that answers it and the value it returns
@@ -369,7 +373,11 @@ async def deliver_promise(
     learns it lost, whenever the saga finished). Raises OutputNotSerializableError, before
     writing anything, for a non-JSON value."""
     payload = serde.dumps({"value": value} if error is None else {"error": error})
-    delivery = await store.deliver(saga_id, EventKind.PROMISE, name, payload, unique=True)
+    # the key makes a retry after a lost acknowledgement come back DELIVERED, not DUPLICATE
+    # (which, once the saga has ended, would read as "finished")
+    delivery = await store.deliver(
+        saga_id, EventKind.PROMISE, name, payload, unique=True, key=uuid.uuid4().hex
+    )
     if delivery.outcome == DeliveryOutcome.DUPLICATE:
         if delivery.existing != payload:
             raise PromiseAlreadyCompletedError(saga_id, name)
