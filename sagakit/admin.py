@@ -24,7 +24,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from . import serde
-from .engine.operators import OPERATOR_ROLLBACK, operator_rollback_message
+from .engine.cascade import (
+    Cancellation,
+    ChildFate,
+    ChildOutcome,
+    live_children,
+    roll_back_descendants,
+    wake_calls,
+)
+from .engine.operators import OPERATOR_ROLLBACK, audit_entry, operator_rollback_message
 from .engine.snapshots import AuditEntry, SagaSnapshot
 from .errors import (
     OutputNotSerializableError,
@@ -64,6 +72,9 @@ LIFECYCLE = (
 )
 _MAX_LIMIT = 1000
 _MICROSECOND = 1e-6
+#: how many times a cancel is planned again when the saga moved on meanwhile (a child's outcome
+#: woke it, a worker claimed it): cancel is allowed from every status that has not ended
+_CANCEL_TRIES = 8
 #: compensation data that means "nothing to undo" (a skipped step did nothing to undo)
 _NOTHING_TO_COMPENSATE = "null"
 
@@ -257,15 +268,29 @@ class SagaAdmin:
         return await self._act(saga_id, "compensate", allowed, plan, reason, by)
 
     async def cancel(self, saga_id: str, reason: str, *, by: str | None = None) -> SagaSnapshot:
-        """Stop the saga for good without rolling anything back: it becomes CANCELLED.
-        Allowed while it has not ended. A worker running it stops at its next durable write
-        (a step executing at that moment finishes, its result is not recorded); a parent
-        waiting for it gets SagaCancelledError."""
+        """Stop the saga for good without rolling it back: it becomes CANCELLED. Allowed while
+        it has not ended. A worker running it stops at its next durable write (a step executing
+        at that moment finishes, its result is not recorded); a parent waiting for it gets
+        SagaCancelledError.
+
+        Its child sagas that have not ended, and theirs, are rolled back, top-down: each stops
+        going forward (new fence; a step executing in it finishes unrecorded) and its
+        compensations run newest first in a worker, as with :meth:`compensate`; it ends
+        COMPENSATED (FAILED if a compensation fails for good), with an audit entry that names
+        this saga, ``by`` and ``reason``. A child that has ended is left as it is (and so is
+        what is below it); one that is COMPENSATING finishes its own rollback. When there were
+        children, a second audit entry on this saga (``roll_back_children``) says what was done
+        to each. See "Cancelling a saga with children" in docs/reliability.md.
+        """
         if not isinstance(reason, str) or not reason.strip():
             raise SagaValidationError(
                 "cancel needs a reason (it is kept in the saga's audit entry and error): "
                 "say why the saga is stopped without rollback"
             )
+        store = self._store()
+        # woken in the cancel's own transaction: if this process dies before it rolls them
+        # back below, each finds the cancel when it next runs (see engine/cascade.py)
+        children = await live_children(store, saga_id)
 
         def plan(record: SagaRecord, journal: dict[int, JournalEntry]) -> _Plan:
             error = serde.dumps({"kind": "cancelled", "reason": reason, "by": by})
@@ -273,19 +298,68 @@ class SagaAdmin:
             if record.parent_id is not None:
                 outcome = {"status": SagaStatus.CANCELLED.value, "output": None, "error": error}
                 tell = ((record.parent_id, EventKind.CHILD, saga_id, serde.dumps(outcome)),)
+            tell += wake_calls(saga_id, children)
             return _Plan(SagaStatus.CANCELLED, None, None, {}, error=error, tell=tell)
 
         allowed = tuple(s for s in LIFECYCLE if not s.is_terminal)
-        snapshot = await self._act(saga_id, "cancel", allowed, plan, reason, by)
+        snapshot = await self._act(
+            saga_id, "cancel", allowed, plan, reason, by, tries=_CANCEL_TRIES
+        )
         running = self._engine._tasks.get(saga_id)
         if running is not None:
             running.cancel()  # its fence is stale: it could write nothing more anyway
-        return snapshot
+        cancellation = Cancellation(saga_id, by, reason)
+        outcomes = await roll_back_descendants(store, saga_id, cancellation, self._stop_stale_run)
+        if not outcomes:
+            return snapshot
+        self._engine._poke()  # a worker in this process rolls them back at once
+        await self._record_children(saga_id, outcomes, reason, by)
+        return await self.get_saga(saga_id)
+
+    def _stop_stale_run(self, record: SagaRecord) -> None:
+        """A run of this saga in this process that an action fenced out stops now (it could
+        record nothing more), as a cancelled saga's does."""
+        task = self._engine._tasks.get(record.saga_id)
+        if task is not None and task.sagakit_run.fence < record.fence:  # type: ignore[attr-defined]
+            task.cancel()
+
+    async def _record_children(
+        self, saga_id: str, outcomes: list[ChildOutcome], reason: str, by: str | None
+    ) -> None:
+        """Add to a cancelled saga's audit what its cancel did to each of its descendants."""
+        details: dict[str, Any] = {}
+        for fate in ChildFate:
+            chosen = [o for o in outcomes if o.fate == fate]
+            if fate == ChildFate.ENDED and chosen:
+                details[fate.value] = {o.saga_id: o.status for o in chosen}
+            elif chosen:
+                details[fate.value] = [o.saga_id for o in chosen]
+        store = self._store()
+        record = await store.load_saga(saga_id)
+        if record is None or record.status != SagaStatus.CANCELLED:  # pragma: no cover
+            return
+        key = uuid.uuid4().hex
+        change = AdminChange(
+            saga_id=saga_id,
+            expect_status=record.status,
+            expect_fence=record.fence,
+            status=record.status,
+            due_at=0.0,
+            audit=audit_entry(
+                saga_id, "roll_back_children", reason=reason, by=by, details=details, action_id=key
+            ),
+            output=record.output,
+            error=record.error,
+            key=key,
+        )
+        if await store.administer(change) is None:  # pragma: no cover - nothing else acts on it
+            log.warning("could not add the rollback of its children to cancelled saga %s", saga_id)
 
     async def resume(
         self, saga_id: str, *, reason: str | None = None, by: str | None = None
     ) -> SagaSnapshot:
-        """Wake a SUSPENDED saga now: its timers (``saga.sleep``) end early; a wait for a
+        """Wake a SUSPENDED saga now: its timers (``saga.sleep``) end early, a step or
+        compensation waiting out a retry backoff makes its next attempt at once; a wait for a
         signal, a promise or a child looks at its events again and goes on waiting if none
         answered it."""
 
@@ -297,14 +371,25 @@ class SagaAdmin:
             ]
             # a notification for a sleep's token ends it, as engine.notify does
             tell = tuple((saga_id, EventKind.NOTIFY, token, "null") for token in tokens)
+            # a step or compensation waiting out a retry backoff makes its next attempt now
+            now = time.time()
+            retries = tuple(
+                replace(e, error=serde.dumps({**(serde.loads(e.error) or {}), "retry_at": now}))
+                for e in journal.values()
+                if e.status == EntryStatus.RETRYING
+            )
+            details: dict[str, Any] = {"timers_ended": len(tokens)}
+            if retries:
+                details["retries_now"] = [e.seq for e in retries]
             return _Plan(
                 SagaStatus.SUSPENDED,
                 None,
                 None,
-                {"timers_ended": len(tokens)},
+                details,
                 error=record.error,
                 wait_token=record.wait_token,
                 tell=tell,
+                replace=retries,
             )
 
         return await self._act(saga_id, "resume", (SagaStatus.SUSPENDED,), plan, reason, by)
@@ -317,68 +402,78 @@ class SagaAdmin:
         plan: Callable[[SagaRecord, dict[int, JournalEntry]], _Plan],
         reason: str | None,
         by: str | None,
+        *,
+        tries: int = 1,
     ) -> SagaSnapshot:
         """Check the saga's status, plan the change from what it is now, and make it in one
-        transaction that holds only if nothing changed the saga meanwhile."""
+        transaction that holds only if nothing changed the saga meanwhile. With ``tries`` above
+        1 (an action whose meaning does not depend on what the operator saw), a saga that moved
+        on by itself meanwhile (a worker took it, it suspended) is looked at and planned for
+        again, up to ``tries`` times in all; one that another operator changed is not."""
         store = self._store()
-        record = await store.load_saga(saga_id)
-        if record is None:
-            raise SagaNotFoundError(saga_id)
-        if record.status not in allowed:
-            raise SagaStateError(
-                saga_id, record.status, action, [s.value for s in allowed], _hint(record.status)
-            )
-        journal = {e.seq: e for e in await store.load_journal(saga_id)}
-        change = plan(record, journal)
-        now = time.time()
         # chosen before the first attempt: a store retrying the change after a lost answer
-        # recognises it as made (see AdminChange.key)
-        action_id = uuid.uuid4().hex
-        audit = {
-            "action_id": action_id,
-            "action": action,
-            "reason": reason,
-            "by": by,
-            "at": now,
-            "step": change.step,
-            "seq": change.seq,
-            "details": change.details,
-        }
-        entry = JournalEntry(
-            saga_id, 0, EntryKind.ADMIN, action, EntryStatus.COMPLETED, 1,
-            serde.dumps(audit), None, None, now, now,
-        )  # fmt: skip
-        updated = await store.administer(
-            AdminChange(
-                saga_id=saga_id,
-                expect_status=record.status,
-                expect_fence=record.fence,
-                status=change.status.value,
-                due_at=0.0,
-                audit=entry,
-                output=record.output,
-                error=change.error,
-                wait_token=change.wait_token,
-                replace=change.replace,
-                delete=change.delete,
-                tell=change.tell,
-                key=action_id,
+        # recognises it as made (see AdminChange.key); one action however often it is planned
+        key = uuid.uuid4().hex
+        first: SagaRecord | None = None
+        actions_seen = 0
+        while True:
+            record = await store.load_saga(saga_id)
+            if record is None:
+                raise SagaNotFoundError(saga_id)
+            journal: dict[int, JournalEntry] | None = None
+            if first is not None:
+                journal = {e.seq: e for e in await store.load_journal(saga_id)}
+                if sum(1 for seq in journal if seq < 0) != actions_seen:
+                    raise _conflict(saga_id, action, first, record)  # another operator acted
+            if record.status not in allowed:
+                raise SagaStateError(
+                    saga_id, record.status, action, [s.value for s in allowed], _hint(record.status)
+                )
+            if journal is None:
+                journal = {e.seq: e for e in await store.load_journal(saga_id)}
+            first = first or record
+            actions_seen = sum(1 for seq in journal if seq < 0)
+            change = plan(record, journal)
+            entry = audit_entry(
+                saga_id,
+                action,
+                reason=reason,
+                by=by,
+                details=change.details,
+                action_id=key,
+                step=change.step,
+                seq=change.seq,
             )
-        )
-        if updated is None:
-            now_record = await store.load_saga(saga_id)
-            state = "gone" if now_record is None else now_record.status
-            raise SagaConflictError(
-                f"saga {saga_id!r} changed while {action} was being made (it was "
-                f"{record.status}, it is {state} now); nothing was done: look at it again"
+            updated = await store.administer(
+                AdminChange(
+                    saga_id=saga_id,
+                    expect_status=record.status,
+                    expect_fence=record.fence,
+                    status=change.status.value,
+                    due_at=0.0,
+                    audit=entry,
+                    output=record.output,
+                    error=change.error,
+                    wait_token=change.wait_token,
+                    replace=change.replace,
+                    delete=change.delete,
+                    tell=change.tell,
+                    key=key,
+                )
             )
+            if updated is not None:
+                done = updated
+                break
+            tries -= 1
+            if tries <= 0:
+                raise _conflict(saga_id, action, first, await store.load_saga(saga_id))
         log.info(
             "operator%s: %s saga %s (%s → %s)%s",
             f" {by}" if by else "",
             action,
             saga_id,
             record.status,
-            updated.status,
+            done.status,
             f": {reason}" if reason else "",
             extra={
                 "saga_id": saga_id,
@@ -386,7 +481,7 @@ class SagaAdmin:
                 "by": by,
                 "step": change.step,
                 "seq": change.seq,
-                "status": updated.status,
+                "status": done.status,
             },
         )
         self._engine._poke()  # a worker in this process takes the saga at once
@@ -406,6 +501,16 @@ class _Plan:
     replace: tuple[JournalEntry, ...] = ()
     delete: tuple[int, ...] = ()
     tell: tuple[tuple[str, str, str, str], ...] = ()
+
+
+def _conflict(
+    saga_id: str, action: str, seen: SagaRecord, now: SagaRecord | None
+) -> SagaConflictError:
+    state = "gone" if now is None else now.status
+    return SagaConflictError(
+        f"saga {saga_id!r} changed while {action} was being made (it was {seen.status}, it is "
+        f"{state} now); nothing was done: look at it again"
+    )
 
 
 def _hint(status: str) -> str:

@@ -224,7 +224,29 @@ def _what_was_done(action: Action, snapshot: SagaSnapshot) -> str:
         step = f" (step {latest.step!r}" + (
             f", seq {latest.seq})" if latest.seq is not None else ")"
         )
-    return f"{action.done} {snapshot.saga_id}{step}: now {snapshot.status}"
+    return f"{action.done} {snapshot.saga_id}{step}: now {snapshot.status}{_children(snapshot)}"
+
+
+def _children(snapshot: SagaSnapshot) -> str:
+    """What a cancel did to the saga's child sagas (and theirs), from its audit entry."""
+    latest = snapshot.audit[-1] if snapshot.audit else None
+    if latest is None or latest.action != "roll_back_children":
+        return ""
+    said = []
+    rolled = latest.details.get("rolled_back") or []
+    if rolled:
+        plural = "child saga" if len(rolled) == 1 else "child sagas"
+        said.append(f"rolling back {len(rolled)} {plural}: {', '.join(rolled)}")
+    rolling = latest.details.get("rolling_back") or []
+    if rolling:
+        said.append(f"already rolling back: {', '.join(rolling)}")
+    ended = latest.details.get("ended") or {}
+    if ended:
+        said.append("ended first, left as is: " + ", ".join(f"{k} ({v})" for k, v in ended.items()))
+    moving = latest.details.get("moving") or []
+    if moving:
+        said.append(f"rolls back when it next runs: {', '.join(moving)}")
+    return "".join(f"; {part}" for part in said)
 
 
 def _error_line(request: Request, saga_id: str, exc: SagaError) -> str:
@@ -382,8 +404,8 @@ def compensate_command(request: Request) -> None:
 
 @action_command(CANCEL, reason_required=True)
 def cancel_command(request: Request) -> None:
-    """Stop a saga that has not ended, for good, without rolling anything back (it becomes
-    CANCELLED). --reason is required."""
+    """Stop a saga that has not ended, for good, without rolling it back (it becomes
+    CANCELLED); its child sagas that have not ended are rolled back. --reason is required."""
 
     async def call(
         admin: SagaAdmin, saga_id: str, reason: str | None, by: str | None

@@ -6,16 +6,22 @@ A child tells its parent *before* it records its own terminal status, as an even
 store keeps once (a duplicate is ignored). A crash in between leaves the child unfinished: it is
 recovered, replays to the same outcome from its journal and tells the parent again. So the
 parent never misses the outcome, and never gets two.
+
+A child whose parent (or an ancestor) was cancelled is rolled back (see engine/cascade.py). The
+canceller does it; so does the child itself when its run starts, or when telling its parent that
+it completed shows that the parent will not go on: it finds the cancel above it, rolls itself
+back the same way and stops this run (its fence is stale then), for a worker to roll it back.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .. import serde
-from ..errors import StoreError, StoreUnavailable
+from ..errors import LeaseLost, StoreError, StoreUnavailable
 from ..stores.base import (
     EntryKind,
     EntryStatus,
@@ -25,6 +31,7 @@ from ..stores.base import (
     SagaStatus,
 )
 from ..workflows import SagaWorkflow
+from .cascade import find_cancellation, roll_back, roll_back_descendants
 from .core import RunCore
 from .snapshots import error_for
 
@@ -33,6 +40,10 @@ ChildStarter = Callable[[SagaWorkflow[Any, Any], Any, str, str], Awaitable[None]
 
 #: the longest saga id the engine takes (see Engine)
 _MAX_ID = 200
+#: a parent in one of these statuses goes no further: maybe because it was cancelled
+_STOPPED = frozenset(
+    {SagaStatus.CANCELLED, SagaStatus.COMPENSATING, SagaStatus.COMPENSATED, SagaStatus.FAILED}
+)
 
 
 def default_child_id(parent_id: str, seq: int) -> str:
@@ -132,11 +143,41 @@ class ChildrenMixin(RunCore):
         payload = serde.dumps({"status": status.value, "output": output, "error": error})
         try:
             # a parent that has ended or is gone takes nothing: nothing waits for this any more
-            await self._store.deliver(
+            delivery = await self._store.deliver(
                 parent_id, EventKind.CHILD, self.saga_id, payload, unique=True
             )
         except StoreError as exc:
             raise StoreUnavailable(self.saga_id, exc) from exc
+        if status == SagaStatus.COMPLETED and delivery.status in _STOPPED:
+            # completing now would outlive a cancelled parent that the canceller had not
+            # reached this child from yet (or never will: it died)
+            await self._roll_back_if_cancelled()
+
+    async def _stop_if_ancestor_cancelled(self) -> None:
+        """Before a run of a child goes forward: roll it back instead if a saga above it was
+        cancelled (a child started as its parent was being cancelled, one woken by the cancel,
+        one recovered after the canceller died)."""
+        if (
+            self.record.parent_id is None
+            or self.record.status != SagaStatus.RUNNING
+            or self._operator_rollback is not None  # rolling back already
+        ):
+            return
+        await self._roll_back_if_cancelled()
+
+    async def _roll_back_if_cancelled(self) -> None:
+        """If a saga above this one was cancelled, roll this one (and what is below it) back as
+        the canceller would, and stop this run: LeaseLost, its fence is stale now."""
+        try:
+            cancellation = await find_cancellation(self._store, self.record.parent_id)
+            if cancellation is None:
+                return
+            mine = replace(self.record, status=SagaStatus.RUNNING.value, fence=self.fence)
+            await roll_back(self._store, mine, cancellation)
+            await roll_back_descendants(self._store, self.saga_id, cancellation)
+        except StoreError as exc:
+            raise StoreUnavailable(self.saga_id, exc) from exc
+        raise LeaseLost(self.saga_id)
 
 
 __all__ = ["ChildStarter", "ChildrenMixin", "default_child_id"]

@@ -45,6 +45,8 @@ class RunCore:
 
         async def _settle(self) -> None: ...
 
+        async def _settle_and_check_lease(self) -> None: ...
+
         async def _write(
             self,
             entry: JournalEntry | None,

@@ -2,20 +2,25 @@
 
 The admin API changes a saga's journal and status; the few things a run must know besides come
 from the audit entries themselves, so that every worker that replays the saga agrees:
-a ``compensate`` makes the run roll back at its first operation that is not journaled yet, and
-a ``skip`` marks the step whose output an operator recorded.
+a ``compensate`` makes the run roll back at its first operation that is not journaled yet (the
+rollback of a child whose parent was cancelled is such a ``compensate``, which says so), and a
+``skip`` marks the step whose output an operator recorded.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from typing import Any
 
 from .. import serde
 from ..errors import TerminalError
-from ..stores.base import EntryKind, JournalEntry
+from ..stores.base import EntryKind, EntryStatus, JournalEntry
 
 #: the error type of a rollback an operator asked for
 OPERATOR_ROLLBACK = "OperatorRollback"
+#: the error type of the rollback of a child saga whose parent (or an ancestor) was cancelled
+PARENT_CANCELLED = "ParentCancelled"
 
 
 def operator_rollback(actions: Sequence[JournalEntry]) -> TerminalError | None:
@@ -23,6 +28,17 @@ def operator_rollback(actions: Sequence[JournalEntry]) -> TerminalError | None:
     for entry in actions:
         if entry.kind == EntryKind.ADMIN and entry.name == "compensate":
             data = serde.loads(entry.output) or {}
+            cancelled = (data.get("details") or {}).get("cancelled")
+            if isinstance(cancelled, dict):
+                return TerminalError(
+                    parent_cancelled_message(
+                        str(cancelled.get("saga")),
+                        cancelled.get("by"),
+                        cancelled.get("reason"),
+                        direct=cancelled.get("saga") == (data.get("details") or {}).get("parent"),
+                    ),
+                    error_type=PARENT_CANCELLED,
+                )
             reason = data.get("reason") or "no reason given"
             return TerminalError(
                 operator_rollback_message(data.get("by"), reason),
@@ -36,6 +52,17 @@ def operator_rollback_message(by: str | None, reason: str | None) -> str:
     return f"{by or 'an operator'} asked to roll the saga back: {reason or 'no reason given'}"
 
 
+def parent_cancelled_message(
+    cancelled: str, by: str | None, reason: str | None, *, direct: bool
+) -> str:
+    """Why a child saga rolls back, in its error: which saga was cancelled, by whom, why."""
+    whose = "its parent" if direct else "an ancestor,"
+    return (
+        f"rolled back because {whose} saga {cancelled!r} was cancelled by "
+        f"{by or 'an operator'}: {reason or 'no reason given'}"
+    )
+
+
 def skipped_seqs(actions: Sequence[JournalEntry]) -> frozenset[int]:
     """The journal numbers of the steps whose output an operator recorded (``skip``)."""
     seqs = set()
@@ -47,4 +74,42 @@ def skipped_seqs(actions: Sequence[JournalEntry]) -> frozenset[int]:
     return frozenset(seqs)
 
 
-__all__ = ["OPERATOR_ROLLBACK", "operator_rollback", "operator_rollback_message", "skipped_seqs"]
+def audit_entry(
+    saga_id: str,
+    action: str,
+    *,
+    reason: str | None,
+    by: str | None,
+    details: dict[str, Any],
+    action_id: str,
+    step: str | None = None,
+    seq: int | None = None,
+) -> JournalEntry:
+    """The journal entry that records an operator's action (the store gives it its negative
+    ``seq``). ``action_id`` is the key the action is made with (see ``AdminChange.key``)."""
+    now = time.time()
+    audit = {
+        "action": action,
+        "reason": reason,
+        "by": by,
+        "at": now,
+        "step": step,
+        "seq": seq,
+        "details": details,
+        "action_id": action_id,
+    }
+    return JournalEntry(
+        saga_id, 0, EntryKind.ADMIN, action, EntryStatus.COMPLETED, 1,
+        serde.dumps(audit), None, None, now, now,
+    )  # fmt: skip
+
+
+__all__ = [
+    "OPERATOR_ROLLBACK",
+    "PARENT_CANCELLED",
+    "audit_entry",
+    "operator_rollback",
+    "operator_rollback_message",
+    "parent_cancelled_message",
+    "skipped_seqs",
+]

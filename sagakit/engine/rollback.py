@@ -156,7 +156,7 @@ class RollbackMixin(RunCore):
         policy: RetryPolicy = step.compensation_retry or DEFAULT_RETRY
         # the previous compensation's end is durable before this one leaves the run: a crash
         # from here on never repeats it
-        await self._settle()
+        await self._settle_and_check_lease()
         prior = 0 if recorded is None else recorded.attempts
         retrying = Retrying.of(recorded)
         started = time.time() if retrying is None else retrying.started

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -121,6 +122,9 @@ class SagaRun(RollbackMixin, BackoffMixin, WaitsMixin, ChildrenMixin, ParallelMi
         self._in_flight: set[asyncio.Future[None]] = set()
         #: set by the engine when it drains: no new live work starts, replay still runs
         self.draining = False
+        #: until when (event loop time) this run's lease is known to be held: the engine moves
+        #: it on with every renewal that renewed all its runs (see _settle_and_check_lease)
+        self.lease_known_until = math.inf
         self._events = events
         self._children = children
         self._pending_waits: list[PendingWait] = []
@@ -149,7 +153,7 @@ class SagaRun(RollbackMixin, BackoffMixin, WaitsMixin, ChildrenMixin, ParallelMi
 
     def again(self) -> SagaRun:
         """A fresh run of the same saga from what this one journaled (after events arrived)."""
-        return SagaRun(
+        run = SagaRun(
             self._store,
             self.workflow,
             self.record,
@@ -159,6 +163,8 @@ class SagaRun(RollbackMixin, BackoffMixin, WaitsMixin, ChildrenMixin, ParallelMi
             children=self._children,
             observers=self.observers,
         )
+        run.lease_known_until = self.lease_known_until
+        return run
 
     # -- the RunDriver protocol (what SagaContext calls) --------------------------------------
 
@@ -409,7 +415,9 @@ class SagaRun(RollbackMixin, BackoffMixin, WaitsMixin, ChildrenMixin, ParallelMi
         began, or failed ones waiting to retry) and journal how it ended."""
         policy = step.retry or DEFAULT_RETRY
         timeout = step.timeout
-        await self._settle()  # what the saga did before must be durable before this side effect
+        # what the saga did before must be durable before this side effect, and the saga still
+        # this run's
+        await self._settle_and_check_lease()
         prior_attempts = 0 if recorded is None else recorded.attempts
         retrying = Retrying.of(recorded)
         started = time.time() if retrying is None else retrying.started
@@ -489,6 +497,15 @@ class SagaRun(RollbackMixin, BackoffMixin, WaitsMixin, ChildrenMixin, ParallelMi
         if not self.observers:
             return contextlib.nullcontext()
         return self.observers.attempt(self.info, kind, name, seq, attempt)
+
+    async def _settle_and_check_lease(self) -> None:
+        """Wait until this run's writes committed; then, if the lease may have run out since
+        it was last renewed (the process was paused, the renewals failed), look at the saga's
+        fence before a side effect: another worker may have taken the saga over and finished
+        the very operation this run is about to start."""
+        await self._settle()
+        if asyncio.get_running_loop().time() >= self.lease_known_until:
+            await self._check_still_owned()
 
     async def _check_still_owned(self) -> None:
         """Raise LeaseLost if the saga is not this run's any more (an operator cancelled or

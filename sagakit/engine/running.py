@@ -23,6 +23,9 @@ log = logging.getLogger("sagakit.engine")
 
 #: a timer is claimed this long after it is due, so that the store's clock agrees it is
 _TIMER_SLACK = 0.002
+#: the share of a lease a run counts on from its launch, before the first renewal (the claim or
+#: start that took the lease happened a moment before the launch)
+_LEASE_MARGIN = 0.8
 
 
 class RunningMixin:
@@ -76,6 +79,10 @@ class RunningMixin:
         if old is not None:
             old.cancel()  # it lost the saga: its fence is stale and it can write nothing more
         run.draining = self._draining
+        # the lease was taken a moment ago (by the claim or the start that handed us the run):
+        # count it from now, less a margin for that moment
+        lease = self.lease.total_seconds()
+        run.lease_known_until = asyncio.get_running_loop().time() + _LEASE_MARGIN * lease
         task = asyncio.create_task(self._drive(run), name=f"saga:{run.saga_id}")
         task.sagakit_run = run  # type: ignore[attr-defined]
         self._tasks[run.saga_id] = task
@@ -217,10 +224,7 @@ class RunningMixin:
                 if now >= next_renew:
                     next_renew = now + renew_every
                     if self._tasks:
-                        # only the sagas with a live run here: one this worker holds without
-                        # knowing it (a claim whose answer a dropped connection lost) expires
-                        live = list(self._tasks)
-                        await self._store_or_raise().renew_leases(self.worker_id, lease, live)
+                        await self._renew(lease)
                 if now >= next_poll:
                     next_poll = now + poll
                     await self._claim_some()
@@ -240,6 +244,23 @@ class RunningMixin:
                     await self._wakeup.wait()
                     next_poll = loop.time()
             self._wakeup.clear()
+
+    async def _renew(self, lease: float) -> None:
+        """Renew the leases of the sagas with a live run here (one this worker holds without
+        knowing it, a claim whose answer a dropped connection lost, expires). When all were
+        renewed, each run knows its lease holds until ``lease`` after the renewal was sent;
+        otherwise some were taken from us, and every run checks its fence before its next
+        side effect."""
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        live = list(self._tasks)
+        renewed = await self._store_or_raise().renew_leases(self.worker_id, lease, live)
+        if renewed < len(live):
+            return
+        for saga_id in live:
+            task = self._tasks.get(saga_id)
+            if task is not None:
+                task.sagakit_run.lease_known_until = sent + lease  # type: ignore[attr-defined]
 
     async def _claim_some(self) -> None:
         if self._draining or not self.is_worker:

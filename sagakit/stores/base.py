@@ -245,6 +245,8 @@ class SagaFilter:
     created_before: float | None = None
     #: paging: only sagas after this ``(created_at, saga_id)`` in newest-first order
     after: tuple[float, str] | None = None
+    #: only the children of this saga (those it started with ``saga.start_child``)
+    parent_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -313,6 +313,8 @@ def _matches(record: SagaRecord, where: SagaFilter) -> bool:
         return False
     if where.created_before is not None and record.created_at >= where.created_before:
         return False
+    if where.parent_id is not None and record.parent_id != where.parent_id:
+        return False
     return where.after is None or (record.created_at, record.saga_id) < where.after
 
 

@@ -32,9 +32,13 @@ MAX_DELAY = 2.0
 class Backoff:
     """Delays between the attempts of one operation, and when to give up.
 
+    The deadline counts from when the Backoff is made: make it just before the first
+    attempt, so that attempts which themselves take long (a connection that does not answer)
+    count too.
+
     Args:
         what: what is retried, for the messages ("PostgreSQL write", "SQLite write").
-        deadline: seconds from the first failure after which :meth:`next_delay` raises
+        deadline: seconds from the first attempt after which :meth:`next_delay` raises
             StoreError; ``None`` retries forever (only for background loops that nobody waits
             for, such as a LISTEN connection).
     """
@@ -53,7 +57,15 @@ class Backoff:
         self.deadline = deadline
         self._delay = first_delay
         self._max_delay = max_delay
-        self._started: float | None = None
+        self._started = time.monotonic()
+
+    def left(self, most: float) -> float:
+        """How long the next attempt may take: ``most``, or less when the deadline is nearer
+        (never below a small floor, so that an attempt is at least made)."""
+        if self.deadline is None:
+            return most
+        remaining = self.deadline - (time.monotonic() - self._started)
+        return max(0.05, min(most, remaining))
 
     def next_delay(self, cause: BaseException) -> float:
         """The pause before the next attempt, after ``cause`` failed this one.
@@ -61,10 +73,7 @@ class Backoff:
         Raises:
             StoreError: the operation has failed for longer than the deadline (from ``cause``).
         """
-        now = time.monotonic()
-        if self._started is None:
-            self._started = now
-        failing_for = now - self._started
+        failing_for = time.monotonic() - self._started
         if self.deadline is not None and failing_for + self._delay > self.deadline:
             raise StoreError(
                 f"{self.what} failed for {failing_for:.1f}s and gave up after its "
@@ -95,7 +104,9 @@ async def retry(
     retrying = False
     while True:
         try:
-            return await attempt(retrying)
+            # an attempt that hangs (a connection gone silent) is cut at the deadline too
+            async with asyncio.timeout(None if deadline is None else backoff.left(deadline)):
+                return await attempt(retrying)
         except Exception as exc:
             if not transient(exc):
                 raise

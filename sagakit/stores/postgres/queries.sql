@@ -285,6 +285,19 @@ WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR name = $2)
 ORDER BY created_at DESC, saga_id DESC
 LIMIT $7
 
+-- name: list_children
+-- list_sagas of one saga's children ($8): a plain condition, so that every plan of it uses
+-- the index on parent_id
+SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
+       created_at, updated_at, wait_token, event_count, object_key, parent_id
+FROM saga_instances
+WHERE parent_id = $8
+  AND ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR name = $2)
+  AND ($3::float8 IS NULL OR created_at >= $3) AND ($4::float8 IS NULL OR created_at < $4)
+  AND ($5::float8 IS NULL OR created_at < $5 OR (created_at = $5 AND saga_id < $6::text))
+ORDER BY created_at DESC, saga_id DESC
+LIMIT $7
+
 -- name: count_by_status
 SELECT status, count(*) FROM saga_instances GROUP BY status
 

@@ -213,6 +213,8 @@ class PostgresStore:
         self._wakeup: asyncio.Event | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._closing = False
+        #: the backoff of the writes while the database does not answer (None: it answers)
+        self._outage: Backoff | None = None
         self.commits = 0
         self.writes = 0
 
@@ -299,7 +301,7 @@ class PostgresStore:
         futures += [op.future for op in batch.calls]
         _fail(futures, error)
 
-    async def _connect(self) -> asyncpg.Connection:
+    async def _connect(self, timeout: float = 0.0) -> asyncpg.Connection:
         # Our writes are a handful of array statements run thousands of times: planning each
         # run anew (PostgreSQL's default for the first executions and whenever it guesses a
         # custom plan is cheaper) cost more than executing them, so plan them once.
@@ -309,11 +311,19 @@ class PostgresStore:
         # that grows with every saga stored (1.4 ms a statement at 5,000 sagas) until an
         # autovacuum ANALYZE happens to invalidate the plan. Every statement of this
         # connection finds its rows by key, so table scans are priced out.
+        # A transaction whose COMMIT a network partition swallowed stays open on the server,
+        # holding its row locks, until the server notices the client is gone (TCP keepalive:
+        # hours); the retry would wait on those locks. The server ends a session idle inside
+        # a transaction for longer than a statement may take.
+        settings = dict(
+            _SERVER_SETTINGS,
+            idle_in_transaction_session_timeout=str(int(self.command_timeout * 1000)),
+        )
         conn: asyncpg.Connection = await asyncpg.connect(
             self.url,
-            timeout=_CONNECT_TIMEOUT,
+            timeout=timeout or _CONNECT_TIMEOUT,
             command_timeout=self.command_timeout,
-            server_settings=_SERVER_SETTINGS,
+            server_settings=settings,
         )
         return conn
 
@@ -381,23 +391,26 @@ class PostgresStore:
     ) -> None:
         """Run a write on the writer connection; on a dropped connection reconnect with backoff
         and run it again (writes are idempotent), up to the retry deadline; fail the waiters on
-        any other error, after the deadline, or when the store is closed meanwhile."""
-        backoff = Backoff("PostgreSQL write", self.retry_deadline)
+        any other error, after the deadline, or when the store is closed meanwhile.
+
+        The deadline belongs to the outage, not to each write: it runs from the first attempt
+        that failed until a write succeeds again, so that writes queued behind one that gave
+        up give up at once instead of waiting a deadline each."""
         retry = False
         try:
             while True:
+                backoff = self._outage or Backoff("PostgreSQL write", self.retry_deadline)
                 try:
                     if self._writer is None or self._writer.is_closed():
-                        self._writer = await self._connect()
+                        self._writer = await self._connect(backoff.left(_CONNECT_TIMEOUT))
                     await fn(self._writer, retry)
+                    self._outage = None
                     self.commits += 1
                     self.writes += len(futures)
                     return
                 except Exception as exc:
                     if not _is_connection_error(exc):
-                        error = StoreError(
-                            f"PostgreSQL write failed: {type(exc).__name__}: {exc}"
-                        )
+                        error = StoreError(f"PostgreSQL write failed: {type(exc).__name__}: {exc}")
                         error.__cause__ = exc
                         _fail(futures, error)
                         return
@@ -406,6 +419,7 @@ class PostgresStore:
                     if self._writer is not None:
                         self._writer.terminate()
                     self._writer = None
+                    self._outage = backoff
                     try:
                         delay = backoff.next_delay(exc)
                     except StoreError as gave_up:
@@ -760,17 +774,22 @@ class PostgresStore:
     async def list_sagas(self, where: SagaFilter, limit: int = 50) -> list[SagaRecord]:
         after_created, after_id = where.after or (None, None)
 
+        args: list[object] = [
+            where.status,
+            where.name,
+            where.created_after,
+            where.created_before,
+            after_created,
+            after_id,
+            limit,
+        ]
+        query = Q["list_sagas"]
+        if where.parent_id is not None:
+            query = Q["list_children"]
+            args.append(where.parent_id)
+
         async def fn(conn: asyncpg.Connection) -> list[SagaRecord]:
-            rows = await conn.fetch(
-                Q["list_sagas"],
-                where.status,
-                where.name,
-                where.created_after,
-                where.created_before,
-                after_created,
-                after_id,
-                limit,
-            )
+            rows = await conn.fetch(query, *args)
             return [record_from_row(tuple(r)) for r in rows]
 
         return await self._read(fn)
@@ -786,9 +805,11 @@ class PostgresStore:
 
         async def fn(conn: asyncpg.Connection) -> SagaRecord | None:
             async with conn.transaction():
-                # the parents told are locked first, in a fixed order, as deliver locks them
-                for parent_id in sorted({t[0] for t in change.tell}):
-                    await conn.execute(Q["lock_saga"], parent_id)
+                # the saga and every saga told (its parent, its children) are locked first, in
+                # one sorted pass: two actions on a parent and its child at once lock in the
+                # same order and never deadlock
+                for locked_id in sorted({change.saga_id, *(t[0] for t in change.tell)}):
+                    await conn.execute(Q["lock_saga"], locked_id)
                 row = await conn.fetchrow(
                     Q["administer"],
                     change.saga_id,
@@ -856,13 +877,16 @@ def _set_event(event: asyncio.Event, *_args: object) -> None:
 
 
 def _made_by(new: NewSaga, record: SagaRecord) -> bool:
-    return (
-        new.owner is not None
-        and record.owner == new.owner
-        and record.fence == 1
-        and record.input == new.input
-        and record.name == new.name
-    )
+    """Whether ``record`` is what our own start made, on a retry after its answer was lost.
+
+    A start for a worker (no owner) that an identical start of another process made meanwhile
+    is taken for ours too: the saga is the same either way, and both callers only wake the
+    workers."""
+    if record.fence != 1 or record.input != new.input or record.name != new.name:
+        return False
+    if new.owner is None:
+        return record.owner is None and record.status == SagaStatus.PENDING
+    return record.owner == new.owner
 
 
 def _redact(url: str) -> str:

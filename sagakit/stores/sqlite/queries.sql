@@ -167,6 +167,20 @@ WHERE (:status IS NULL OR status = :status) AND (:name IS NULL OR name = :name)
 ORDER BY created_at DESC, saga_id DESC
 LIMIT :limit
 
+-- name: list_children
+-- list_sagas of one saga's children: a plain condition, so that it uses the index on parent_id
+SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
+       created_at, updated_at, wait_token, event_count, object_key, parent_id
+FROM saga_instances
+WHERE parent_id = :parent_id
+  AND (:status IS NULL OR status = :status) AND (:name IS NULL OR name = :name)
+  AND (:created_after IS NULL OR created_at >= :created_after)
+  AND (:created_before IS NULL OR created_at < :created_before)
+  AND (:after_created IS NULL OR created_at < :after_created
+       OR (created_at = :after_created AND saga_id < :after_id))
+ORDER BY created_at DESC, saga_id DESC
+LIMIT :limit
+
 -- name: count_by_status
 SELECT status, count(*) FROM saga_instances GROUP BY status
 

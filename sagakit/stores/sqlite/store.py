@@ -429,9 +429,7 @@ class SqliteStore:
         key: str | None = None,
     ) -> Delivery:
         def op(conn: sqlite3.Connection) -> Delivery:
-            return _deliver(
-                conn, saga_id, kind, name, payload, token=token, unique=unique, key=key
-            )
+            return _deliver(conn, saga_id, kind, name, payload, token=token, unique=unique, key=key)
 
         result: Delivery = await self._write(op)
         return result
@@ -537,13 +535,16 @@ class SqliteStore:
             "name": where.name,
             "created_after": where.created_after,
             "created_before": where.created_before,
+            "parent_id": where.parent_id,
             "after_created": after_created,
             "after_id": after_id,
             "limit": limit,
         }
 
+        query = Q["list_sagas" if where.parent_id is None else "list_children"]
+
         def fn(conn: sqlite3.Connection) -> list[SagaRecord]:
-            return [record_from_row(r) for r in conn.execute(Q["list_sagas"], params)]
+            return [record_from_row(r) for r in conn.execute(query, params)]
 
         return await self._read(fn)
 
@@ -615,9 +616,10 @@ def _deliver(
     if row is None:
         return Delivery(DeliveryOutcome.NOT_FOUND)
     status, wait_token, count = row
-    redelivered = key is not None and conn.execute(
-        Q["find_delivery"], {"saga_id": saga_id, "key": key}
-    ).fetchone()
+    redelivered = (
+        key is not None
+        and conn.execute(Q["find_delivery"], {"saga_id": saga_id, "key": key}).fetchone()
+    )
     if redelivered:
         return Delivery(DeliveryOutcome.DELIVERED, status)
     if unique:
