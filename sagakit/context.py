@@ -141,8 +141,15 @@ class SagaContext:
         undoes every branch that registered a compensation before the steps that came before
         the gather. A branch waiting for a signal, timer or child keeps the group waiting.
         """
-        self._saga_only("gather")
-        _check_gather_arguments(branches, limit)
+        try:
+            self._saga_only("gather")
+            _check_gather_arguments(branches, limit)
+        except SagaError:
+            # refused: the branches never start; closed, they do not warn "never awaited"
+            for branch in branches:
+                if inspect.iscoroutine(branch):
+                    branch.close()
+            raise
         results: list[Any] = await self._driver.gather(branches, limit)
         return results
 
@@ -261,8 +268,7 @@ class DurablePromise:
 
 
 def _check_gather_arguments(awaitables: Sequence[Any], limit: int | None) -> None:
-    """Refuse what ``saga.gather`` cannot run, closing the coroutines it was given (their
-    operations never start)."""
+    """Refuse what ``saga.gather`` cannot run."""
     problem = None
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         problem = f"saga.gather(limit=...) must be a positive whole number or None, got {limit!r}"
@@ -273,9 +279,6 @@ def _check_gather_arguments(awaitables: Sequence[Any], limit: int | None) -> Non
                 "call the step: `saga.gather(step(saga, x))`, not `saga.gather(step)`"
             )
     if problem is not None:
-        for awaitable in awaitables:
-            if inspect.iscoroutine(awaitable):
-                awaitable.close()
         raise SagaError(problem)
 
 

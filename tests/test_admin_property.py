@@ -46,7 +46,7 @@ from sagakit import (
     saga_step_strict,
     saga_workflow,
 )
-from tests.conftest import engine_with, fast_retry
+from tests.conftest import empty_pg_database, engine_with, fast_retry
 
 pytestmark = pytest.mark.slow
 
@@ -363,6 +363,19 @@ def test_operators_steer_sagas_on_sqlite_as_the_model_says(
 ) -> None:
     folder: Path = tmp_path_factory.mktemp("admin-prop")
     check(spec, asyncio.run(execute(f"sqlite:///{folder}/t.db", spec)))
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=25,
+    deadline=None,
+    # one database per test (pg_url), emptied at the start of each example
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(spec=saga_specs())
+def test_operators_steer_sagas_on_postgres_as_the_model_says(pg_url: str, spec: SagaSpec) -> None:
+    asyncio.run(empty_pg_database(pg_url))
+    check(spec, asyncio.run(execute(pg_url, spec)))
 
 
 def test_the_model_itself() -> None:

@@ -26,6 +26,7 @@ from sagakit import (
 from sagakit.stores import MemoryStore
 
 from .conftest import fast_retry
+from .waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,10 +104,11 @@ async def test_a_store_failure_stops_the_run_without_compensating() -> None:
     async with Engine(store=store, poll_interval=timedelta(hours=1)) as engine:
         engine.register(flaky)
         handle = await engine.start(flaky, 1, saga_id="f")
-        for _ in range(100):
-            if not engine._tasks:
-                break
-            await asyncio.sleep(0.01)
+
+        async def stopped() -> bool:
+            return not engine._tasks
+
+        await eventually(stopped, "the run to stop")
         # the run stopped: nothing compensated, nothing terminal, the saga given back
         assert undone == []
         snapshot = await engine.get("f")

@@ -11,7 +11,9 @@ What is checked (see the module docstring of sagakit/engine/parallel.py for the 
   error; the rollback undoes the latest round first, the last branch first within a round,
   then what came before the gather (hybrid failed steps with ``failed=True``, strict failed
   steps not at all);
-* ``limit``: never more than ``limit`` branches run at once (and exactly that many do);
+* ``limit``: never more than ``limit`` branches run at once (and exactly that many do); a run
+  stopped while branches wait for a slot closes their coroutines (no "never awaited" warning
+  later, wherever the garbage collector runs) and another engine resumes the saga;
 * bad arguments are refused before anything runs or is journaled, and the coroutines closed;
 * plain ``asyncio.gather`` over step calls works, over multi-operation coroutines it fails the
   saga with a message pointing at ``saga.gather``;
@@ -52,7 +54,7 @@ from sagakit import (
     saga_workflow,
 )
 from tests.conftest import make_engine
-from tests.waiting import WAIT, Gate, eventually, suspended
+from tests.waiting import WAIT, Gate, RunLog, eventually, suspended
 
 # -- helpers ----------------------------------------------------------------------------------
 
@@ -80,7 +82,7 @@ class Ledger:
     ) -> Any:
         """A step that returns ``"<name>:<input>"`` (also its compensation data), after
         sleeping ``sleep`` seconds; ``fail``: raises a TerminalError instead; ``hold``: an
-        async callable awaited first (to hold the step in its body)."""
+        async callable awaited first (to hold the step in its body, e.g. :meth:`after`)."""
 
         async def undo(data: Any, failed: bool) -> None:
             self.comps.append((name, data, failed))
@@ -104,6 +106,18 @@ class Ledger:
 
         return run
 
+    def after(self, *names: str) -> Callable[[], Any]:
+        """A ``hold`` that keeps a step in its body until the steps ``names`` have finished:
+        an order of finishing that does not depend on how fast the machine is."""
+
+        async def wait() -> None:
+            async def finished() -> bool:
+                return set(names) <= set(self.finished)
+
+            await eventually(finished, f"{', '.join(names)} to finish")
+
+        return wait
+
 
 def journal(snapshot: Any) -> list[tuple[int, str, str, str]]:
     return [(s.seq, s.kind, s.name, s.status) for s in snapshot.steps]
@@ -114,15 +128,19 @@ def forward(snapshot: Any) -> list[tuple[int, str, str, str]]:
     return [e for e in journal(snapshot) if e[1] != "compensation"]
 
 
+def unawaited_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught if "never awaited" in str(w.message)]
+
+
 # -- results and numbering --------------------------------------------------------------------
 
 
 async def test_results_come_in_argument_order_whatever_finishes_first(engine: Engine) -> None:
     led = Ledger()
-    # the first branches are the slowest: they finish last
-    slow = led.step("Slow", sleep=0.15)
-    medium = led.step("Medium", sleep=0.08)
-    m1, m2 = led.step("M1", sleep=0.03), led.step("M2")
+    # the first branches finish last: each is held until the ones after it have finished
+    slow = led.step("Slow", hold=led.after("Medium", "M2", "Fast"))
+    medium = led.step("Medium", hold=led.after("Fast"))
+    m1, m2 = led.step("M1", hold=led.after("Fast")), led.step("M2")
     fast = led.step("Fast")
 
     async def multi(saga: SagaContext) -> list[str]:
@@ -135,7 +153,8 @@ async def test_results_come_in_argument_order_whatever_finishes_first(engine: En
     result = await engine.run(wf, None, saga_id="order", timeout=WAIT)
     assert result == ["Slow:1", "Medium:2", ["M1:a", "M2:b"], "Fast:4"]
     assert led.starts == {"Slow": 1, "Medium": 1, "M1": 1, "M2": 1, "Fast": 1}
-    # they ran at the same time, and finished in another order than the results come in
+    # they ran at the same time (Slow was inside while the others ran: no deadlock), and
+    # finished in another order than the results come in
     assert led.finished[0] == "Fast" and led.finished[-1] == "Slow", led.finished
     assert (await engine.get("order")).status == SagaStatus.COMPLETED
 
@@ -143,9 +162,9 @@ async def test_results_come_in_argument_order_whatever_finishes_first(engine: En
 async def test_numbers_follow_the_branches_not_the_timing(engine: Engine) -> None:
     led = Ledger()
     pre, post = led.step("Pre"), led.step("Post")
-    # branch 0 sleeps before each operation, branch 2 runs at once: they interleave in the
-    # opposite order of their numbers
-    a = [led.step(f"A{k}", sleep=0.04) for k in range(2)]
+    # branch 0 waits for branch 2 to finish, branch 1 sleeps before each operation: they
+    # interleave in another order than their numbers
+    a = [led.step("A0", hold=led.after("C0")), led.step("A1", sleep=0.04)]
     b = [led.step(f"B{k}", sleep=0.01) for k in range(3)]
     c = led.step("C0")
 
@@ -440,15 +459,21 @@ async def test_rollback_order_of_a_gather_of_multi_step_branches(
 async def test_limit_caps_the_branches_running_at_once(
     engine: Engine, limit: int | None, form: str
 ) -> None:
+    """Every branch is held in its step until the test releases it, one at a time in the order
+    they started: each time, exactly ``min(limit, left)`` are inside at once (the limit is
+    reached), never more (the limit caps). The test waits for what it checks (a branch to end,
+    the next to start) instead of giving it a time to happen in, so a slow commit does not fail
+    it; a branch over the limit fails it."""
     n = 5
     running = 0
     peak = 0
+    ended = 0
     started: list[int] = []
     release = [asyncio.Event() for _ in range(n)]
 
     @saga_step("Work")
     async def work(ctx: SagaContext, i: int) -> int:
-        nonlocal running, peak
+        nonlocal running, peak, ended
         running += 1
         peak = max(peak, running)
         started.append(i)
@@ -456,6 +481,7 @@ async def test_limit_caps_the_branches_running_at_once(
             await release[i].wait()
         finally:
             running -= 1
+            ended += 1
         return i * 10
 
     async def branch(saga: SagaContext, i: int) -> int:
@@ -469,22 +495,74 @@ async def test_limit_caps_the_branches_running_at_once(
 
     cap = n if limit is None else limit
     handle = await engine.start(wf, None, saga_id="limited")
-    released = 0
-    while released < n:
+    for released in range(n):
+        # `released` branches have ended; the next `want` must all get inside, and stay
         want = min(cap, n - released)
 
-        async def full(want: int = want) -> bool:
-            return running == want
+        async def full(want: int = want, released: int = released) -> bool:
+            return len(started) >= released + want
 
         await eventually(full, f"{want} branches to run at once")
-        await asyncio.sleep(0.05)  # no other branch may start while `want` of them run
-        assert running == want
-        assert len(started) == released + want
+        # a window for a branch over the limit to start (it can only make the test fail)
+        await asyncio.sleep(0.05)
+        assert (running, len(started)) == (want, released + want), started
         release[started[released]].set()
-        released += 1
+
+        async def gone(released: int = released) -> bool:
+            return ended == released + 1
+
+        await eventually(gone, f"branch {started[released]} to end")
     assert await handle.result(timeout=WAIT) == [i * 10 for i in range(n)]
+    # every branch was held until released: more at once than the limit would show here
     assert peak == cap
     assert sorted(started) == list(range(n))
+
+
+@pytest.mark.parametrize("form", ["step calls", "coroutines"])
+async def test_branches_queued_behind_the_limit_are_dropped_quietly_when_the_run_stops(
+    shared_store_url: str, form: str
+) -> None:
+    """A run stopped while branches wait for a slot (here: the engine closes) never starts
+    them; their coroutines are closed, not left to warn "never awaited" in whatever code the
+    garbage collector next runs in. The saga is resumed by the next engine."""
+    gate = Gate()
+    holding = {"on": True}
+    calls: Counter[int] = Counter()
+
+    @saga_step("Slot")
+    async def slot(ctx: SagaContext, i: int) -> int:
+        calls[i] += 1
+        if holding["on"]:
+            await gate.hold()
+        return i
+
+    async def branch(saga: SagaContext, i: int) -> int:
+        return await slot(saga, i)
+
+    @saga_workflow("Queued")
+    async def wf(saga: SagaContext, inp: Any) -> list[Any]:
+        if form == "step calls":
+            return await saga.gather(*(slot(saga, i) for i in range(4)), limit=1)
+        return await saga.gather(*(branch(saga, i) for i in range(4)), limit=1)
+
+    gc.collect()  # what earlier tests left behind is theirs
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with make_engine(shared_store_url) as first:
+            first.register(wf)
+            await first.start(wf, None, saga_id="queued")
+            await gate.reached()
+            # leaving the block closes the engine: branch 0 is cancelled in its step, branches
+            # 1 to 3 while they wait for its slot
+        gc.collect()
+    assert unawaited_warnings(caught) == []
+    assert calls == {0: 1}
+    holding["on"] = False
+    async with make_engine(shared_store_url) as second:
+        second.register(wf)
+        await second.recover()
+        assert await second.handle("queued").result(timeout=WAIT) == [0, 1, 2, 3]
+    assert calls == {0: 2, 1: 1, 2: 1, 3: 1}
 
 
 async def test_a_branch_keeps_its_slot_for_all_its_operations() -> None:
@@ -509,10 +587,6 @@ async def test_a_branch_keeps_its_slot_for_all_its_operations() -> None:
 
 
 # -- bad arguments ----------------------------------------------------------------------------
-
-
-def unawaited_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
-    return [str(w.message) for w in caught if "never awaited" in str(w.message)]
 
 
 @pytest.mark.parametrize(
@@ -556,6 +630,7 @@ async def test_bad_arguments_are_refused_before_anything_runs(
             refused = {"type": None, "message": ""}
         return {"refused": refused, "post": await post(saga, 3)}
 
+    gc.collect()  # what earlier tests left behind is theirs
     # the detector itself: an unawaited coroutine does warn
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -787,10 +862,15 @@ async def test_a_waiting_branch_keeps_the_group_waiting(engine: Engine) -> None:
 
 
 async def test_a_durable_sleep_in_a_branch_suspends_then_resumes_on_its_own(
-    engine: Engine,
+    store_url: str,
 ) -> None:
     led = Ledger()
-    s1, s2 = led.step("S1"), led.step("S2")
+    done_at_wake: list[Counter[str]] = []
+
+    async def note() -> None:
+        done_at_wake.append(led.done.copy())
+
+    s1, s2 = led.step("S1"), led.step("S2", hold=note)
     w1 = led.step("W1")
 
     async def sleeper(saga: SagaContext) -> list[str]:
@@ -805,11 +885,15 @@ async def test_a_durable_sleep_in_a_branch_suspends_then_resumes_on_its_own(
     async def wf(saga: SagaContext, inp: Any) -> list[Any]:
         return await saga.gather(sleeper(saga), worker(saga))
 
-    await engine.start(wf, None, saga_id="sleep-branch")
-    await suspended(engine, "sleep-branch")
-    assert led.done == {"S1": 1, "W1": 1}
-    result = await engine.handle("sleep-branch").result(timeout=WAIT)
+    # the runs, as the engine ended them: no need to catch the saga while it sleeps
+    runs = RunLog()
+    async with make_engine(store_url, observers=[runs]) as engine:
+        await engine.start(wf, None, saga_id="sleep-branch")
+        result = await engine.handle("sleep-branch").result(timeout=WAIT)
     assert result == [["S1:1", "S2:2"], "W1:1"]
+    # the group suspended once, the other branch done; its timer woke it (nothing else did)
+    assert runs.runs("sleep-branch") == [SagaStatus.SUSPENDED, SagaStatus.COMPLETED]
+    assert done_at_wake == [{"S1": 1, "W1": 1}]
     assert led.starts == {"S1": 1, "W1": 1, "S2": 1}
 
 

@@ -36,7 +36,7 @@ from sagakit import (
     saga_step_strict,
     saga_workflow,
 )
-from tests.conftest import fast_retry
+from tests.conftest import empty_pg_database, fast_retry
 
 SAGA_ID = "gather-prop"
 WAIT = 30.0
@@ -211,8 +211,10 @@ def build(spec: GatherSpec, rec: Recorder) -> Any:
     return wf
 
 
-async def execute(spec: GatherSpec, rec: Recorder) -> tuple[Any, BaseException | None, Any]:
-    async with Engine("memory://") as engine:
+async def execute(
+    spec: GatherSpec, rec: Recorder, url: str
+) -> tuple[Any, BaseException | None, Any]:
+    async with Engine(url) as engine:
         try:
             result = await engine.run(build(spec, rec), None, saga_id=SAGA_ID, timeout=WAIT)
             error = None
@@ -222,10 +224,10 @@ async def execute(spec: GatherSpec, rec: Recorder) -> tuple[Any, BaseException |
     return result, error, snapshot
 
 
-def check(spec: GatherSpec) -> None:
+def check(spec: GatherSpec, url: str = "memory://") -> None:
     expected = model(spec)
     rec = Recorder()
-    result, error, snap = asyncio.run(execute(spec, rec))
+    result, error, snap = asyncio.run(execute(spec, rec, url))
 
     # the outcome
     assert snap.status == expected.status
@@ -278,6 +280,19 @@ def check(spec: GatherSpec) -> None:
 @given(spec=gather_specs)
 def test_gather_matches_the_model(spec: GatherSpec) -> None:
     check(spec)
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=30,
+    deadline=None,
+    # one database per test (pg_url), emptied at the start of each example
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(spec=gather_specs)
+def test_gather_on_postgres_matches_the_model(pg_url: str, spec: GatherSpec) -> None:
+    asyncio.run(empty_pg_database(pg_url))
+    check(spec, pg_url)
 
 
 def test_the_model_itself() -> None:

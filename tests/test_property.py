@@ -16,7 +16,8 @@ that everything journaled ran once and only the interrupted operation ran again 
 and the end state is the same as without the interruption.
 
 Each example runs in its own ``asyncio.run`` with fresh engines (hypothesis and async fixtures
-do not mix): on the memory store, and with fewer examples on a SQLite file.
+do not mix): on the memory store, and with fewer examples on a SQLite file and on PostgreSQL
+(one database per test, emptied before each example).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from sagakit import (
     create_saga_step_strict,
     create_saga_workflow,
 )
+from tests.conftest import empty_pg_database
 
 KINDS = ("hybrid", "strict", "none")
 #: ok: StepResponse(output, compensation_data={"undo": i}); ok_plain: returns the output
@@ -397,6 +399,19 @@ def test_sqlite_store_matches_the_model(spec: SagaSpec) -> None:
         check(spec, f"sqlite:///{folder / 'prop.db'}")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=40,
+    deadline=None,
+    # one database per test (pg_url), emptied at the start of each example
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(spec=saga_specs(interrupt=True))
+def test_postgres_store_matches_the_model(pg_url: str, spec: SagaSpec) -> None:
+    asyncio.run(empty_pg_database(pg_url))
+    check(spec, pg_url)
 
 
 def test_the_model_itself() -> None:

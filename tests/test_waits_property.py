@@ -10,7 +10,8 @@ the saga stays SUSPENDED in the first wait they cannot answer; a signal is refus
 SagaFinishedError only once the saga has ended.
 
 Each example runs in its own ``asyncio.run`` with a fresh engine (hypothesis and async fixtures
-do not mix): on the memory store and on a SQLite file.
+do not mix): on the memory store, on a SQLite file, and with fewer examples on PostgreSQL (one
+database per test, emptied before each example).
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sagakit import Engine, SagaContext, SagaStatus, saga_step, saga_workflow
 from sagakit.errors import SagaFinishedError
+from tests.conftest import empty_pg_database
 
 NAMES = ("a", "b")
 SAGA_ID = "waits-prop"
@@ -219,3 +221,18 @@ def test_signals_are_taken_per_name_in_send_order(kind: str, program: Program) -
         asyncio.run(run_program(f"sqlite:///{folder}/t.db", program))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=20,
+    deadline=None,
+    # one database per test (pg_url), emptied at the start of each example
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(program=programs())
+def test_signals_are_taken_per_name_in_send_order_on_postgres(
+    pg_url: str, program: Program
+) -> None:
+    asyncio.run(empty_pg_database(pg_url))
+    asyncio.run(run_program(pg_url, program))

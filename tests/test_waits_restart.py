@@ -136,6 +136,7 @@ async def test_a_sleep_outlives_a_killed_process(
         ("sleep", "sleep", "running"),
     ]
 
+    killed_at = time.time()
     os.kill(child.proc.pid, signal.SIGKILL)
     assert await child.proc.wait() == -signal.SIGKILL
     # killed before its wake time: the process that finishes the saga has to wait for it
@@ -156,7 +157,8 @@ async def test_a_sleep_outlives_a_killed_process(
     ]
     assert events[1]["at"] >= wake_at
     assert result["second"] >= wake_at
-    assert result["first"] == pytest.approx(before[0]["at"], abs=1.0)
+    # First's output is the one the killed process recorded (read back, not made again here)
+    assert before[0]["at"] <= result["first"] < killed_at
     assert result["second"] - result["first"] >= 1.5
     assert done.status == SagaStatus.COMPLETED
     assert [(s.kind, s.name, s.status, s.attempts) for s in done.steps] == [

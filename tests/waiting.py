@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from sagakit import Engine, SagaSnapshot, SagaStatus
+from sagakit.engine.observe import Observer, RunInfo
 
 #: the longest any one wait of these tests may take
 WAIT = 10.0
@@ -32,6 +33,21 @@ class Gate:
     async def reached(self) -> None:
         async with asyncio.timeout(WAIT):
             await self.entered.wait()
+
+
+class RunLog(Observer):
+    """How each run of each saga ended (its status then, or None), in order: an engine given
+    ``observers=[RunLog()]`` tells a test how many times a saga ran and whether it suspended
+    in between, an order that no timing can fake."""
+
+    def __init__(self) -> None:
+        self.ended: dict[str, list[str | None]] = {}
+
+    def run_ended(self, run: RunInfo, status: str | None, error: BaseException | None) -> None:
+        self.ended.setdefault(run.saga_id, []).append(status)
+
+    def runs(self, saga_id: str) -> list[str | None]:
+        return self.ended.get(saga_id, [])
 
 
 async def within(awaitable: Awaitable[Any], seconds: float = WAIT) -> Any:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
@@ -96,6 +97,12 @@ class ParallelMixin(RunCore):
         """Run the awaitables as parallel branches (at most ``limit`` at once); return their
         results in order, or raise the failure of the first branch (by position) that failed,
         once every branch has ended."""
+        try:
+            return await self._gather(awaitables, limit)
+        finally:
+            _close_unstarted(awaitables)
+
+    async def _gather(self, awaitables: Sequence[Awaitable[Any]], limit: int | None) -> list[Any]:
         parent = self._strand()
         seq = self._take_seq()
         count = len(awaitables)
@@ -137,6 +144,19 @@ class ParallelMixin(RunCore):
             None, now, now,
         )  # fmt: skip
         self._write_behind(entry)
+
+
+def _close_unstarted(awaitables: Sequence[Awaitable[Any]]) -> None:
+    """Close the branch coroutines that never began: the run stopped (engine closed, lease
+    lost, a replay mismatch) before their turn came, e.g. while they queued behind ``limit``.
+    Closed, they are dropped quietly; left alone, each would warn "coroutine ... was never
+    awaited" whenever the garbage collector finds it, far from the gather that dropped it."""
+    for awaitable in awaitables:
+        if (
+            inspect.iscoroutine(awaitable)
+            and inspect.getcoroutinestate(awaitable) == inspect.CORO_CREATED
+        ):
+            awaitable.close()
 
 
 async def _branch(awaitable: Awaitable[Any], slots: asyncio.Semaphore | None) -> _Ending:
