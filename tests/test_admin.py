@@ -1081,6 +1081,17 @@ async def test_resume_is_refused_unless_suspended(engine: Engine) -> None:
 # -- audit and conflicts ----------------------------------------------------------------------
 
 
+async def in_signal_wait(engine: Engine, saga_id: str) -> bool:
+    """The saga's sleep has ended and it is SUSPENDED in its signal wait."""
+    snap = await engine.get(saga_id)
+    kinds = {(s.kind, s.status) for s in snap.steps}
+    return (
+        snap.status == SagaStatus.SUSPENDED
+        and ("sleep", "completed") in kinds
+        and ("signal", "running") in kinds
+    )
+
+
 async def test_audit_entries_stay_out_of_the_steps_and_out_of_replays(engine: Engine) -> None:
     script = Script()
     a, b = script.step("A"), script.step("B", park=True)
@@ -1102,6 +1113,9 @@ async def test_audit_entries_stay_out_of_the_steps_and_out_of_replays(engine: En
     await engine.admin.skip_step("a1", "B-manual", by="ops")
     await suspended(engine, "a1")
     await engine.admin.resume("a1")  # the sleep ends
+    # resume leaves the saga SUSPENDED (due at once): wait until a worker took it, ended the
+    # sleep and suspended it again in the signal wait, else the next resume races that worker
+    await eventually(lambda: in_signal_wait(engine, "a1"), "the saga to wait for the signal")
     await suspended(engine, "a1")
     await engine.admin.resume("a1")  # the signal wait goes on waiting
     await suspended(engine, "a1")
