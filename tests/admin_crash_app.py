@@ -27,45 +27,24 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 import time
 from datetime import timedelta
 from typing import Any
 
 from sagakit import Engine, RetryPolicy, SagaContext, SagaStatus, saga_step, saga_workflow
-from tests.processes import append_to_ledger, saga_summary
+from tests.processes import AppSwitches, saga_summary
 
 #: short lease and poll: a killed owner's sagas are recovered about a second later
 LEASE = timedelta(seconds=1)
 POLL = timedelta(milliseconds=100)
 TWO_QUICK = RetryPolicy(max_attempts=2, initial_interval=timedelta(0))
 
-_ledger_path: str | None = None
-_marker_dir: str | None = None
+SWITCHES = AppSwitches()
 
 
 def record(**event: Any) -> None:
-    assert _ledger_path is not None, "the ledger path is not set"
-    event["at"] = time.time()
-    append_to_ledger(_ledger_path, event)
-
-
-def switch(step: str, what: str) -> bool:
-    assert _marker_dir is not None, "the marker folder is not set"
-    return os.path.exists(os.path.join(_marker_dir, f"{step}.{what}"))
-
-
-def write_marker(step: str) -> None:
-    """``MARKERS/STEP.blocked`` holding this pid, complete as soon as it exists."""
-    assert _marker_dir is not None, "the marker folder is not set"
-    final = os.path.join(_marker_dir, f"{step}.blocked")
-    temporary = f"{final}.{os.getpid()}.tmp"
-    with open(temporary, "w") as out:
-        out.write(str(os.getpid()))
-        out.flush()
-        os.fsync(out.fileno())
-    os.rename(temporary, final)
+    SWITCHES.record(at=time.time(), **event)
 
 
 def _make_step(name: str, *, park: bool = False) -> Any:
@@ -81,10 +60,10 @@ def _make_step(name: str, *, park: bool = False) -> Any:
     async def run(ctx: SagaContext, inp: Any) -> str:
         event = {"step": name, "key": ctx.step_key, "attempt": ctx.attempt}
         record(ev="step", **event)
-        if switch(name, "block"):
-            write_marker(name)
+        if SWITCHES.on(name, "block"):
+            SWITCHES.write_marker(name)
             await asyncio.sleep(3600)  # the test kills this process here
-        if switch(name, "fail"):
+        if SWITCHES.on(name, "fail"):
             raise RuntimeError(f"{name} is down")
         record(ev="step_done", **event)
         return f"{name}-out"
@@ -124,7 +103,6 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global _ledger_path, _marker_dir
     parser = argparse.ArgumentParser(prog="python -m tests.admin_crash_app")
     parser.add_argument("mode", choices=["start", "worker"])
     parser.add_argument("db")
@@ -134,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--for", dest="for_seconds", type=float, default=None)
     parser.add_argument("--timeout", type=float, default=50.0)
     args = parser.parse_args(argv)
-    _ledger_path = args.ledger
-    _marker_dir = args.markers
+    SWITCHES.configure(args.ledger, args.markers)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )

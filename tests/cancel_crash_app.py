@@ -16,35 +16,19 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Callable
-from typing import Any
 
 from sagakit import Engine
 from sagakit.stores import open_store
 from sagakit.stores.base import AdminChange, SagaRecord, Store
+from tests.wrapped_store import WrappedStore
 
 
-class KillingStore:
+class KillingStore(WrappedStore):
     """A real store that kills this process right after one saga's admin change committed."""
 
     def __init__(self, inner: Store, kill_after: str):
-        self.inner = inner
+        super().__init__(inner)
         self.kill_after = kill_after
-
-    @property
-    def url(self) -> str:
-        return self.inner.url
-
-    @property
-    def on_work(self) -> Callable[[], None] | None:
-        return self.inner.on_work
-
-    @on_work.setter
-    def on_work(self, value: Callable[[], None] | None) -> None:
-        self.inner.on_work = value
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     async def administer(self, change: AdminChange) -> SagaRecord | None:
         made = await self.inner.administer(change)

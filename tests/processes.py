@@ -110,6 +110,23 @@ class AppProcesses:
                 pytest.fail(f"timed out after {WAIT}s waiting for {what}:\n{self.describe(proc)}")
             await asyncio.sleep(0.02)
 
+    def switch(self, step: str, what: str, on: bool = True) -> None:
+        """Turn the app's switch ``MARKERS/STEP.WHAT`` on or off (see :class:`AppSwitches`)."""
+        path = self.markers / f"{step}.{what}"
+        if on:
+            path.write_text("on")
+        else:
+            path.unlink()
+
+    async def blocked_in(self, proc: subprocess.Popen[bytes], step: str, what: str) -> None:
+        """Wait until ``proc`` wrote ``MARKERS/STEP.blocked`` (``what`` says what blocked)."""
+        marker = self.markers / f"{step}.blocked"
+
+        async def check() -> bool:
+            return marker.exists() and marker.read_text() == str(proc.pid)
+
+        await self.until(proc, f"{what} to block in pid {proc.pid}", check)
+
     def kill(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.poll() is None, f"expected a live process to kill:\n{self.describe(proc)}"
         os.kill(proc.pid, signal.SIGKILL)
@@ -135,6 +152,41 @@ class AppProcesses:
                 proc.kill()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=WAIT)
+
+
+class AppSwitches:
+    """The app side of a crash test's ledger and folder of switches, set by the app's main.
+
+    A switch is a file ``MARKERS/STEP.WHAT`` that the test turns on and off between processes;
+    a step that blocks writes ``MARKERS/STEP.blocked`` holding its pid, for the test to wait
+    on (``AppProcesses.blocked_in``) before it kills the process there.
+    """
+
+    def __init__(self) -> None:
+        self.ledger: str | None = None
+        self.folder: str | None = None
+
+    def configure(self, ledger: str, folder: str) -> None:
+        self.ledger, self.folder = ledger, folder
+
+    def record(self, **event: Any) -> None:
+        assert self.ledger is not None, "the ledger path is not set"
+        append_to_ledger(self.ledger, event)
+
+    def on(self, step: str, what: str) -> bool:
+        assert self.folder is not None, "the marker folder is not set"
+        return os.path.exists(os.path.join(self.folder, f"{step}.{what}"))
+
+    def write_marker(self, step: str) -> None:
+        """``MARKERS/STEP.blocked`` holding this pid, complete as soon as it exists."""
+        assert self.folder is not None, "the marker folder is not set"
+        final = os.path.join(self.folder, f"{step}.blocked")
+        temporary = f"{final}.{os.getpid()}.tmp"
+        with open(temporary, "w") as out:
+            out.write(str(os.getpid()))
+            out.flush()
+            os.fsync(out.fileno())
+        os.rename(temporary, final)
 
 
 def append_to_ledger(path: str, event: dict[str, Any]) -> None:

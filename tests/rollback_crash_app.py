@@ -43,50 +43,27 @@ from sagakit import (
     saga_step_strict,
     saga_workflow,
 )
-from tests.processes import append_to_ledger, saga_summary
+from tests.processes import AppSwitches, saga_summary
 
 #: short lease and poll: a killed owner's saga is recovered about a second later
 LEASE = timedelta(seconds=1)
 POLL = timedelta(milliseconds=100)
 
-_ledger_path: str | None = None
-_marker_dir: str | None = None
-
-
-def record(**event: Any) -> None:
-    assert _ledger_path is not None, "the ledger path is not set"
-    append_to_ledger(_ledger_path, event)
-
-
-def switch(step: str, what: str) -> bool:
-    assert _marker_dir is not None, "the marker folder is not set"
-    return os.path.exists(os.path.join(_marker_dir, f"{step}.{what}"))
-
-
-def write_marker(step: str) -> None:
-    """``MARKERS/STEP.blocked`` holding this pid, complete as soon as it exists."""
-    assert _marker_dir is not None, "the marker folder is not set"
-    final = os.path.join(_marker_dir, f"{step}.blocked")
-    temporary = f"{final}.{os.getpid()}.tmp"
-    with open(temporary, "w") as out:
-        out.write(str(os.getpid()))
-        out.flush()
-        os.fsync(out.fileno())
-    os.rename(temporary, final)
+SWITCHES = AppSwitches()
 
 
 def _make_step(name: str, *, fails: bool = False) -> Any:
     async def undo(data: Any) -> None:
-        record(ev="comp", step=name)
-        if switch(name, "die"):
+        SWITCHES.record(ev="comp", step=name)
+        if SWITCHES.on(name, "die"):
             os.kill(os.getpid(), signal.SIGKILL)
-        if switch(name, "block"):
-            write_marker(name)
+        if SWITCHES.on(name, "block"):
+            SWITCHES.write_marker(name)
             await asyncio.sleep(3600)  # the test kills this process here
 
     @saga_step_strict(name, compensate=undo)
     async def run(ctx: SagaContext, inp: Any) -> str:
-        record(ev="step", step=name)
+        SWITCHES.record(ev="step", step=name)
         if fails:
             raise TerminalError(f"{name} fails for good")
         return f"{name}-out"
@@ -123,7 +100,6 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global _ledger_path, _marker_dir
     parser = argparse.ArgumentParser(prog="python -m tests.rollback_crash_app")
     parser.add_argument("mode", choices=["start", "worker"])
     parser.add_argument("db")
@@ -132,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("saga")
     parser.add_argument("--timeout", type=float, default=50.0)
     args = parser.parse_args(argv)
-    _ledger_path = args.ledger
-    _marker_dir = args.markers
+    SWITCHES.configure(args.ledger, args.markers)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )

@@ -58,6 +58,7 @@ from sagakit.stores.base import (
 )
 from tests.conftest import engine_with, fast_retry, make_engine
 from tests.waiting import STILL, WAIT, Gate, eventually, suspended, within
+from tests.wrapped_store import WrappedStore
 
 # -- helpers ----------------------------------------------------------------------------------
 
@@ -274,31 +275,16 @@ def async_true(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
     return wrapped
 
 
-class ProxyStore:
+class ProxyStore(WrappedStore):
     """A store that passes everything to a real one, with hooks for the tests: ``drop_parks``
     PARKED status writes fail (as if the worker died between the failed step's entry and the
     saga's status), and ``before_journal`` runs once before the next ``load_journal``."""
 
     def __init__(self, inner: Store):
-        self.inner = inner
+        super().__init__(inner)
         self.drop_parks = 0
         self.parks_written = 0
         self.before_journal: Callable[[], Awaitable[Any]] | None = None
-
-    @property
-    def url(self) -> str:
-        return self.inner.url
-
-    @property
-    def on_work(self) -> Callable[[], None] | None:
-        return self.inner.on_work
-
-    @on_work.setter
-    def on_work(self, value: Callable[[], None] | None) -> None:
-        self.inner.on_work = value
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     def append(
         self,

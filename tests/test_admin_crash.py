@@ -36,20 +36,8 @@ class Workers(AppProcesses):
     def app_args(self) -> list[str]:
         return [str(self.ledger), str(self.markers), SAGA]
 
-    def switch(self, step: str, what: str, on: bool = True) -> None:
-        path = self.markers / f"{step}.{what}"
-        if on:
-            path.write_text("on")
-        else:
-            path.unlink()
-
-    async def blocked_in(self, proc: subprocess.Popen[bytes], step: str) -> None:
-        marker = self.markers / f"{step}.blocked"
-
-        async def check() -> bool:
-            return marker.exists() and marker.read_text() == str(proc.pid)
-
-        await self.until(proc, f"step {step} to block in pid {proc.pid}", check)
+    async def step_blocked(self, proc: subprocess.Popen[bytes], step: str) -> None:
+        await self.blocked_in(proc, step, f"step {step}")
 
     async def status_is(self, proc: subprocess.Popen[bytes], status: SagaStatus) -> None:
         async def check() -> bool:
@@ -90,7 +78,7 @@ async def test_sigkill_while_a_retried_step_runs(workers: Workers) -> None:
     workers.switch("S2", "block")
     async with make_engine(workers.url, worker=False) as ops:
         await ops.admin.retry_step(SAGA, reason="the service is back", by="ops")
-    await workers.blocked_in(first, "S2")
+    await workers.step_blocked(first, "S2")
     workers.kill(first)
 
     workers.switch("S2", "block", on=False)
@@ -124,7 +112,7 @@ async def test_sigkill_while_a_retried_step_runs(workers: Workers) -> None:
 async def test_sigkill_around_a_cancel_of_a_running_saga(workers: Workers, order: str) -> None:
     workers.switch("S2", "block")
     first = workers.spawn("start")
-    await workers.blocked_in(first, "S2")
+    await workers.step_blocked(first, "S2")
     if order == "kill-then-cancel":
         workers.kill(first)  # its lease has not expired: the saga is still RUNNING, owned
     async with make_engine(workers.url, worker=False) as ops:

@@ -56,6 +56,7 @@ from tests.conftest import engine_with, fast_retry, make_engine
 from tests.processes import REPO
 from tests.test_cli import sagakit
 from tests.waiting import STILL, WAIT, Gate, eventually, within
+from tests.wrapped_store import WrappedStore
 
 # -- helpers ----------------------------------------------------------------------------------
 
@@ -181,32 +182,17 @@ class Hold:
         self.gate.opened.set()
 
 
-class HeldStore:
+class HeldStore(WrappedStore):
     """A real store whose calls the test can hold, once each: ``administer`` of a saga (before
     it is made), a child's outcome told to its parent (before or after it is delivered, by the
     child's id) and the creation of a saga (before it is made)."""
 
     def __init__(self, inner: Store):
-        self.inner = inner
+        super().__init__(inner)
         self.before_administer: dict[str, Hold] = {}
         self.before_outcome: dict[str, Hold] = {}
         self.after_outcome: dict[str, Hold] = {}
         self.before_create: dict[str, Hold] = {}
-
-    @property
-    def url(self) -> str:
-        return self.inner.url
-
-    @property
-    def on_work(self) -> Callable[[], None] | None:
-        return self.inner.on_work
-
-    @on_work.setter
-    def on_work(self, value: Callable[[], None] | None) -> None:
-        self.inner.on_work = value
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     async def administer(self, change: AdminChange) -> SagaRecord | None:
         hold = self.before_administer.pop(change.saga_id, None)

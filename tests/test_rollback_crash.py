@@ -39,20 +39,8 @@ class Workers(AppProcesses):
     def app_args(self) -> list[str]:
         return [str(self.ledger), str(self.markers), SAGA]
 
-    def switch(self, step: str, what: str, on: bool = True) -> None:
-        path = self.markers / f"{step}.{what}"
-        if on:
-            path.write_text("on")
-        else:
-            path.unlink()
-
-    async def blocked_in(self, proc: subprocess.Popen[bytes], step: str) -> None:
-        marker = self.markers / f"{step}.blocked"
-
-        async def check() -> bool:
-            return marker.exists() and marker.read_text() == str(proc.pid)
-
-        await self.until(proc, f"the compensation of {step} to block in pid {proc.pid}", check)
+    async def compensation_blocked(self, proc: subprocess.Popen[bytes], step: str) -> None:
+        await self.blocked_in(proc, step, f"the compensation of {step}")
 
     def ledger_line(self) -> list[str]:
         """The ledger as ``s1 s2 s3 c2 c1``: one word per step or compensation run."""
@@ -79,7 +67,7 @@ async def test_sigkill_inside_a_compensation_repeats_only_that_one(
     if kill == "by-the-test":
         workers.switch("S1", "block")
         first = workers.spawn("start")
-        await workers.blocked_in(first, "S1")
+        await workers.compensation_blocked(first, "S1")
         workers.kill(first)
         workers.switch("S1", "block", on=False)
     else:
