@@ -90,7 +90,8 @@ ACTIONS: dict[str, Action] = {
             "cancel",
             "Cancel",
             frozenset({S.PENDING, S.RUNNING, S.SUSPENDED, S.PARKED, S.COMPENSATING}),
-            "stop the saga for good without rolling anything back (a reason is required)",
+            "stop the saga for good without rolling it back; its unfinished child sagas are "
+            "rolled back (a reason is required)",
             "Saga cancelled",
             danger=True,
         ),

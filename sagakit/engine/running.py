@@ -127,7 +127,8 @@ class RunningMixin:
             return None
         except LeaseLost:
             log.warning(
-                "saga %s was taken over by another worker; this worker stops running it",
+                "saga %s is no longer this worker's (another worker took it over, or an "
+                "operator or a cancelled parent changed it); this worker stops running it",
                 run.saga_id,
                 extra={"saga_id": run.saga_id, "workflow": run.workflow.name},
             )
