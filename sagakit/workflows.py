@@ -51,6 +51,25 @@ def saga_function_parameters(fn: Callable[..., Any], what: str) -> list[str]:
         raise TypeError(
             f"{what}: the function must take (saga, inp), it takes ({', '.join(positional)})"
         )
+    required = [
+        p.name
+        for p in inspect.signature(fn).parameters.values()
+        if p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+    if len(required) > 2:
+        # caught here, not when every saga of the workflow fails at run time
+        hint = (
+            " (restate-saga's main(saga, ctx, input_val) is written main(saga, inp) here: the "
+            "SagaContext `saga` is the workflow's context too: saga.saga_id, saga.set_state, "
+            "saga.promise, saga.wait_for_signal; drop the middle parameter)"
+            if len(positional) == 3 and len(required) == 3
+            else ""
+        )
+        raise TypeError(
+            f"{what}: the function is called with (saga, inp), but it requires "
+            f"({', '.join(required)}); give the other parameters defaults or remove them{hint}"
+        )
     return positional
 
 

@@ -555,3 +555,25 @@ async def test_racing_completions_from_several_engines_have_one_winner(
             losers = [o for o in outcomes if isinstance(o, PromiseAlreadyCompletedError)]
             assert len(winners) == 1 and len(losers) == 1, (saga_id, outcomes)
             assert await handle.result(timeout=WAIT) == winners[0]
+
+
+def test_a_main_with_restate_sagas_three_parameters_is_refused_at_definition() -> None:
+    """restate-saga's ``main(saga, ctx, input_val)`` would fail every saga at run time: it is
+    refused when it is defined, with the spelling that works here."""
+    wf = create_saga_long_workflow("ThreeParameters")
+
+    async def main(saga: SagaContext, ctx: Any, input_val: Any) -> Any:
+        return input_val
+
+    with pytest.raises(TypeError, match=r"main\(saga, inp\)"):
+        wf.main()(main)
+    with pytest.raises(TypeError, match="requires \\(saga, ctx, input_val\\)"):
+        saga_workflow("ThreeAsWell")(main)
+    with pytest.raises(SagaError, match="no main function"):
+        wf.check_ready()  # nothing was taken
+
+    async def with_default(saga: SagaContext, inp: Any, extra: int = 1) -> Any:
+        return inp
+
+    wf.main()(with_default)  # a third parameter with a default is fine
+    wf.check_ready()
