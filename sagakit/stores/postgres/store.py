@@ -29,14 +29,13 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import astuple, dataclass, field, replace
+from dataclasses import astuple, replace
 from typing import Any, TypeVar
 
 import asyncpg
 
-from ...errors import EventsArrived, LeaseLost, StoreError
+from ...errors import StoreError
 from ..base import (
-    NEVER,
     AdminChange,
     ClaimedSaga,
     CreateResult,
@@ -56,20 +55,25 @@ from ..base import (
     record_from_row,
 )
 from ..retrying import DEFAULT_RETRY_DEADLINE, Backoff, retry
-from ..sqlfile import load_migrations, load_queries
+from .batch import (
+    Append,
+    Batch,
+    Call,
+    Create,
+    append_groups,
+    write_appends,
+    write_creates,
+    write_object_create,
+)
+from .sql import MIGRATIONS, SCHEMA_VERSION, Q
 
 log = logging.getLogger("sagakit.store.postgres")
 
-Q = load_queries(__package__ or "sagakit.stores.postgres", "queries.sql")
-MIGRATIONS = load_migrations("sagakit.stores.postgres.migrations")
-SCHEMA_VERSION = MIGRATIONS[-1][0]
 CHANNEL = "sagakit_work"
 MAX_BATCH = 2000
 #: how long one statement may run before its connection is taken for dead (seconds)
 DEFAULT_COMMAND_TIMEOUT = 10.0
 _CONNECT_TIMEOUT = 10.0
-#: the journal entry columns of append_one when a write has no entry
-_NO_ENTRY: tuple[Any, ...] = (None,) * 10
 #: the session settings of the store's own connections (see PostgresStore._connect)
 _SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off"}
 
@@ -91,85 +95,8 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-@dataclass(slots=True)
-class _StatusRow:
-    """The merged status change of one saga in one append statement."""
-
-    guard: int | None = None
-    status: str | None = None
-    output: str | None = None
-    error: str | None = None
-    wake_at: float | None = None
-    set_token: bool = False
-    token: str | None = None
-
-    def add(self, op: _Append) -> None:
-        if op.guard is not None:
-            self.guard = op.guard
-        update = op.update
-        if update is None:
-            return
-        if update.status is not None:
-            self.status = update.status
-            if update.status == SagaStatus.SUSPENDED:
-                self.wake_at = NEVER if update.wake_at is None else update.wake_at
-                self.set_token, self.token = True, update.wait_token
-        if update.output is not None:
-            self.output = update.output
-        if update.error is not None:
-            self.error = update.error
-        if update.clear_wait:
-            self.set_token, self.token = True, None
-
-
-def _append_groups(appends: list[_Append]) -> list[list[_Append]]:
-    """Unguarded appends first, in one statement; then the guarded ones, at most one per saga
-    per statement, so that a refused guard never takes another write down with it."""
-    groups: list[list[_Append]] = [[op for op in appends if op.guard is None]]
-    for op in appends:
-        if op.guard is None:
-            continue
-        for group in groups[1:]:
-            if all(other.saga_id != op.saga_id for other in group):
-                group.append(op)
-                break
-        else:
-            groups.append([op])
-    return [g for g in groups if g]
-
-
 def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, _CONNECTION_ERRORS)
-
-
-@dataclass(slots=True)
-class _Create:
-    new: NewSaga
-    future: asyncio.Future[CreateResult]
-
-
-@dataclass(slots=True)
-class _Append:
-    saga_id: str
-    fence: int
-    entry: JournalEntry | None
-    update: SagaUpdate | None
-    future: asyncio.Future[None]
-    guard: int | None = None
-    state: Sequence[StateWrite] = ()
-
-
-@dataclass(slots=True)
-class _Call:
-    fn: Callable[[asyncpg.Connection], Awaitable[Any]]
-    future: asyncio.Future[Any]
-
-
-@dataclass(slots=True)
-class _Batch:
-    creates: list[_Create] = field(default_factory=list)
-    appends: list[_Append] = field(default_factory=list)
-    calls: list[_Call] = field(default_factory=list)
 
 
 class PostgresStore:
@@ -209,7 +136,7 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._listener_task: asyncio.Task[None] | None = None
-        self._queue: _Batch = _Batch()
+        self._queue: Batch = Batch()
         self._wakeup: asyncio.Event | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._closing = False
@@ -294,7 +221,7 @@ class PostgresStore:
 
     def _fail_queued(self, why: str) -> None:
         """Fail the writes still queued (the writer stopped before it took them)."""
-        batch, self._queue = self._queue, _Batch()
+        batch, self._queue = self._queue, Batch()
         error = StoreError(f"{why}; the write was not made (its saga goes on from the journal)")
         futures: list[asyncio.Future[Any]] = [op.future for op in batch.creates]
         futures += [op.future for op in batch.appends]
@@ -345,7 +272,7 @@ class PostgresStore:
 
     # -- the writer --------------------------------------------------------------------------
 
-    def _enqueue(self) -> _Batch:
+    def _enqueue(self) -> Batch:
         if self._wakeup is None or self._closing:
             raise StoreError("the PostgreSQL store is not open")
         self._wakeup.set()
@@ -357,28 +284,26 @@ class PostgresStore:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue.creates or self._queue.appends or self._queue.calls:
-                batch, self._queue = self._queue, _Batch()
+                batch, self._queue = self._queue, Batch()
                 await self._run_batch(batch)
             if self._closing:
                 return
 
-    async def _run_batch(self, batch: _Batch) -> None:
+    async def _run_batch(self, batch: Batch) -> None:
         plain = [op for op in batch.creates if op.new.object_key is None]
         for start in range(0, len(plain), MAX_BATCH):
             creates = plain[start : start + MAX_BATCH]
             await self._retrying(
-                functools.partial(self._write_creates, ops=creates), [op.future for op in creates]
+                functools.partial(write_creates, ops=creates), [op.future for op in creates]
             )
         for op in batch.creates:
             if op.new.object_key is not None:
-                await self._retrying(
-                    functools.partial(self._write_object_create, op=op), [op.future]
-                )
-        for group in _append_groups(batch.appends):
+                await self._retrying(functools.partial(write_object_create, op=op), [op.future])
+        for group in append_groups(batch.appends):
             for start in range(0, len(group), MAX_BATCH):
                 appends = group[start : start + MAX_BATCH]
                 await self._retrying(
-                    functools.partial(self._write_appends, ops=appends),
+                    functools.partial(write_appends, ops=appends),
                     [op.future for op in appends],
                 )
         for call in batch.calls:
@@ -434,151 +359,14 @@ class PostgresStore:
             _fail(futures, StoreError("the PostgreSQL store closed before the write committed"))
             raise
 
-    async def _write_creates(
-        self, conn: asyncpg.Connection, retry: bool, ops: list[_Create]
-    ) -> None:
-        rows = await conn.fetch(
-            Q["create_sagas"],
-            [op.new.saga_id for op in ops],
-            [op.new.name for op in ops],
-            [op.new.input for op in ops],
-            [op.new.owner for op in ops],
-            [op.new.lease_seconds for op in ops],
-            [op.new.parent_id for op in ops],
-        )
-        found: dict[str, tuple[bool, SagaRecord]] = {}
-        for row in rows:
-            record = record_from_row(tuple(row))
-            found[record.saga_id] = (True, record)
-        missing = list({op.new.saga_id for op in ops if op.new.saga_id not in found})
-        if missing:
-            # ids taken already (by an earlier start, or a concurrent one that committed)
-            for row in await conn.fetch(Q["get_sagas"], missing):
-                record = record_from_row(tuple(row))
-                found[record.saga_id] = (False, record)
-        answered: set[str] = set()
-        pending = False
-        for op in ops:
-            created, record = found[op.new.saga_id]
-            if retry and not created and _made_by(op.new, record):
-                created = True  # our own attempt whose acknowledgement the dropped link lost
-            if op.new.saga_id in answered:
-                created = False  # the same id twice in one batch: the first caller runs it
-            answered.add(op.new.saga_id)
-            if created and op.new.owner is None:
-                pending = True
-            if not op.future.done():
-                op.future.set_result(CreateResult(created, record))
-        if pending:
-            await conn.execute(Q["notify_work"])
-
-    async def _write_appends(
-        self, conn: asyncpg.Connection, retry: bool, ops: list[_Append]
-    ) -> None:
-        # one status row per (saga, fence): the last update of the batch wins, as it would have
-        # if the appends had been committed one by one in order
-        rows: dict[tuple[str, int], _StatusRow] = {}
-        entries: dict[tuple[str, int], JournalEntry] = {}
-        writes: dict[tuple[str, str], tuple[str, str | None]] = {}
-        for op in ops:
-            row = rows.setdefault((op.saga_id, op.fence), _StatusRow())
-            row.add(op)
-            if op.entry is not None:
-                entries[(op.entry.saga_id, op.entry.seq)] = op.entry  # the last one wins
-            for write in op.state:
-                writes[(write.scope, write.key)] = (op.saga_id, write.value)
-        keys = list(rows)
-        status = [rows[k] for k in keys]
-        journal = list(entries.values())
-        if len(keys) == 1 and len(journal) <= 1 and not writes:
-            # one saga (a saga alone, or a quiet moment): the same write with scalars
-            (saga_id, fence), r = keys[0], status[0]
-            ok_rows = await conn.fetch(
-                Q["append_one"],
-                saga_id,
-                fence,
-                r.guard,
-                r.status,
-                r.output,
-                r.error,
-                r.wake_at,
-                r.set_token,
-                r.token,
-                *(_entry_columns(journal[0]) if journal else _NO_ENTRY),
-            )
-        else:
-            args: list[list[Any]] = [
-                [k[0] for k in keys],
-                [k[1] for k in keys],
-                [r.guard for r in status],
-                [r.status for r in status],
-                [r.output for r in status],
-                [r.error for r in status],
-                [r.wake_at for r in status],
-                [r.set_token for r in status],
-                [r.token for r in status],
-                [e.saga_id for e in journal],
-                [e.seq for e in journal],
-                [e.kind for e in journal],
-                [e.name for e in journal],
-                [e.status for e in journal],
-                [e.attempts for e in journal],
-                [e.output for e in journal],
-                [e.compensation for e in journal],
-                [e.error for e in journal],
-                [e.started_at for e in journal],
-                [e.finished_at for e in journal],
-                [w[0] for w in writes.values()],
-                [k[0] for k in writes],
-                [k[1] for k in writes],
-                [w[1] for w in writes.values()],
-            ]
-            ok_rows = await conn.fetch(Q["append"], *args)
-        accepted = {r["saga_id"] for r in ok_rows}
-        for op in ops:
-            if op.future.done():
-                continue
-            if op.saga_id in accepted:
-                op.future.set_result(None)
-            elif (
-                op.guard is not None
-                and await conn.fetchval(Q["saga_fence"], op.saga_id) == op.fence
-            ):
-                op.future.set_exception(EventsArrived(op.saga_id))
-            else:
-                op.future.set_exception(LeaseLost(op.saga_id))
-
-    async def _write_object_create(
-        self, conn: asyncpg.Connection, retry: bool, op: _Create
-    ) -> None:
-        new = op.new
-        async with conn.transaction():
-            await conn.execute(Q["lock_object"], new.object_key)
-            inserted = await conn.fetchval(
-                Q["create_object_saga"],
-                new.saga_id,
-                new.name,
-                new.input,
-                new.owner,
-                new.lease_seconds,
-                new.object_key,
-            )
-            row = await conn.fetchrow(Q["get_saga"], new.saga_id)
-        record = record_from_row(tuple(row))
-        created = inserted is not None or (retry and _made_by(new, record))
-        if not op.future.done():
-            op.future.set_result(CreateResult(created, record))
-        if created and record.owner is None:
-            await conn.execute(Q["notify_work"])
-
-    async def _write_call(self, conn: asyncpg.Connection, retry: bool, op: _Call) -> None:
+    async def _write_call(self, conn: asyncpg.Connection, retry: bool, op: Call) -> None:
         result = await op.fn(conn)
         if not op.future.done():
             op.future.set_result(result)
 
     async def _call(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._enqueue().calls.append(_Call(fn, future))
+        self._enqueue().calls.append(Call(fn, future))
         return await future
 
     # -- reads -------------------------------------------------------------------------------
@@ -640,7 +428,7 @@ class PostgresStore:
 
     async def create_saga(self, new: NewSaga) -> CreateResult:
         future: asyncio.Future[CreateResult] = asyncio.get_running_loop().create_future()
-        self._enqueue().creates.append(_Create(new, future))
+        self._enqueue().creates.append(Create(new, future))
         return await future
 
     def append(
@@ -654,7 +442,7 @@ class PostgresStore:
         state: Sequence[StateWrite] = (),
     ) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        op = _Append(saga_id, fence, entry, update, future, guard, tuple(state))
+        op = Append(saga_id, fence, entry, update, future, guard, tuple(state))
         self._enqueue().appends.append(op)
         return future
 
@@ -838,22 +626,6 @@ class PostgresStore:
         return await self._call(fn)
 
 
-def _entry_columns(e: JournalEntry) -> tuple[Any, ...]:
-    """A journal entry's columns after saga_id, as append_one takes them."""
-    return (
-        e.seq,
-        e.kind,
-        e.name,
-        e.status,
-        e.attempts,
-        e.output,
-        e.compensation,
-        e.error,
-        e.started_at,
-        e.finished_at,
-    )
-
-
 async def _applied_already(conn: asyncpg.Connection, change: AdminChange) -> SagaRecord | None:
     """The saga, if ``change`` (by its key) was made already — by our own attempt whose
     answer a dropped connection lost; else None."""
@@ -874,19 +646,6 @@ def _fail(futures: Sequence[asyncio.Future[Any]], error: BaseException) -> None:
 
 def _set_event(event: asyncio.Event, *_args: object) -> None:
     event.set()
-
-
-def _made_by(new: NewSaga, record: SagaRecord) -> bool:
-    """Whether ``record`` is what our own start made, on a retry after its answer was lost.
-
-    A start for a worker (no owner) that an identical start of another process made meanwhile
-    is taken for ours too: the saga is the same either way, and both callers only wake the
-    workers."""
-    if record.fence != 1 or record.input != new.input or record.name != new.name:
-        return False
-    if new.owner is None:
-        return record.owner is None and record.status == SagaStatus.PENDING
-    return record.owner == new.owner
 
 
 def _redact(url: str) -> str:
