@@ -47,6 +47,21 @@ class FailedAttempt:
     error: ErrorInfo
 
 
+def out_of_attempts(retrying: Retrying | None, name: str, seq: int, attempts: int) -> ErrorInfo:
+    """Why an operation whose journal already counts ``attempts`` (its policy's maximum or
+    more) gets no further attempt: it waited to retry under a policy that allowed more, or the
+    worker running its last attempt died."""
+    if retrying is not None:  # the policy allows fewer attempts than it did
+        return retrying.given_up()
+    return ErrorInfo(
+        "WorkerDiedError",
+        f"the worker running attempt {attempts} died (crash, kill or out of memory); "
+        f"gave up after {attempts} attempts",
+        name,
+        seq,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Retrying:
     """What a ``retrying`` journal entry records."""

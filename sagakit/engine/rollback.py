@@ -26,7 +26,7 @@ from ..stores.base import (
     SagaUpdate,
     StateWrite,
 )
-from .backoff import FailedAttempt, Retrying
+from .backoff import FailedAttempt, Retrying, out_of_attempts
 from .core import RunCore
 from .outcome import Outcome, _Compensation, terminal_form
 
@@ -163,16 +163,7 @@ class RollbackMixin(RunCore):
         attempt = prior
         error: ErrorInfo | None = None
         if prior >= policy.max_attempts:
-            if retrying is not None:  # the policy allows fewer attempts than it did
-                error = retrying.given_up()
-            else:
-                error = ErrorInfo(
-                    "WorkerDiedError",
-                    f"the worker running attempt {prior} died (crash, kill or out of memory); "
-                    f"gave up after {prior} attempts",
-                    step.name,
-                    seq,
-                )
+            error = out_of_attempts(retrying, step.name, seq, prior)
         elif retrying is not None:
             # a rollback is not cut by the saga's deadline: the backoff runs its course
             await self._await_retry(seq, retrying, None)

@@ -53,7 +53,7 @@ from ..stores.base import (
     Store,
 )
 from ..workflows import SagaWorkflow
-from .backoff import BackoffMixin, FailedAttempt, Retrying
+from .backoff import BackoffMixin, FailedAttempt, Retrying, out_of_attempts
 from .children import ChildrenMixin, ChildStarter
 from .observe import NO_OBSERVERS, Observers, RunInfo
 from .operators import operator_rollback, skipped_seqs
@@ -423,16 +423,7 @@ class SagaRun(RollbackMixin, BackoffMixin, WaitsMixin, ChildrenMixin, ParallelMi
         started = time.time() if retrying is None else retrying.started
         attempt = prior_attempts
         if prior_attempts >= policy.max_attempts:
-            if retrying is not None:  # the policy allows fewer attempts than it did
-                info = retrying.given_up()
-            else:
-                info = ErrorInfo(
-                    "WorkerDiedError",
-                    f"the worker running attempt {prior_attempts} died (crash, kill or out of "
-                    f"memory); gave up after {prior_attempts} attempts",
-                    step.name,
-                    seq,
-                )
+            info = out_of_attempts(retrying, step.name, seq, prior_attempts)
             return await self._finish_step(
                 step, seq, prior_attempts, started, EntryStatus.FAILED, None, None, info,
                 exhausted=True,
