@@ -76,7 +76,7 @@ class Sent(BaseModel):
 
 
 def order_saga(log: list[Any]) -> SagaDefinition:
-    """CreateOrder, then ReserveStock and ChargeCard in parallel (both depend only on it).
+    """CreateOrder, then ReserveStock and ChargeCard in a parallel block (both take its output).
     ReserveStock, added first, finishes last: it waits until ChargeCard ran."""
     charged = asyncio.Event()
 
@@ -105,12 +105,13 @@ def order_saga(log: list[Any]) -> SagaDefinition:
 
     builder = SagaBuilder()
     order = builder.add_step(step=CreateOrder())
-    builder.add_step(step=ReserveStock(), depends_on=order)
-    builder.add_step(
-        step=ChargeCard(),
-        depends_on=order,
-        input_map=lambda created: Payment(order_id=created.order_id, amount=created.amount),
-    )
+    with builder.parallel():
+        builder.add_step(step=ReserveStock(), depends_on=order)
+        builder.add_step(
+            step=ChargeCard(),
+            depends_on=order,
+            input_map=lambda created: Payment(order_id=created.order_id, amount=created.amount),
+        )
     return builder.build()
 
 
@@ -142,12 +143,12 @@ async def test_a_typed_saga_runs_by_name_and_returns_every_steps_output(engine: 
     assert snapshot.name == "create_order_v1"
     steps = [(s.kind, s.name, s.status) for s in snapshot.steps]
     assert steps[0] == ("step", "CreateOrder", "completed")
-    assert steps[1][0] == "gather"  # the two independent steps ran as parallel branches
+    assert steps[1][0] == "gather"  # the parallel block ran as the branches of a gather
     assert sorted(steps[2:]) == [
         ("step", "Charge", "completed"),
         ("step", "ReserveStock", "completed"),
     ]
-    # no root has an input_map: the signals were never read
+    # no step builds an InputContext: the signals were never read
     assert all(s.kind != "signals" for s in snapshot.steps)
 
 
@@ -269,8 +270,9 @@ async def test_a_failed_parallel_branch_rolls_back_every_branch(engine: Engine) 
 
     builder = SagaBuilder()
     order = builder.add_step(step=CreateOrder())
-    builder.add_step(step=Reserve(), depends_on=order)
-    builder.add_step(step=Charge(), depends_on=order)
+    with builder.parallel():
+        builder.add_step(step=Reserve(), depends_on=order)
+        builder.add_step(step=Charge(), depends_on=order)
     engine.register("branches_v1", builder.build())
 
     with pytest.raises(SagaCompensatedError) as caught:
@@ -499,7 +501,7 @@ async def test_dependent_steps_get_the_dependencys_output(engine: Engine) -> Non
     assert list(result) == ["CreateOrder", "Charge", "Receipt"]
 
 
-async def test_independent_steps_run_in_parallel(engine: Engine) -> None:
+async def test_the_steps_of_a_parallel_block_run_in_parallel(engine: Engine) -> None:
     """Each branch waits for its sibling to start: run one after the other, they would never
     finish."""
     started = {name: asyncio.Event() for name in ("A", "B", "C", "D")}
@@ -524,10 +526,12 @@ async def test_independent_steps_run_in_parallel(engine: Engine) -> None:
         return Paired() if me in "AB" else PairedAfter()
 
     builder = SagaBuilder()
-    a = builder.add_step(step=pair_step("A", "B"), retry_policy=NO_RETRY)  # two roots
-    builder.add_step(step=pair_step("B", "A"), retry_policy=NO_RETRY)
-    builder.add_step(step=pair_step("C", "D"), depends_on=a, retry_policy=NO_RETRY)
-    builder.add_step(step=pair_step("D", "C"), depends_on=a, retry_policy=NO_RETRY)
+    with builder.parallel():  # two branches that take the saga's input
+        a = builder.add_step(step=pair_step("A", "B"), retry_policy=NO_RETRY)
+        builder.add_step(step=pair_step("B", "A"), retry_policy=NO_RETRY)
+    with builder.parallel():  # then two that take A's output
+        builder.add_step(step=pair_step("C", "D"), depends_on=a, retry_policy=NO_RETRY)
+        builder.add_step(step=pair_step("D", "C"), depends_on=a, retry_policy=NO_RETRY)
     engine.register("parallel_v1", builder.build())
 
     result = await within(engine.run("parallel_v1", {"customer_id": "c", "amount": 1}))
@@ -712,7 +716,9 @@ class Other(BaseStep[OrderCreated, Note]):
         return Note(text=inp.order_id)
 
 
-async def test_build_refuses_a_reference_from_another_builder_or_a_cycle(engine: Engine) -> None:
+async def test_build_refuses_a_reference_from_another_builder_or_to_a_later_node(
+    engine: Engine,
+) -> None:
     elsewhere = SagaBuilder()
     foreign = elsewhere.add_step(step=Plain())
     builder = SagaBuilder()
@@ -726,17 +732,19 @@ async def test_build_refuses_a_reference_from_another_builder_or_a_cycle(engine:
     with pytest.raises(SagaDefinitionError, match="no step of this builder"):
         unknown.build()
 
-    # depends_on only takes existing steps, so a cycle needs a reference made by hand
-    cyclic = SagaBuilder()
-    cyclic.add_step(step=Plain(), depends_on=StepRef("Other"))
-    cyclic.add_step(step=Other(), depends_on=StepRef("Plain"))
+    # a reference made by hand may name a node added later (or the node itself): refused,
+    # as the nodes run in the order they are added
+    later = SagaBuilder()
+    later.add_step(step=Plain(), depends_on=StepRef("Other"))
+    later.add_step(step=Other(), depends_on=StepRef("Plain"))
     with pytest.raises(SagaDefinitionError) as caught:
-        cyclic.build()
-    assert "cycle: 'Plain' -> 'Other' -> 'Plain'" in str(caught.value)
+        later.build()
+    assert "step 'Plain' depends on 'Other', added after it" in str(caught.value)
+    assert "must name a node added earlier" in str(caught.value)
 
     itself = SagaBuilder()
     itself.add_step(step=Plain(), depends_on=StepRef("Plain"))
-    with pytest.raises(SagaDefinitionError, match="cycle: 'Plain' -> 'Plain'"):
+    with pytest.raises(SagaDefinitionError, match="step 'Plain' depends on itself"):
         itself.build()
 
     with pytest.raises(SagaDefinitionError, match="at least one step"):
@@ -913,8 +921,9 @@ async def test_an_interrupted_definition_saga_recovers_without_rerunning_steps(
 
     builder = SagaBuilder()
     order = builder.add_step(step=CreateOrder())
-    builder.add_step(step=Reserve(), depends_on=order)
-    paid = builder.add_step(step=Charge(), depends_on=order)
+    with builder.parallel():  # Reserve is journaled while Charge is held
+        builder.add_step(step=Reserve(), depends_on=order)
+        paid = builder.add_step(step=Charge(), depends_on=order)
     builder.add_step(step=Receipt(), depends_on=paid)
     builder.on_commit(commits.append)
     definition = builder.build()

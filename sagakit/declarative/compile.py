@@ -1,10 +1,17 @@
 """How a declarative definition runs: each ``BaseStep`` becomes an ordinary strict saga step,
-and the graph becomes one saga function that the engine runs (and replays) like any other.
+and the definition becomes one saga function that the engine runs (and replays) like any other.
 
-* A step runs as soon as the step it depends on has completed. The children of one step (and
-  the roots) are independent of each other: when there are several, they run as parallel
-  branches of ``saga.gather`` (numbered by their order in the definition, so a replay finds
-  them); a single one is simply awaited.
+* The nodes run in the order they were added, each once the one before it finished (so a
+  failing step stops the saga before anything after it acts). A ``parallel()`` block runs its
+  nodes as branches of ``saga.gather`` (numbered by their order in the block, so a replay finds
+  them). ``depends_on`` only chooses whose output a node's input is made from.
+* A wait (``add_wait``) is ``saga.wait_for_signal``: answered by the signal of its name or a
+  notify of its token, journaled, and suspending the saga meanwhile.
+* What the nodes see besides their dependency (``InputContext``: the events, the earlier
+  outputs) changes only in the saga function, at points fixed by the definition: the journaled
+  list of signals is read before the first stage that needs it, a wait adds its event when it
+  completes, and a parallel block's branches each see the state from before the block, merged
+  in block order after it. So a replay builds the same contexts whatever the timing.
 * ``BaseStep.compensate(inp, out)`` needs the output, so each step is *strict*: its undo is
   registered only once it succeeded, with ``{"inp": ..., "out": ...}`` as compensation data.
 * The saga's output maps the name of every step that ran to its output (JSON), in the order
@@ -27,7 +34,7 @@ from ..errors import ErrorInfo, OutputNotSerializableError, SagaDefinitionError,
 from ..steps import SagaStep, SagaStepOptions, StepResponse, create_saga_step_strict
 from ..workflows import SagaWorkflow, SagaWorkflowOptions
 from .base_step import running_context
-from .nodes import ConditionNode, Hook, InputContext, Mapper, Node, StepNode
+from .nodes import ConditionNode, Hook, InputContext, Mapper, Node, StepNode, WaitNode
 
 if TYPE_CHECKING:
     from ..context import SagaContext
@@ -40,12 +47,17 @@ ON_REJECT = "on_reject"
 
 @dataclass(frozen=True, slots=True)
 class Compiled:
-    """The saga steps a definition runs: one per step node (None for a condition), and the
-    hooks'."""
+    """The saga steps a definition runs: one per step node (None for a condition or a wait),
+    and the hooks'; and where the list of signals is needed."""
 
     steps: tuple[SagaStep[Any] | None, ...]
     commit: SagaStep[Any] | None
     reject: SagaStep[Any] | None
+    #: per node: it (or a node of its branches) builds an InputContext, or is a wait, so the
+    #: signals must have been read before it starts
+    demands: tuple[bool, ...]
+    #: some node here (branches included) builds an InputContext
+    reads_events: bool
 
 
 def compile_nodes(
@@ -55,7 +67,31 @@ def compile_nodes(
     steps = tuple(_compile_step(n) if isinstance(n, StepNode) else None for n in nodes)
     commit = None if on_commit is None else _compile_hook(ON_COMMIT, on_commit, _copy)
     reject = None if on_reject is None else _compile_hook(ON_REJECT, on_reject, _error_info)
-    return Compiled(steps, commit, reject)
+    demands = tuple(_reads(n) or isinstance(n, WaitNode) or _branch_demands(n) for n in nodes)
+    reads = any(_reads(n) or _branch_reads(n) for n in nodes)
+    return Compiled(steps, commit, reject, demands, reads)
+
+
+def _reads(node: Node) -> bool:
+    """Whether the node itself builds an InputContext."""
+    if isinstance(node, WaitNode):
+        return False
+    mapper = node.input_map if isinstance(node, StepNode) else node.predicate
+    return mapper is not None and (node.depends_on is None or node.two_args)
+
+
+def _branches(node: Node) -> list[SagaDefinition]:
+    if not isinstance(node, ConditionNode):
+        return []
+    return [b for b in (node.then, node.otherwise) if b is not None]
+
+
+def _branch_demands(node: Node) -> bool:
+    return any(any(b.compiled.demands) for b in _branches(node))
+
+
+def _branch_reads(node: Node) -> bool:
+    return any(b.compiled.reads_events for b in _branches(node))
 
 
 # -- steps -----------------------------------------------------------------------------------
@@ -131,83 +167,149 @@ def _error_info(value: Any) -> ErrorInfo:
 # -- the saga function -----------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class _Seen:
+    """What the nodes after a point can see besides their dependency: the outputs of the steps
+    that completed (name -> (JSON, the model to validate it into, or None for a wait's
+    payload)) and the events (None: the signals are not read yet)."""
+
+    outputs: dict[str, tuple[Any, type[BaseModel] | None]]
+    events: list[dict[str, Any]] | None
+
+    def fork(self) -> _Seen:
+        events = None if self.events is None else list(self.events)
+        return _Seen(dict(self.outputs), events)
+
+    def join(self, branches: list[_Seen]) -> None:
+        """Take in what each branch of a parallel block added, in block order."""
+        known = 0 if self.events is None else len(self.events)
+        for branch in branches:
+            for name, value in branch.outputs.items():
+                self.outputs.setdefault(name, value)
+            if branch.events is not None:
+                self.events = (self.events or []) + branch.events[known:]
+
+
 @dataclass(frozen=True, slots=True)
-class _Upstream:
-    """What the nodes after a point get: ``plain`` (JSON) is the input of a step without an
-    input_map, ``mapped`` is what an input_map or a predicate receives."""
+class _Result:
+    """A node's output: ``plain`` (JSON) is the input of a dependent step without an
+    input_map, ``mapped`` what a dependent's input_map or predicate receives."""
 
     plain: Any
     mapped: Any
 
 
+class _Runner:
+    """One run of a definition's nodes inside a saga (a condition's branch gets its own,
+    sharing what is seen)."""
+
+    def __init__(
+        self, saga: SagaContext, definition: SagaDefinition, initial: Any, reads: bool
+    ) -> None:
+        self.saga = saga
+        self.definition = definition
+        self.initial = initial
+        #: whether anything in the whole saga builds an InputContext (the top definition's)
+        self.reads = reads
+        self.results: dict[int, _Result] = {}
+
+    async def run(self, seen: _Seen) -> dict[str, Any]:
+        """Run every stage in order; return the output (step name -> output JSON, in
+        definition order)."""
+        definition = self.definition
+        demands = definition.compiled.demands
+        for stage, parallel in zip(definition.stages, definition.parallel, strict=True):
+            if self.reads and seen.events is None and any(demands[i] for i in stage):
+                seen.events = await self.saga._received_signals()
+            if not parallel or len(stage) == 1:
+                for index in stage:
+                    await self._run_node(index, seen)
+                continue
+            forks = [seen.fork() for _ in stage]
+            await self.saga.gather(
+                *(self._run_node(i, fork) for i, fork in zip(stage, forks, strict=True))
+            )
+            seen.join(forks)
+        output: dict[str, Any] = {}
+        for index, node in enumerate(definition.nodes):
+            if index in self.results:
+                if isinstance(node, ConditionNode):
+                    output.update(self.results[index].plain)
+                else:
+                    output[node.name] = self.results[index].plain
+        return output
+
+    async def _run_node(self, index: int, seen: _Seen) -> None:
+        node = self.definition.nodes[index]
+        if isinstance(node, WaitNode):
+            await self._run_wait(index, node, seen)
+            return
+        parent = self.definition.parents[index]
+        upstream = None if parent is None else self.results[parent]
+        plain = self.initial if upstream is None else upstream.plain
+        if isinstance(node, StepNode):
+            inp = plain
+            if node.input_map is not None:
+                what = f"the input_map of step {node.name!r}"
+                mapped = _call(node.input_map, self._arguments(node, upstream, seen), what)
+                inp = _as_json(
+                    mapped, f"the input of step {node.name!r} (what its input_map returned)"
+                )
+            step = self.definition.compiled.steps[index]
+            assert step is not None
+            out_json = await step(self.saga, inp)
+            model = node.spec.output_model
+            seen.outputs[node.name] = (out_json, model)
+            # the dependents' input_map gets the model; their plain input is the JSON
+            self.results[index] = _Result(out_json, model.model_validate(out_json))
+            return
+        taken = _call(
+            node.predicate, self._arguments(node, upstream, seen), f"the predicate of {node.name}"
+        )
+        branch = node.then if taken else node.otherwise
+        sub: dict[str, Any] = {}
+        if branch is not None:
+            sub = await _Runner(self.saga, branch, plain, self.reads).run(seen)
+        self.results[index] = _Result(sub, sub)
+
+    async def _run_wait(self, index: int, node: WaitNode, seen: _Seen) -> None:
+        payload = await self.saga.wait_for_signal(node.name, node.timeout)
+        seen.outputs[node.name] = (payload, None)
+        # names are unique in a saga and only waits take signals, so a signal of this name
+        # already in the list (read before the wait began) is the one this wait took
+        if seen.events is not None and not any(e["name"] == node.name for e in seen.events):
+            seen.events.append({"name": node.name, "payload": _copy(payload)})
+        self.results[index] = _Result(payload, payload)
+
+    def _arguments(
+        self, node: StepNode | ConditionNode, upstream: _Result | None, seen: _Seen
+    ) -> tuple[Any, ...]:
+        if upstream is None:
+            return (self._context(seen),)
+        if node.two_args:
+            return (upstream.mapped, self._context(seen))
+        return (upstream.mapped,)
+
+    def _context(self, seen: _Seen) -> InputContext:
+        # fresh copies: what a mapper does to them must not change what later nodes see
+        outputs = {
+            name: _copy(value) if model is None else model.model_validate(value)
+            for name, (value, model) in seen.outputs.items()
+        }
+        events = [] if seen.events is None else _copy(seen.events)
+        return InputContext(self.initial, events, outputs)
+
+
 async def run_definition(saga: SagaContext, definition: SagaDefinition, initial: Any) -> Any:
     """Run every node of ``definition`` inline in the saga; return its output (step name ->
     output JSON, in definition order)."""
-    nodes = definition.nodes
-    mapped: Any = None
-    # the journaled list of signals is read only when a root needs it, so that a saga whose
-    # roots take the plain input pays nothing for it
-    if any(_needs_context(nodes[i]) for i in definition.roots):
-        mapped = InputContext(initial, await saga._received_signals())
-    results: dict[int, Any] = {}
-    await _run_group(saga, definition, definition.roots, _Upstream(initial, mapped), results)
-    output: dict[str, Any] = {}
-    for index, node in enumerate(nodes):
-        if index in results:
-            if isinstance(node, StepNode):
-                output[node.name] = results[index]
-            else:
-                output.update(results[index])
-    return output
+    reads = definition.compiled.reads_events
+    seen = _Seen({}, None if reads else [])
+    return await _Runner(saga, definition, initial, reads).run(seen)
 
 
-def _needs_context(node: Node) -> bool:
-    return isinstance(node, ConditionNode) or node.input_map is not None
-
-
-async def _run_group(
-    saga: SagaContext,
-    definition: SagaDefinition,
-    indices: tuple[int, ...],
-    upstream: _Upstream,
-    results: dict[int, Any],
-) -> None:
-    if len(indices) == 1:
-        await _run_node(saga, definition, indices[0], upstream, results)
-    elif indices:
-        await saga.gather(*(_run_node(saga, definition, i, upstream, results) for i in indices))
-
-
-async def _run_node(
-    saga: SagaContext,
-    definition: SagaDefinition,
-    index: int,
-    upstream: _Upstream,
-    results: dict[int, Any],
-) -> None:
-    node = definition.nodes[index]
-    if isinstance(node, StepNode):
-        inp = upstream.plain
-        if node.input_map is not None:
-            mapped = _call(node.input_map, upstream.mapped, f"the input_map of step {node.name!r}")
-            inp = _as_json(mapped, f"the input of step {node.name!r} (what its input_map returned)")
-        step = definition.compiled.steps[index]
-        assert step is not None
-        out_json = await step(saga, inp)
-        results[index] = out_json
-        # the dependents' input_map gets the model; their plain input is the JSON
-        after = _Upstream(out_json, node.spec.output_model.model_validate(out_json))
-    else:
-        taken = _call(node.predicate, upstream.mapped, f"the predicate of {node.name}")
-        branch = node.then if taken else node.otherwise
-        sub = {} if branch is None else await run_definition(saga, branch, upstream.plain)
-        results[index] = sub
-        after = _Upstream(sub, sub)
-    await _run_group(saga, definition, definition.children[index], after, results)
-
-
-def _call(fn: Mapper, arg: Any, what: str) -> Any:
-    value = fn(arg)
+def _call(fn: Mapper, args: tuple[Any, ...], what: str) -> Any:
+    value = fn(*args)
     if inspect.isawaitable(value):
         if inspect.iscoroutine(value):
             value.close()
@@ -241,9 +343,10 @@ def saga_function(
 
 
 class _InitialData(serde.Converter):
-    """The input of a definition's saga: kept as JSON (every root sees the same value, live
-    and on replay), and checked at ``start`` against the input type of each root step that
-    takes it as it is, so that bad input is refused before anything is written."""
+    """The input of a definition's saga: kept as JSON (every node sees the same value, live
+    and on replay), and checked at ``start`` against the input type of each step without
+    ``depends_on`` that takes it as it is, so that bad input is refused before anything is
+    written."""
 
     __slots__ = ("_checks",)
 
@@ -276,7 +379,7 @@ class DefinitionWorkflow(SagaWorkflow[Any, dict[str, Any]]):
             serde.Converter(
                 node.spec.input_model, f"input of saga {name!r} (the input of step {node.name!r})"
             )
-            for node in (definition.nodes[i] for i in definition.roots)
-            if isinstance(node, StepNode) and node.input_map is None
+            for node in definition.nodes
+            if isinstance(node, StepNode) and node.depends_on is None and node.input_map is None
         )
         self.input = _InitialData(checks, f"the input of saga {name!r}")

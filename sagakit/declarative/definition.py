@@ -1,5 +1,6 @@
-"""``SagaDefinition``: what ``SagaBuilder.build()`` returns, an immutable graph of typed steps
-that the engine runs as an ordinary saga workflow (see compile.py)."""
+"""``SagaDefinition``: what ``SagaBuilder.build()`` returns, an immutable sequence of typed
+steps, conditions, waits and parallel blocks that the engine runs as an ordinary saga workflow
+(see compile.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from typing import Any, NoReturn
 
 from ..workflows import SagaWorkflow, SagaWorkflowOptions
 from .compile import Compiled, DefinitionWorkflow, compile_nodes
-from .nodes import ConditionNode, Hook, Node, StepNode
+from .nodes import ConditionNode, Hook, Node, StepNode, WaitNode
 
 
 class SagaDefinition:
-    """A built declarative saga: its steps, what each depends on, its conditions and hooks.
+    """A built declarative saga: its steps, conditions and waits in the order they run, its
+    parallel blocks, whose output each node's input is made from, and its hooks.
 
     Immutable. Register it under a name to run it (``engine.register("create_order_v1",
     definition)``, then ``engine.run("create_order_v1", inp)``), or use it as a branch of
@@ -19,20 +21,20 @@ class SagaDefinition:
     """
 
     __slots__ = (
-        "_children",
         "_compiled",
         "_nodes",
         "_on_commit",
         "_on_reject",
+        "_parallel",
         "_parents",
-        "_roots",
+        "_stages",
         "_step_names",
     )
 
     _nodes: tuple[Node, ...]
     _parents: tuple[int | None, ...]
-    _children: tuple[tuple[int, ...], ...]
-    _roots: tuple[int, ...]
+    _stages: tuple[tuple[int, ...], ...]
+    _parallel: tuple[bool, ...]
     _on_commit: Hook | None
     _on_reject: Hook | None
     _step_names: tuple[str, ...]
@@ -42,18 +44,18 @@ class SagaDefinition:
         self,
         nodes: tuple[Node, ...],
         parents: tuple[int | None, ...],
+        stages: tuple[tuple[int, ...], ...],
+        parallel: tuple[bool, ...],
         on_commit: Hook | None,
         on_reject: Hook | None,
     ) -> None:
-        """Made by :meth:`SagaBuilder.build`, which checked the graph (no foreign reference,
-        no cycle): ``parents[i]`` is the index of the node ``nodes[i]`` depends on."""
-        children: list[list[int]] = [[] for _ in nodes]
-        roots: list[int] = []
-        for index, parent in enumerate(parents):
-            (roots if parent is None else children[parent]).append(index)
+        """Made by :meth:`SagaBuilder.build`, which checked it (no foreign reference, each
+        ``depends_on`` on an earlier node outside its own block): ``parents[i]`` is the index
+        of the node ``nodes[i]`` depends on; ``stages`` are the node indices in the order they
+        run, a stage at a time (``parallel[k]``: stage ``k`` is a ``parallel()`` block)."""
         names: list[str] = []
         for node in nodes:
-            if isinstance(node, StepNode):
+            if isinstance(node, StepNode | WaitNode):
                 names.append(node.name)
             else:
                 for branch in (node.then, node.otherwise):
@@ -62,8 +64,8 @@ class SagaDefinition:
         init = object.__setattr__  # immutable from the outside, set once here
         init(self, "_nodes", nodes)
         init(self, "_parents", parents)
-        init(self, "_children", tuple(tuple(c) for c in children))
-        init(self, "_roots", tuple(roots))
+        init(self, "_stages", stages)
+        init(self, "_parallel", parallel)
         init(self, "_on_commit", on_commit)
         init(self, "_on_reject", on_reject)
         init(self, "_step_names", tuple(names))
@@ -74,8 +76,8 @@ class SagaDefinition:
 
     @property
     def step_names(self) -> tuple[str, ...]:
-        """The name of every step that may run, conditions' branches included, in the order
-        they were added (the order of the keys of the saga's output)."""
+        """The name of every step (and wait) that may run, conditions' branches included, in
+        the order they were added (the order of the keys of the saga's output)."""
         return self._step_names
 
     @property
@@ -97,12 +99,16 @@ class SagaDefinition:
         return self._nodes
 
     @property
-    def children(self) -> tuple[tuple[int, ...], ...]:
-        return self._children
+    def parents(self) -> tuple[int | None, ...]:
+        return self._parents
 
     @property
-    def roots(self) -> tuple[int, ...]:
-        return self._roots
+    def stages(self) -> tuple[tuple[int, ...], ...]:
+        return self._stages
+
+    @property
+    def parallel(self) -> tuple[bool, ...]:
+        return self._parallel
 
     @property
     def compiled(self) -> Compiled:
@@ -110,8 +116,13 @@ class SagaDefinition:
 
     def __repr__(self) -> str:
         parts = []
-        for node, parent in zip(self._nodes, self._parents, strict=True):
-            after = "" if parent is None else f" after {self._nodes[parent].name!r}"
-            kind = "condition" if isinstance(node, ConditionNode) else "step"
-            parts.append(f"{kind} {node.name!r}{after}")
+        for stage, parallel in zip(self._stages, self._parallel, strict=True):
+            shown = [self._describe(i) for i in stage]
+            parts.append(f"parallel({', '.join(shown)})" if parallel else shown[0])
         return f"<SagaDefinition {'; '.join(parts)}>"
+
+    def _describe(self, index: int) -> str:
+        node, parent = self._nodes[index], self._parents[index]
+        kind = {ConditionNode: "condition", WaitNode: "wait"}.get(type(node), "step")
+        source = "" if parent is None else f" from {self._nodes[parent].name!r}"
+        return f"{kind} {node.name!r}{source}"
