@@ -5,10 +5,11 @@ that a saga survives crashes, restarts and racing workers. Embedded on SQLite by
 """
 
 from .admin import AuditEntry, SagaAdmin, SagaPage
+from .clients import LongWorkflowClient, ObjectClient, WorkflowClient
 from .composition import ChildSaga, SagaModule, create_saga_module, run_nested_saga
 from .context import DurablePromise, SagaContext
 from .declarative import BaseStep, InputContext, SagaBuilder, SagaDefinition, StepRef
-from .engine import Engine, SagaHandle, SagaSnapshot, StepSnapshot
+from .engine import Engine, EventSnapshot, SagaHandle, SagaSnapshot, StepSnapshot
 from .errors import (
     CompensationFailedError,
     EngineNotStartedError,
@@ -45,6 +46,7 @@ from .objects import (
     create_saga_virtual_object,
 )
 from .retry import ExponentialRetry, RetryPolicy
+from .services import ServiceScope, ServicesFactory
 from .steps import (
     SagaStep,
     SagaStepOptions,
@@ -68,10 +70,13 @@ __all__ = [
     "Engine",
     "EngineNotStartedError",
     "ErrorInfo",
+    "EventSnapshot",
     "ExponentialRetry",
     "HandlerContext",
     "InputContext",
+    "LongWorkflowClient",
     "NonDeterminismError",
+    "ObjectClient",
     "ObjectContext",
     "OutputNotSerializableError",
     "PromiseAlreadyCompletedError",
@@ -102,6 +107,8 @@ __all__ = [
     "SagaVirtualObject",
     "SagaWorkflow",
     "SagaWorkflowOptions",
+    "ServiceScope",
+    "ServicesFactory",
     "SharedObjectContext",
     "StepFailedError",
     "StepRef",
@@ -111,6 +118,7 @@ __all__ = [
     "TerminalError",
     "UnknownHandlerError",
     "UnknownWorkflowError",
+    "WorkflowClient",
     "__version__",
     "clear_terminal_errors",
     "create_saga_long_workflow",

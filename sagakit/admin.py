@@ -32,7 +32,7 @@ from .engine.cascade import (
     roll_back_descendants,
     wake_calls,
 )
-from .engine.operators import OPERATOR_ROLLBACK, audit_entry, operator_rollback_message
+from .engine.operators import audit_entry
 from .engine.snapshots import AuditEntry, SagaSnapshot
 from .errors import (
     OutputNotSerializableError,
@@ -41,6 +41,7 @@ from .errors import (
     SagaStateError,
     SagaValidationError,
 )
+from .operator_plans import RERUNNABLE, Plan, compensate_plan, retry_plan, skip_plan
 from .stores.base import (
     AdminChange,
     EntryKind,
@@ -75,8 +76,6 @@ _MICROSECOND = 1e-6
 #: how many times a cancel is planned again when the saga moved on meanwhile (a child's outcome
 #: woke it, a worker claimed it): cancel is allowed from every status that has not ended
 _CANCEL_TRIES = 8
-#: compensation data that means "nothing to undo" (a skipped step did nothing to undo)
-_NOTHING_TO_COMPENSATE = "null"
 
 __all__ = ["AuditEntry", "SagaAdmin", "SagaPage"]
 
@@ -108,7 +107,8 @@ class SagaAdmin:
     # -- looking ---------------------------------------------------------------------------
 
     async def get_saga(self, saga_id: str) -> SagaSnapshot:
-        """The saga with its journal (``steps``) and its audit entries (``audit``).
+        """The saga with its journal (``steps``), its audit entries (``audit``) and the events
+        delivered to it (``events``).
 
         Raises SagaNotFoundError.
         """
@@ -116,7 +116,8 @@ class SagaAdmin:
         record = await store.load_saga(saga_id)
         if record is None:
             raise SagaNotFoundError(saga_id)
-        return SagaSnapshot.build(record, await store.load_journal(saga_id))
+        journal = await store.load_journal(saga_id)
+        return SagaSnapshot.build(record, journal, await store.load_events(saga_id))
 
     async def list_sagas(
         self,
@@ -164,46 +165,69 @@ class SagaAdmin:
     # -- steering --------------------------------------------------------------------------
 
     async def retry_step(
-        self, saga_id: str, *, reason: str | None = None, by: str | None = None
+        self,
+        saga_id: str,
+        *,
+        forward: bool = False,
+        reason: str | None = None,
+        by: str | None = None,
     ) -> SagaSnapshot:
         """Run the failed step again, with a fresh retry budget.
 
         * PARKED: the step that ran out of retries runs again, and the saga goes on.
+        * COMPENSATED (DBOS's resume): the saga goes forward again from the step whose failure
+          rolled it back. The steps its rollback undid run again (their effects were undone),
+          the steps it did not undo (no compensation) keep their recorded outputs, and the
+          failed step runs again; the rollback's entries leave the journal (the audit entry
+          lists them). A saga an operator rolled back goes on from where it stopped.
         * FAILED because compensations failed: those compensations run again, and the
-          rollback goes on (the saga ends COMPENSATED if they succeed).
+          rollback goes on (the saga ends COMPENSATED if they succeed). With ``forward=True``
+          the rollback is abandoned instead, and the saga goes forward again as a COMPENSATED
+          one does (the steps whose compensations ran, or failed, run again).
         * FAILED because the code no longer replays its journal (non-determinism): the saga is
           replayed again, with the code the workers run now.
+        * SUSPENDED while a step (or compensation) waits out a retry backoff: its next attempt
+          runs now, as the first of a fresh retry budget (``resume`` makes it now too, but
+          counts the attempts made so far). A SUSPENDED saga that waits for something else
+          (a signal, a timer, a child) is refused with SagaStateError: deliver what it waits
+          for, resume, cancel or compensate it.
+
+        A child saga (its parent has its outcome) and a virtual object's handler are not made
+        to go forward again once they ended (SagaStateError).
         """
 
-        def plan(record: SagaRecord, journal: dict[int, JournalEntry]) -> _Plan:
-            error = serde.loads(record.error) or {}
-            if record.status == SagaStatus.PARKED:
-                seq = _parked_seq(record, error, journal)
-                entry = journal[seq]
-                details = {"seqs": [seq], "previous": _previous(entry)}
-                return _Plan(SagaStatus.RUNNING, entry.name, seq, details, delete=(seq,))
-            if error.get("kind") == "non_determinism":
-                return _Plan(SagaStatus.RUNNING, None, None, {"replay": True})
-            failed = _failed_compensations(record, error, journal, "retry_step")
-            return _go_on_rolling_back(journal, failed, error, delete=tuple(failed))
+        def plan(record: SagaRecord, journal: dict[int, JournalEntry]) -> Plan:
+            return retry_plan(record, journal, forward=forward)
 
-        return await self._act(
-            saga_id, "retry", (SagaStatus.PARKED, SagaStatus.FAILED), plan, reason, by
-        )
+        return await self._act(saga_id, "retry", RERUNNABLE, plan, reason, by)
 
     async def skip_step(
         self,
         saga_id: str,
         mock_output: Any = None,
         *,
+        forward: bool = False,
         reason: str | None = None,
         by: str | None = None,
     ) -> SagaSnapshot:
-        """Record ``mock_output`` as the output of the step a PARKED saga is stopped at, and go
-        on as if the step had returned it (the step is not compensated on a later rollback:
-        the saga did not do it). On a saga FAILED because compensations failed, record those
-        compensations as done (an operator undid by hand what they should have) and finish the
-        rollback; ``mock_output`` must then be left out.
+        """Record ``mock_output`` as the output of the failed step and go on as if the step had
+        returned it (the step is not compensated on a later rollback: the saga did not do it).
+
+        * PARKED: the step the saga is stopped at.
+        * COMPENSATED: the step whose failure rolled the saga back; the saga goes forward again
+          as with :meth:`retry_step` (what the rollback undid runs again), from after that
+          step. One rolled back by an operator has no failed step unless it was parked.
+        * FAILED because compensations failed: those compensations are recorded as done (an
+          operator undid by hand what they should have) and the rollback finishes;
+          ``mock_output`` must then be left out. With ``forward=True`` the rollback is
+          abandoned instead and the saga goes forward with ``mock_output``, as a COMPENSATED
+          saga does.
+        * SUSPENDED while a step waits out a retry backoff: that step, with nothing to undo;
+          the saga goes on from it. A compensation waiting so is recorded as done (an operator
+          undid by hand what it should have; ``mock_output`` must be left out) and the
+          rollback goes on. Refused (SagaStateError) when several operations wait so (retry
+          them), or when the saga waits for something else (a signal, a timer, a child): the
+          error says what it waits for.
 
         Raises SagaValidationError, before anything is written, for an output that is not
         JSON. An output that does not fit the step's output type parks the saga again when a
@@ -215,36 +239,12 @@ class SagaAdmin:
             raise SagaValidationError(exc.message) from exc
         now = time.time()
 
-        def plan(record: SagaRecord, journal: dict[int, JournalEntry]) -> _Plan:
-            error = serde.loads(record.error) or {}
-            if record.status == SagaStatus.PARKED:
-                seq = _parked_seq(record, error, journal)
-                old = journal[seq]
-                done = replace(
-                    old,
-                    status=EntryStatus.COMPLETED,
-                    output=output,
-                    compensation=_NOTHING_TO_COMPENSATE,
-                    error=None,
-                    finished_at=now,
-                )
-                details = {"seqs": [seq], "output": mock_output, "previous": _previous(old)}
-                return _Plan(SagaStatus.RUNNING, old.name, seq, details, replace=(done,))
-            if mock_output is not None:
-                raise SagaValidationError(
-                    f"saga {saga_id!r} is FAILED because compensations failed: skipping records "
-                    "them as done and takes no mock output; leave mock_output out"
-                )
-            failed = _failed_compensations(record, error, journal, "skip_step")
-            entries = tuple(
-                replace(journal[s], status=EntryStatus.COMPLETED, error=None, finished_at=now)
-                for s in failed
+        def plan(record: SagaRecord, journal: dict[int, JournalEntry]) -> Plan:
+            return skip_plan(
+                record, journal, mock_output=mock_output, output=output, now=now, forward=forward
             )
-            return _go_on_rolling_back(journal, failed, error, replace=entries)
 
-        return await self._act(
-            saga_id, "skip", (SagaStatus.PARKED, SagaStatus.FAILED), plan, reason, by
-        )
+        return await self._act(saga_id, "skip", RERUNNABLE, plan, reason, by)
 
     async def compensate(
         self, saga_id: str, *, reason: str | None = None, by: str | None = None
@@ -252,20 +252,60 @@ class SagaAdmin:
         """Roll the saga back now: it stops going forward (a wait ends, a parked step stays
         failed) and the compensations of what it did run, newest first. Allowed while it is
         PENDING, SUSPENDED or PARKED (a RUNNING saga may be in the middle of a step whose
-        outcome nobody could record: cancel it, or wait until it waits or parks)."""
+        outcome nobody could record: cancel it, or wait until it waits or parks), and once it
+        is COMPLETED: a finished saga is rolled back, every compensation newest first, and
+        ends COMPENSATED (FAILED if a compensation fails for good); its output is kept in the
+        audit entry. A completed child saga or virtual object handler is not rolled back
+        (SagaStateError): its parent, or the object's next handler, went on from it."""
 
-        def plan(record: SagaRecord, journal: dict[int, JournalEntry]) -> _Plan:
-            cause = {
-                "type": OPERATOR_ROLLBACK,
-                "message": operator_rollback_message(by, reason),
-                "step": None,
-                "seq": None,
-            }
-            error = serde.dumps({"kind": "compensating", "cause": cause})
-            return _Plan(SagaStatus.COMPENSATING, None, None, {}, error=error)
+        def plan(record: SagaRecord, journal: dict[int, JournalEntry]) -> Plan:
+            return compensate_plan(record, by, reason)
 
-        allowed = (SagaStatus.PENDING, SagaStatus.SUSPENDED, SagaStatus.PARKED)
+        allowed = (
+            SagaStatus.PENDING,
+            SagaStatus.SUSPENDED,
+            SagaStatus.PARKED,
+            SagaStatus.COMPLETED,
+        )
         return await self._act(saga_id, "compensate", allowed, plan, reason, by)
+
+    async def delete(
+        self, saga_id: str, *, reason: str | None = None, by: str | None = None
+    ) -> SagaSnapshot:
+        """Remove an ended saga from the database: its row, journal, events and published
+        state. Returns the saga as it was just before (the only record left of it: the
+        deletion is logged, with ``reason`` and ``by``, on the ``sagakit.admin`` logger).
+
+        Raises SagaNotFoundError, and SagaStateError for a saga that has not ended (cancel or
+        compensate it first). Deleting is idempotent in the store: a retry after a lost answer
+        deletes nothing more.
+        """
+        store = self._store()
+        snapshot = await self.get_saga(saga_id)
+        ended = [s for s in LIFECYCLE if s.is_terminal]
+        hint = (
+            "it has not ended: cancel it (it stops where it is) or compensate it (it rolls "
+            "back), then delete it"
+        )
+        if not snapshot.status.is_terminal:
+            raise SagaStateError(saga_id, snapshot.status, "delete", ended, hint)
+        if not await store.delete_saga(saga_id):
+            now = await store.load_saga(saga_id)
+            if now is not None:  # an operator made it go on meanwhile
+                raise SagaConflictError(
+                    f"saga {saga_id!r} changed while delete was being made (it was "
+                    f"{snapshot.status}, it is {now.status} now); nothing was deleted: look "
+                    "at it again"
+                )
+        log.info(
+            "operator%s: delete saga %s (%s)%s",
+            f" {by}" if by else "",
+            saga_id,
+            snapshot.status,
+            f": {reason}" if reason else "",
+            extra={"saga_id": saga_id, "action": "delete", "by": by, "status": snapshot.status},
+        )
+        return snapshot
 
     async def cancel(self, saga_id: str, reason: str, *, by: str | None = None) -> SagaSnapshot:
         """Stop the saga for good without rolling it back: it becomes CANCELLED. Allowed while
@@ -292,14 +332,14 @@ class SagaAdmin:
         # back below, each finds the cancel when it next runs (see engine/cascade.py)
         children = await live_children(store, saga_id)
 
-        def plan(record: SagaRecord, journal: dict[int, JournalEntry]) -> _Plan:
+        def plan(record: SagaRecord, journal: dict[int, JournalEntry]) -> Plan:
             error = serde.dumps({"kind": "cancelled", "reason": reason, "by": by})
             tell: tuple[tuple[str, str, str, str], ...] = ()
             if record.parent_id is not None:
                 outcome = {"status": SagaStatus.CANCELLED.value, "output": None, "error": error}
                 tell = ((record.parent_id, EventKind.CHILD, saga_id, serde.dumps(outcome)),)
             tell += wake_calls(saga_id, children)
-            return _Plan(SagaStatus.CANCELLED, None, None, {}, error=error, tell=tell)
+            return Plan(SagaStatus.CANCELLED, None, None, {}, error=error, tell=tell)
 
         allowed = tuple(s for s in LIFECYCLE if not s.is_terminal)
         snapshot = await self._act(
@@ -363,7 +403,7 @@ class SagaAdmin:
         signal, a promise or a child looks at its events again and goes on waiting if none
         answered it."""
 
-        def plan(record: SagaRecord, journal: dict[int, JournalEntry]) -> _Plan:
+        def plan(record: SagaRecord, journal: dict[int, JournalEntry]) -> Plan:
             tokens = [
                 serde.loads(e.output)["token"]
                 for e in journal.values()
@@ -381,7 +421,7 @@ class SagaAdmin:
             details: dict[str, Any] = {"timers_ended": len(tokens)}
             if retries:
                 details["retries_now"] = [e.seq for e in retries]
-            return _Plan(
+            return Plan(
                 SagaStatus.SUSPENDED,
                 None,
                 None,
@@ -399,7 +439,7 @@ class SagaAdmin:
         saga_id: str,
         action: str,
         allowed: tuple[SagaStatus, ...],
-        plan: Callable[[SagaRecord, dict[int, JournalEntry]], _Plan],
+        plan: Callable[[SagaRecord, dict[int, JournalEntry]], Plan],
         reason: str | None,
         by: str | None,
         *,
@@ -452,7 +492,7 @@ class SagaAdmin:
                     status=change.status.value,
                     due_at=0.0,
                     audit=entry,
-                    output=record.output,
+                    output=record.output if change.keep_output else None,
                     error=change.error,
                     wait_token=change.wait_token,
                     replace=change.replace,
@@ -488,21 +528,6 @@ class SagaAdmin:
         return await self.get_saga(saga_id)
 
 
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """What an action changes: the new status, the step it is about, the audit details."""
-
-    status: SagaStatus
-    step: str | None
-    seq: int | None
-    details: dict[str, Any]
-    error: str | None = None
-    wait_token: str | None = None
-    replace: tuple[JournalEntry, ...] = ()
-    delete: tuple[int, ...] = ()
-    tell: tuple[tuple[str, str, str, str], ...] = ()
-
-
 def _conflict(
     saga_id: str, action: str, seen: SagaRecord, now: SagaRecord | None
 ) -> SagaConflictError:
@@ -515,90 +540,16 @@ def _conflict(
 
 def _hint(status: str) -> str:
     hints = {
-        SagaStatus.COMPLETED: "it has ended: nothing is left to steer",
-        SagaStatus.COMPENSATED: "it was rolled back and has ended",
-        SagaStatus.CANCELLED: "it was cancelled and has ended",
+        SagaStatus.COMPLETED: "it has ended: compensate rolls it back, delete removes it",
+        SagaStatus.COMPENSATED: "it was rolled back and has ended: retry_step or skip_step "
+        "makes it go forward again from its failed step, delete removes it",
+        SagaStatus.CANCELLED: "it was cancelled and has ended: delete removes it",
+        SagaStatus.FAILED: "it has ended: retry_step or skip_step takes it up again, delete "
+        "removes it",
         SagaStatus.RUNNING: "a worker is running it: cancel it, or wait until it waits or parks",
         SagaStatus.COMPENSATING: "a worker is rolling it back: wait until it ends, or cancel it",
     }
     return hints.get(SagaStatus(status), "")
-
-
-def _parked_seq(record: SagaRecord, error: dict[str, Any], journal: dict[int, JournalEntry]) -> int:
-    seq = error.get("seq")
-    if not isinstance(seq, int) or seq not in journal:
-        raise SagaStateError(
-            record.saga_id,
-            record.status,
-            "find the parked step of",
-            [],
-            "its error names no journaled step; this is a bug, please report it",
-        )
-    return seq
-
-
-def _failed_compensations(
-    record: SagaRecord, error: dict[str, Any], journal: dict[int, JournalEntry], action: str
-) -> list[int]:
-    """The journal numbers of the compensations (and after-rollback step) of a FAILED saga
-    that failed for good."""
-    if error.get("kind") != "compensation_failed":
-        raise SagaStateError(
-            record.saga_id,
-            record.status,
-            action,
-            [SagaStatus.PARKED.value, "FAILED because compensations failed"],
-            f"it failed in a way that has no step to {action.removesuffix('_step')} "
-            f"({error.get('kind') or 'unknown'})",
-        )
-    seqs = [
-        f["seq"]
-        for f in error.get("compensation_failures", [])
-        if isinstance(f.get("seq"), int)
-        and f["seq"] in journal
-        and journal[f["seq"]].status == EntryStatus.FAILED
-    ]
-    if not seqs:
-        raise SagaStateError(
-            record.saga_id, record.status, action, [], "its failed compensations are not in its "
-            "journal any more; this is a bug, please report it",
-        )  # fmt: skip
-    return sorted(set(seqs), reverse=True)
-
-
-def _go_on_rolling_back(
-    journal: dict[int, JournalEntry],
-    failed: list[int],
-    error: dict[str, Any],
-    *,
-    delete: tuple[int, ...] = (),
-    replace: tuple[JournalEntry, ...] = (),
-) -> _Plan:
-    """The plan for a FAILED saga whose failed compensations are done again (``delete``) or
-    recorded as done (``replace``): it goes on rolling back, for its original cause."""
-    details = {"seqs": failed, "previous": [_previous(journal[s]) for s in failed]}
-    return _Plan(
-        SagaStatus.COMPENSATING,
-        journal[failed[0]].name,
-        failed[0],
-        details,
-        error=serde.dumps({"kind": "compensating", "cause": error.get("cause")}),
-        replace=replace,
-        delete=delete,
-    )
-
-
-def _previous(entry: JournalEntry) -> dict[str, Any]:
-    """What an action replaced, for the audit entry."""
-    return {
-        "kind": entry.kind,
-        "name": entry.name,
-        "status": entry.status,
-        "attempts": entry.attempts,
-        "error": serde.loads(entry.error),
-        "started_at": entry.started_at,
-        "finished_at": entry.finished_at,
-    }
 
 
 def _status(status: str | None) -> str | None:

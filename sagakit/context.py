@@ -20,8 +20,11 @@ from .errors import SagaError
 from .workflows import SagaWorkflow
 
 if TYPE_CHECKING:
+    from .long_workflows import SagaLongWorkflow
+    from .objects import SagaVirtualObject
     from .steps import SagaStep
 
+InT = TypeVar("InT")
 OutT = TypeVar("OutT")
 
 
@@ -56,6 +59,33 @@ class RunDriver(Protocol):
     def child_result(
         self, child_id: str, workflow: SagaWorkflow[Any, Any], timeout: float | None
     ) -> Awaitable[Any]: ...
+
+
+class EngineDriver(RunDriver, Protocol):
+    """What the engine's own runs provide besides :class:`RunDriver`: services and durable
+    calls (a backend without them, such as Restate's, refuses them clearly)."""
+
+    def services(self) -> Any: ...
+
+    def check_callee(
+        self, target: SagaWorkflow[Any, Any] | SagaVirtualObject, what: str
+    ) -> None: ...
+
+    def call_object(
+        self, obj: SagaVirtualObject, key: str, handler: str, inp: Any
+    ) -> Awaitable[Any]: ...
+
+    def call_handler(
+        self, workflow: SagaLongWorkflow[Any, Any], saga_id: str, handler: str, inp: Any
+    ) -> Awaitable[Any]: ...
+
+    def send(
+        self, workflow: SagaWorkflow[Any, Any], inp: Any, saga_id: str | None
+    ) -> Awaitable[str]: ...
+
+    def send_object(
+        self, obj: SagaVirtualObject, key: str, handler: str, inp: Any
+    ) -> Awaitable[str]: ...
 
 
 class SagaContext:
@@ -107,6 +137,22 @@ class SagaContext:
     def attempt(self) -> int:
         """Inside a step: 1 for the first attempt, 2 for the first retry, ... (0 outside)."""
         return self._attempt
+
+    @property
+    def services(self) -> Any:
+        """This run's services (dependency injection): what the services factory built for
+        it (``Engine(services=factory)`` or ``SagaWorkflowOptions(services=factory)``).
+
+        The same object in the saga function and in every step of one run; built again, from
+        the saga's id and input, in every run (a saga that resumes after a wait or a crash gets
+        fresh ones, in whichever process runs it); never journaled. Typed ``Any`` because the
+        factory is given at run time, to the engine, not to the workflow's type: annotate a
+        local (``svc: AppServices = saga.services``) to have it checked.
+
+        Raises:
+            SagaError: no factory applies to this saga's workflow.
+        """
+        return self._engine_driver("services").services()
 
     def now(self) -> Awaitable[datetime]:
         """The current time (UTC), journaled: a replay gets the same value."""
@@ -175,6 +221,82 @@ class SagaContext:
         child_id = await self._driver.start_child(workflow, inp, saga_id)
         return ChildSaga(self._driver, workflow, child_id)
 
+    # -- durable calls -----------------------------------------------------------------------
+
+    async def call(
+        self,
+        workflow: SagaWorkflow[InT, OutT],
+        inp: InT | dict[str, Any],
+        saga_id: str | None = None,
+    ) -> OutT:
+        """Run ``workflow`` as a child saga and return its output: a durable call.
+
+        The call is journaled (the child's start, then its outcome): a replay, in this process
+        or another after a crash, finds the same child and its recorded result instead of
+        starting another. The child rolls itself back if it fails, and then this raises
+        :class:`~sagakit.errors.SagaCompensatedError` (or CompensationFailedError), which rolls
+        this saga back unless it catches it. The workflow must be registered with the engine.
+        """
+        self._saga_only("call")
+        driver = self._engine_driver("call")
+        driver.check_callee(_workflow_arg(workflow, "saga.call"), "saga.call")
+        child = await self.start_child(workflow, inp, saga_id)
+        return await child.result()
+
+    async def call_object(
+        self, obj: SagaVirtualObject, key: str, handler: str, inp: Any = None
+    ) -> Any:
+        """Call the handler ``handler`` of the virtual object ``obj`` for ``key``; return its
+        result, journaled.
+
+        An exclusive handler runs as a child saga, queued behind the earlier calls for the same
+        key (from anywhere); a shared one reads the state as committed now. Either way a replay
+        returns the recorded result without calling again.
+        """
+        self._saga_only("call_object")
+        return await self._engine_driver("call_object").call_object(obj, key, handler, inp)
+
+    async def call_handler(
+        self,
+        workflow: SagaLongWorkflow[Any, Any],
+        saga_id: str,
+        handler: str,
+        inp: Any = None,
+    ) -> Any:
+        """Call the handler ``handler`` of the running long workflow saga ``saga_id`` (made
+        with ``create_saga_long_workflow``); return its result, journaled: a replay returns it
+        without calling again. A handler that raises is journaled too: this raises a
+        :class:`~sagakit.errors.TerminalError` carrying its type and message, now and on
+        every replay."""
+        self._saga_only("call_handler")
+        driver = self._engine_driver("call_handler")
+        return await driver.call_handler(workflow, saga_id, handler, inp)
+
+    async def send(
+        self,
+        workflow: SagaWorkflow[Any, Any],
+        inp: Any,
+        saga_id: str | None = None,
+    ) -> str:
+        """Start ``workflow`` as a saga of its own and go on without waiting; return its id.
+
+        Journaled: a replay does not start it twice. Its id is ``saga_id`` or one derived from
+        this saga's. It is not a child: cancelling or rolling back this saga leaves it alone.
+        """
+        self._saga_only("send")
+        driver = self._engine_driver("send")
+        driver.check_callee(_workflow_arg(workflow, "saga.send"), "saga.send")
+        return await driver.send(workflow, inp, saga_id)
+
+    async def send_object(
+        self, obj: SagaVirtualObject, key: str, handler: str, inp: Any = None
+    ) -> str:
+        """Queue a call of the exclusive handler ``handler`` of ``obj`` for ``key`` and go on
+        without waiting; return the id of the call's saga. Journaled: a replay does not queue
+        it twice. A shared handler only reads: call it with :meth:`call_object`."""
+        self._saga_only("send_object")
+        return await self._engine_driver("send_object").send_object(obj, key, handler, inp)
+
     # -- waiting -----------------------------------------------------------------------------
 
     def sleep(self, duration: timedelta | float) -> Awaitable[None]:
@@ -218,6 +340,14 @@ class SagaContext:
     def _object_driver(self) -> Any:
         """The run behind this context, for a virtual object's state (objects.py)."""
         return self._driver
+
+    def _engine_driver(self, what: str) -> EngineDriver:
+        if not hasattr(self._driver, "check_callee"):
+            raise SagaError(
+                f"saga.{what} needs sagakit's own engine; the backend running this saga "
+                f"({type(self._driver).__name__}) does not provide it"
+            )
+        return self._driver  # type: ignore[return-value]
 
     def _saga_only(self, what: str) -> None:
         if self.in_step:
@@ -280,6 +410,14 @@ def _check_gather_arguments(awaitables: Sequence[Any], limit: int | None) -> Non
             )
     if problem is not None:
         raise SagaError(problem)
+
+
+def _workflow_arg(workflow: Any, what: str) -> SagaWorkflow[Any, Any]:
+    if not isinstance(workflow, SagaWorkflow):
+        raise SagaError(
+            f"{what} takes a saga workflow (made with @saga_workflow), got {workflow!r}"
+        )
+    return workflow
 
 
 def _check_name(name: str, what: str) -> str:

@@ -3,7 +3,9 @@
 ``cart = create_saga_virtual_object("ShoppingCart")``; ``@cart.handler()`` marks an exclusive
 handler ``async def add(saga, obj, inp)``: each call is a saga of its own, and the calls for one
 key run one at a time, in arrival order, across every process. ``@cart.handler(kind="shared")``
-marks a read-only handler ``async def items(obj, inp)`` that runs at once, beside the others.
+marks a read-only handler ``async def items(obj, inp)`` (or ``(obj)``) that runs at once,
+beside the others. The function form takes dicts of handlers:
+``create_saga_virtual_object("Wallet", {"transfer": transfer}, {"balance": balance})``.
 
 ``obj.get(key)``, ``obj.set(key, value)`` and ``obj.clear(key)`` work on the state of the
 object's key. In the handler's saga function a write is a journaled operation of its own; in a
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, Protocol
 
 from . import serde
@@ -132,14 +134,19 @@ class ObjectHandler:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"handler {name!r} of {obj.name!r} must be an `async def`")
         positional = _positional_names(fn)
-        wanted = 3 if kind == "exclusive" else 2
+        # a shared handler may take no input, (obj), as Restate's and restate-saga's do
+        wanted = 3 if kind == "exclusive" else 1
         if len(positional) < wanted:
-            shape = "(saga, obj, inp)" if kind == "exclusive" else "(obj, inp)"
+            shape = "(saga, obj, inp)" if kind == "exclusive" else "(obj) or (obj, inp)"
             raise TypeError(f"{kind} handler {name!r} of {obj.name!r} must take {shape}")
         self.name = name
         self.kind = kind
-        self.fn = fn
-        hint = _type_hints(fn).get(positional[wanted - 1])
+        #: the handler as written
+        self.function = fn
+        #: the handler as the engine calls it: ``(saga, obj, inp)``, or ``(obj, inp)`` if shared
+        self.fn: Callable[..., Awaitable[Any]] = fn if len(positional) > 1 else _without_input(fn)
+        at = 2 if kind == "exclusive" else 1  # where the input is
+        hint = _type_hints(fn).get(positional[at]) if len(positional) > at else None
         self.input = serde.Converter(hint, f"input of handler {name!r} of {obj.name!r}")
         self.workflow: SagaWorkflow[Any, Any] | None = None
         if kind == "exclusive":
@@ -150,6 +157,15 @@ class ObjectHandler:
         return await self.fn(saga, obj, self.input.validate(call["input"]))
 
 
+def _without_input(fn: Callable[..., Any]) -> SharedFn:
+    """A shared handler written ``(obj)``, called as ``(obj, inp)``: the input is ignored."""
+
+    async def call(obj: SharedObjectContext, inp: Any) -> Any:
+        return await fn(obj)
+
+    return call
+
+
 class SagaVirtualObject:
     """A keyed entity with durable state and handlers (see the module docstring)."""
 
@@ -158,6 +174,28 @@ class SagaVirtualObject:
             raise ValueError(f"a virtual object needs a non-empty name without '/', got {name!r}")
         self.name = name
         self.handlers: dict[str, ObjectHandler] = {}
+
+    def add_handlers(
+        self,
+        handlers: Mapping[str, ExclusiveFn] | None = None,
+        shared: Mapping[str, Callable[..., Awaitable[Any]]] | None = None,
+    ) -> None:
+        """Add exclusive ``handlers`` and ``shared`` ones, each a dict of name -> function
+        (the function form of :meth:`handler`)."""
+        groups: tuple[tuple[str, Mapping[str, Callable[..., Any]] | None, HandlerKind], ...] = (
+            ("handlers", handlers, "exclusive"),
+            ("shared", shared, "shared"),
+        )
+        for what, group, kind in groups:
+            if group is None:
+                continue
+            if not isinstance(group, Mapping):
+                raise TypeError(
+                    f"virtual object {self.name!r}: {what} must be a dict of handler name -> "
+                    f"async function, got {group!r}"
+                )
+            for key, fn in group.items():
+                self.handler(key, kind=kind)(fn)
 
     def handler(
         self, name: str | None = None, *, kind: HandlerKind = "exclusive"
@@ -183,6 +221,22 @@ class SagaVirtualObject:
         return f"<SagaVirtualObject {self.name!r} handlers={sorted(self.handlers)}>"
 
 
-def create_saga_virtual_object(name: str) -> SagaVirtualObject:
-    """A virtual object called ``name``; add handlers with ``@obj.handler()``."""
-    return SagaVirtualObject(name)
+def create_saga_virtual_object(
+    name: str,
+    handlers: Mapping[str, ExclusiveFn] | None = None,
+    shared: Mapping[str, Callable[..., Awaitable[Any]]] | None = None,
+) -> SagaVirtualObject:
+    """A virtual object called ``name``.
+
+    Add handlers with ``@obj.handler()``, or give them here, as the TypeScript restate-saga's
+    ``createSagaVirtualObject(name, handlers, sharedHandlers)`` does::
+
+        wallet = create_saga_virtual_object(
+            "Wallet",
+            {"transfer": transfer},            # exclusive: async def transfer(saga, obj, inp)
+            {"get_balance": get_balance},      # shared: async def get_balance(obj[, inp])
+        )
+    """
+    obj = SagaVirtualObject(name)
+    obj.add_handlers(handlers, shared)
+    return obj

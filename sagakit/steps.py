@@ -24,6 +24,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from . import serde
+from .errors import ErrorMapper, SagaError, TerminalError
 from .retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -96,12 +97,16 @@ class SagaStepOptions:
             and rolls back) or ``"park"`` (the saga waits, PARKED, with nothing of it in
             memory, until an operator retries, skips, compensates or cancels it through
             ``engine.admin`` or the ``sagakit`` command). A terminal error still compensates.
+        as_terminal_error: this step's own ``fn(exc) -> TerminalError | None``, asked before
+            the registered terminal types and the global mapper (restate-saga's per-step
+            ``asTerminalError``); ``None`` from it falls through to those.
     """
 
     retry: RetryPolicy | None = None
     compensation_retry: RetryPolicy | None = None
     timeout: timedelta | None = None
     on_exhausted: OnExhausted = "compensate"
+    as_terminal_error: ErrorMapper | None = None
 
     def __post_init__(self) -> None:
         if self.timeout is not None and self.timeout <= timedelta(0):
@@ -109,6 +114,11 @@ class SagaStepOptions:
         if self.on_exhausted not in ("compensate", "park"):
             raise ValueError(
                 f'on_exhausted must be "compensate" or "park", got {self.on_exhausted!r}'
+            )
+        if self.as_terminal_error is not None and not callable(self.as_terminal_error):
+            raise TypeError(
+                "as_terminal_error must be a function (exc) -> TerminalError | None, "
+                f"got {self.as_terminal_error!r}"
             )
 
 
@@ -195,11 +205,17 @@ class SagaStep(Generic[InT]):
             _output_annotation(hints.get("return")), f"output of step {name!r}"
         )
         self._compensation_takes_failed = False
+        #: the compensation has a keyword-only ``services`` parameter: it gets the run's services
+        self.compensation_takes_services = False
         self._compensation_input = serde.Converter(None, "")
         if compensate is not None:
             comp_params = _positional_names(compensate)
             sig_params = inspect.signature(compensate).parameters
             self._compensation_takes_failed = "failed" in sig_params or len(comp_params) >= 2
+            wanted = sig_params.get("services")
+            self.compensation_takes_services = (
+                wanted is not None and wanted.kind == inspect.Parameter.KEYWORD_ONLY
+            )
             if comp_params:
                 data_hint = _type_hints(compensate).get(comp_params[0])
                 if serde.is_model_type(data_hint):
@@ -228,18 +244,51 @@ class SagaStep(Generic[InT]):
     def __call__(self, ctx: SagaContext, inp: InT) -> Awaitable[Any]:
         return ctx._call_step(self, inp)
 
-    async def call_compensation(self, data: Any, failed: bool) -> None:
-        """Run the compensation once (the engine retries and journals it)."""
+    def terminal_error(self, exc: Exception) -> TerminalError | None:
+        """This step's own terminal form of ``exc`` (``SagaStepOptions.as_terminal_error``), or
+        None to fall through to the registered terminal types and the global mapper."""
+        mapper = self.options.as_terminal_error
+        if mapper is None:
+            return None
+        try:
+            mapped = mapper(exc)
+        except Exception as mapper_exc:
+            # a broken mapper is a bug that retrying cannot fix: fail the step, say why
+            return TerminalError(
+                f"the as_terminal_error of step {self.name!r} raised "
+                f"{type(mapper_exc).__name__}: {mapper_exc} while mapping "
+                f"{type(exc).__name__}: {exc}",
+                error_type="ErrorMapperError",
+            )
+        if mapped is not None and not isinstance(mapped, TerminalError):
+            return TerminalError(
+                f"the as_terminal_error of step {self.name!r} must return a TerminalError or "
+                f"None, got {mapped!r} for {type(exc).__name__}: {exc}",
+                error_type="ErrorMapperError",
+            )
+        return mapped
+
+    async def call_compensation(self, data: Any, failed: bool, services: Any = UNSET) -> None:
+        """Run the compensation once (the engine retries and journals it). ``services``: the
+        run's services, for a compensation with a keyword-only ``services`` parameter."""
         assert self.compensate is not None
         value = self._compensation_input.validate(data)
+        extra: dict[str, Any] = {}
+        if self.compensation_takes_services:
+            if services is UNSET:
+                raise SagaError(
+                    f"the compensation of step {self.name!r} takes `services`, but this backend "
+                    "gives compensations no services (the Restate backend does not build them)"
+                )
+            extra["services"] = services
         if self._compensation_takes_failed:
             params = inspect.signature(self.compensate).parameters
             if "failed" in params:
-                result = self.compensate(value, failed=failed)
+                result = self.compensate(value, failed=failed, **extra)
             else:
-                result = self.compensate(value, failed)
+                result = self.compensate(value, failed, **extra)
         else:
-            result = self.compensate(value)
+            result = self.compensate(value, **extra)
         if inspect.isawaitable(result):
             await result
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import serde
 from .errors import SagaError
+from .services import ServicesFactory
 from .steps import SagaStep, _positional_names, _type_hints
 
 if TYPE_CHECKING:
@@ -31,14 +32,24 @@ class SagaWorkflowOptions:
             step or wait it is in fails with a terminal
             :class:`~sagakit.errors.SagaTimeoutError` and the saga rolls back (unless it
             catches the error); a suspended saga is woken for it.
+        services: the factory of this workflow's services (``saga.services``,
+            ``ctx.services``): ``factory(scope)`` gets a :class:`~sagakit.ServiceScope` and
+            returns the services, an awaitable of them or an async context manager; it wins
+            over the engine's ``Engine(services=...)``. See :mod:`sagakit.services`.
     """
 
     description: str | None = None
     deadline: timedelta | None = None
+    services: ServicesFactory | None = None
 
     def __post_init__(self) -> None:
         if self.deadline is not None and self.deadline <= timedelta(0):
             raise ValueError(f"deadline must be positive, got {self.deadline}")
+        if self.services is not None and not callable(self.services):
+            raise TypeError(
+                "services must be a factory, a callable taking a ServiceScope, got "
+                f"{self.services!r}"
+            )
 
 
 def saga_function_parameters(fn: Callable[..., Any], what: str) -> list[str]:
@@ -62,7 +73,8 @@ def saga_function_parameters(fn: Callable[..., Any], what: str) -> list[str]:
         hint = (
             " (restate-saga's main(saga, ctx, input_val) is written main(saga, inp) here: the "
             "SagaContext `saga` is the workflow's context too: saga.saga_id, saga.set_state, "
-            "saga.promise, saga.wait_for_signal; drop the middle parameter)"
+            "saga.promise, saga.wait_for_signal; drop the middle parameter, or keep it and "
+            "make the workflow with sagakit.compat.restate_saga.create_saga_restate_workflow)"
             if len(positional) == 3 and len(required) == 3
             else ""
         )

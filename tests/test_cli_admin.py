@@ -245,11 +245,29 @@ def test_by_defaults_to_the_os_user(db: str) -> None:
 
 def test_a_refused_action_is_one_line_and_exit_1(db: str) -> None:
     result = sagakit("retry", "t-done", "--db", db)
-    assert_clean_error(result, "cannot retry saga 't-done': it is COMPLETED", "PARKED or FAILED")
+    assert_clean_error(
+        result,
+        "cannot retry saga 't-done': it is COMPLETED",
+        "PARKED, FAILED, COMPENSATED or SUSPENDED",
+    )
     assert result.stdout == ""
     assert_clean_error(sagakit("resume", "nope", "--db", db), "no saga with id 'nope'")
     assert_clean_error(sagakit("compensate", "t-undone", "--db", db), "it is COMPENSATED")
     assert show_json(db, "t-done")["audit"] == []
+
+
+def test_delete_removes_an_ended_saga_and_refuses_a_live_one(db: str) -> None:
+    result = sagakit("delete", "t-done", "--db", db, "--reason", "kept long enough")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "deleted t-done (it was COMPLETED)\n"
+    assert_clean_error(sagakit("show", "t-done", "--db", db), "no saga with id 't-done'")
+    assert_clean_error(
+        sagakit("delete", "t-parked-1", "--db", db), "cannot delete saga 't-parked-1'", "cancel"
+    )
+    assert show_json(db, "t-parked-1")["status"] == "PARKED"
+    waited = sagakit("delete", "t-undone", "--wait", "--db", db)
+    assert waited.returncode == 2 and "nothing to --wait for" in waited.stderr
+    assert show_json(db, "t-undone")["status"] == "COMPENSATED"
 
 
 def test_skip_checks_the_json_output_before_writing_anything(db: str) -> None:
@@ -362,6 +380,7 @@ def test_every_command_refuses_a_missing_database_and_creates_none(tmp_path: Pat
         ["compensate", "x"],
         ["cancel", "x", "--reason", "r"],
         ["resume", "x"],
+        ["delete", "x"],
         ["retry", "--status", "PARKED", "--yes"],
         ["dashboard"],
     ]

@@ -65,6 +65,8 @@ ALL = (
     | PROMISED_DECLARATIVE
     | PROMISED_OPERATIONS
     | {"SagaPage", "AuditEntry", "SagaCancelledError", "SagaStateError"}
+    # issue 15: services (dependency injection) and typed clients
+    | {"ServiceScope", "ServicesFactory", "WorkflowClient", "LongWorkflowClient", "ObjectClient"}
     | {
         "InputContext",
         "SagaDefinition",
@@ -91,6 +93,7 @@ ALL = (
         "SagaWorkflowOptions",
         "StepFailedError",
         "StepSnapshot",
+        "EventSnapshot",
         "StoreError",
         "__version__",
     }

@@ -537,3 +537,32 @@ async def test_an_administer_retried_with_its_key_finds_it_applied(store: Store)
     assert [e.seq for e in await store.load_journal("s1")] == [-1, 0]
     other = replace(change, key="a2")
     assert await store.administer(other) is None  # another action: stale, not applied
+
+
+async def test_delete_saga_removes_an_ended_saga_once(store: Store) -> None:
+    from sagakit.engine.waits import saga_scope  # the scope the engine publishes state in
+    from sagakit.stores.base import StateWrite
+
+    await store.create_saga(new("s1", owner="w1"))
+    await store.create_saga(new("s2", owner="w1"))
+    for saga_id in ("s1", "s2"):
+        write = StateWrite(saga_scope(saga_id), "k", '"v"')
+        await store.append(saga_id, 1, entry(saga_id, 0), state=(write,))
+        await store.deliver(saga_id, "signal", "go", "1", key=f"{saga_id}-k")
+    assert not await store.delete_saga("s1")  # RUNNING: not ended, nothing deleted
+    assert (await load(store, "s1")).status == "RUNNING"
+    await store.append("s1", 1, None, SagaUpdate("COMPLETED", output="1"))
+    assert await store.delete_saga("s1")
+    assert await store.load_saga("s1") is None
+    assert await store.load_journal("s1") == []
+    assert await store.load_events("s1") == []
+    assert await store.load_state(saga_scope("s1")) == {}
+    assert not await store.delete_saga("s1")  # as a retry after a lost answer: harmless
+    assert not await store.delete_saga("nobody")
+    # the other saga is untouched, and the id can be used again
+    assert len(await store.load_journal("s2")) == 1
+    assert await store.load_state(saga_scope("s2")) == {"k": '"v"'}
+    assert (await store.create_saga(new("s1"))).created
+    assert await store.load_events("s1") == []
+    assert (await store.deliver("s1", "signal", "go", "1", key="s1-k")).outcome == "delivered"
+    assert len(await store.load_events("s1")) == 1

@@ -1,5 +1,5 @@
-"""The commands that steer sagas: ``retry``, ``skip``, ``compensate``, ``cancel`` and
-``resume``.
+"""The commands that steer sagas: ``retry``, ``skip``, ``compensate``, ``cancel``,
+``resume`` and ``delete``.
 
 Each takes saga ids, or a selection (``--status``/``--name``/``--created-…``) that it acts on
 only with ``--yes``, and goes through ``engine.admin``: the admin API checks each action
@@ -57,6 +57,8 @@ class Action:
     done: str
     #: the statuses a selection picks when --status is not given: those the action applies to
     statuses: tuple[SagaStatus, ...]
+    #: whether the saga is still there afterwards (to report its status, and to follow it)
+    keeps_saga: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +220,8 @@ def _refuse_unconfirmed(request: Request, action: Action, ids: list[str]) -> Non
 
 
 def _what_was_done(action: Action, snapshot: SagaSnapshot) -> str:
+    if not action.keeps_saga:
+        return f"{action.done} {snapshot.saga_id} (it was {snapshot.status})"
     latest = snapshot.audit[-1] if snapshot.audit else None
     step = ""
     if latest is not None and latest.step:
@@ -309,7 +313,7 @@ def perform(request: Request, action: Action, call: Call) -> None:
                     err=True,
                 )
             settled_well = True
-            if request.wait and done:
+            if request.wait and done and action.keeps_saga:
                 settled_well = await follow(admin, done, timeout=request.timeout)
             return not refused and settled_well
 
@@ -325,6 +329,8 @@ def perform(request: Request, action: Action, call: Call) -> None:
         sys.exit(1)
 
 
+# a selection without --status leaves out the ended sagas these also apply to (retry and skip
+# COMPENSATED, compensate COMPLETED): taking an ended saga up again is asked for by --status
 RETRY = Action("retry", "retried", (SagaStatus.PARKED, SagaStatus.FAILED))
 SKIP = Action("skip", "skipped", (SagaStatus.PARKED, SagaStatus.FAILED))
 COMPENSATE = Action(
@@ -344,17 +350,34 @@ CANCEL = Action(
     ),
 )
 RESUME = Action("resume", "resumed", (SagaStatus.SUSPENDED,))
+DELETE = Action(
+    "delete",
+    "deleted",
+    (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.CANCELLED),
+    keeps_saga=False,
+)
+
+
+_FORWARD = click.option(
+    "--forward",
+    is_flag=True,
+    help="On a saga FAILED in its rollback: abandon the rollback and go forward again from "
+    "the failed step, as on a COMPENSATED saga (what was undone runs again).",
+)
 
 
 @action_command(RETRY)
-def retry_command(request: Request) -> None:
+@_FORWARD
+def retry_command(request: Request, forward: bool) -> None:
     """Run a PARKED saga's step again (with a fresh retry budget), or a FAILED saga's failed
-    compensations, or replay a saga that failed on non-determinism with today's code."""
+    compensations, or replay a saga that failed on non-determinism with today's code; a
+    COMPENSATED saga goes forward again from its failed step (the steps its rollback undid
+    run again)."""
 
     async def call(
         admin: SagaAdmin, saga_id: str, reason: str | None, by: str | None
     ) -> SagaSnapshot:
-        return await admin.retry_step(saga_id, reason=reason, by=by)
+        return await admin.retry_step(saga_id, forward=forward, reason=reason, by=by)
 
     perform(request, RETRY, call)
 
@@ -365,12 +388,13 @@ def retry_command(request: Request) -> None:
     "output_json",
     metavar="JSON",
     help="The output to record for the skipped step, as JSON (e.g. '{\"paid\": true}'); "
-    "checked before anything is written. Leave it out on a FAILED saga.",
+    "checked before anything is written. Leave it out on a FAILED saga (without --forward).",
 )
-def skip_command(request: Request, output_json: str | None) -> None:
-    """Record an output for the step a PARKED saga stopped at and go on without running it; or
-    on a FAILED saga, count its failed compensations as done (undone by hand) and finish the
-    rollback."""
+@_FORWARD
+def skip_command(request: Request, output_json: str | None, forward: bool) -> None:
+    """Record an output for the step a PARKED saga stopped at and go on without running it
+    (on a COMPENSATED saga: for its failed step, and it goes forward again); or on a FAILED
+    saga, count its failed compensations as done (undone by hand) and finish the rollback."""
     mock_output: Any = None
     if output_json is not None:
         try:
@@ -384,15 +408,16 @@ def skip_command(request: Request, output_json: str | None) -> None:
     async def call(
         admin: SagaAdmin, saga_id: str, reason: str | None, by: str | None
     ) -> SagaSnapshot:
-        return await admin.skip_step(saga_id, mock_output, reason=reason, by=by)
+        return await admin.skip_step(saga_id, mock_output, forward=forward, reason=reason, by=by)
 
     perform(request, SKIP, call)
 
 
 @action_command(COMPENSATE)
 def compensate_command(request: Request) -> None:
-    """Roll a PENDING, SUSPENDED or PARKED saga back now: it stops going forward and the
-    compensations of what it did run, newest first."""
+    """Roll a PENDING, SUSPENDED, PARKED or COMPLETED saga back now: it stops going forward
+    (a COMPLETED one gives up its output) and the compensations of what it did run, newest
+    first."""
 
     async def call(
         admin: SagaAdmin, saga_id: str, reason: str | None, by: str | None
@@ -429,4 +454,28 @@ def resume_command(request: Request) -> None:
     perform(request, RESUME, call)
 
 
-ACTION_COMMANDS = (retry_command, skip_command, compensate_command, cancel_command, resume_command)
+@action_command(DELETE)
+def delete_command(request: Request) -> None:
+    """Remove an ended saga from the database: its row, journal, events and published state
+    (the deletion is logged with --reason and --by). A selection without --status picks the
+    COMPLETED, COMPENSATED and CANCELLED sagas; FAILED ones are deleted only by id or with
+    --status FAILED."""
+
+    async def call(
+        admin: SagaAdmin, saga_id: str, reason: str | None, by: str | None
+    ) -> SagaSnapshot:
+        return await admin.delete(saga_id, reason=reason, by=by)
+
+    if request.wait:
+        raise click.UsageError("delete removes the sagas: there is nothing to --wait for")
+    perform(request, DELETE, call)
+
+
+ACTION_COMMANDS = (
+    retry_command,
+    skip_command,
+    compensate_command,
+    cancel_command,
+    resume_command,
+    delete_command,
+)

@@ -58,16 +58,17 @@ ACTIONS: dict[str, Action] = {
         Action(
             "retry",
             "Retry step",
-            frozenset({S.PARKED, S.FAILED}),
-            "run the failed step (or the failed compensations) again, with fresh retries",
+            frozenset({S.PARKED, S.FAILED, S.COMPENSATED}),
+            "run the failed step (or the failed compensations) again, with fresh retries; a "
+            "compensated saga goes forward again, and what its rollback undid runs again",
             "Retry requested",
         ),
         Action(
             "skip",
             "Skip step",
-            frozenset({S.PARKED, S.FAILED}),
+            frozenset({S.PARKED, S.FAILED, S.COMPENSATED}),
             "record the mock output as the step's result (or the failed compensations as done) "
-            "and go on",
+            "and go on; a compensated saga goes forward again from after its failed step",
             "Step skipped",
         ),
         Action(
@@ -81,8 +82,9 @@ ACTIONS: dict[str, Action] = {
         Action(
             "compensate",
             "Compensate",
-            frozenset({S.PENDING, S.SUSPENDED, S.PARKED}),
-            "roll the saga back now: what it did is undone, newest first",
+            frozenset({S.PENDING, S.SUSPENDED, S.PARKED, S.COMPLETED}),
+            "roll the saga back now: what it did is undone, newest first (a completed saga "
+            "gives up its output)",
             "Rollback started",
             danger=True,
         ),

@@ -428,7 +428,7 @@ def _actions(saga: SagaSnapshot, read_only: bool) -> str:
         '<label class="wide">Mock output for skip (JSON, optional)'
         '<textarea name="mock_output" rows="1" placeholder=\'{"payment_id": "manual-1"}\'>'
         "</textarea></label>"
-        if skip and saga.status == SagaStatus.PARKED
+        if skip and saga.status in (SagaStatus.PARKED, SagaStatus.COMPENSATED)
         else ""
     )
     buttons = "".join(_button(path, a) for a in actions)

@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from ..errors import SagaDefinitionError
 from ..retry import RetryPolicy
@@ -44,6 +44,15 @@ class StepRef:
         ref = cls(name)
         ref._owner = owner
         return ref
+
+    @classmethod
+    def copy_of(cls, ref: StepRef, *args: Any, **kwargs: Any) -> Self:
+        """A reference of this class to the node ``ref`` refers to, of the same builder, made
+        as ``cls(ref.name, *args, **kwargs)``: for a front end whose ``add_step`` returns its
+        own subclass of StepRef, carrying more about the step."""
+        copy = cls(ref.name, *args, **kwargs)
+        copy._owner = ref._owner
+        return copy
 
     @property
     def name(self) -> str:

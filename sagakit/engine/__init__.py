@@ -1,6 +1,6 @@
 """The durable executor: replay, compensation, leases and the worker loop."""
 
 from .engine import Engine, SagaHandle
-from .snapshots import SagaSnapshot, StepSnapshot
+from .snapshots import EventSnapshot, SagaSnapshot, StepSnapshot
 
-__all__ = ["Engine", "SagaHandle", "SagaSnapshot", "StepSnapshot"]
+__all__ = ["Engine", "EventSnapshot", "SagaHandle", "SagaSnapshot", "StepSnapshot"]

@@ -35,8 +35,9 @@ from .cascade import find_cancellation, roll_back, roll_back_descendants
 from .core import RunCore
 from .snapshots import error_for
 
-#: what the engine gives a run to start a child: (workflow, input, child id, parent id)
-ChildStarter = Callable[[SagaWorkflow[Any, Any], Any, str, str], Awaitable[None]]
+#: what the engine gives a run to start a child: (workflow, input, child id, parent id, the
+#: virtual object key it is a call of, if it is one)
+ChildStarter = Callable[[SagaWorkflow[Any, Any], Any, str, str, str | None], Awaitable[None]]
 
 #: the longest saga id the engine takes (see Engine)
 _MAX_ID = 200
@@ -107,7 +108,12 @@ class ChildrenMixin(RunCore):
     # -- helpers -----------------------------------------------------------------------------
 
     async def _start_child(
-        self, seq: int, workflow: SagaWorkflow[Any, Any], inp: Any, saga_id: str | None
+        self,
+        seq: int,
+        workflow: SagaWorkflow[Any, Any],
+        inp: Any,
+        saga_id: str | None,
+        object_key: str | None = None,
     ) -> str:
         entry = self._recorded(seq, EntryKind.CHILD, workflow.name)
         if entry is not None:
@@ -119,7 +125,7 @@ class ChildrenMixin(RunCore):
         assert self._children is not None, "the engine gives every run a way to start children"
         child_id = saga_id if saga_id is not None else default_child_id(self.saga_id, seq)
         await self._settle()  # what the parent did before is durable before the child exists
-        await self._children(workflow, inp, child_id, self.saga_id)
+        await self._children(workflow, inp, child_id, self.saga_id, object_key)
         self._write_behind(self._entry(seq, EntryKind.CHILD, workflow.name, serde.dumps(child_id)))
         return child_id
 

@@ -26,6 +26,7 @@ from ..errors import (
 )
 from ..objects import SagaVirtualObject
 from ..observability import default_observers
+from ..services import ServicesFactory
 from ..stores import open_store
 from ..stores.base import NewSaga, SagaFilter, SagaStatus, Store
 from ..workflows import SagaWorkflow
@@ -38,6 +39,8 @@ from .talk import TalkMixin
 
 if TYPE_CHECKING:
     from ..admin import SagaAdmin
+    from ..clients import LongWorkflowClient, ObjectClient, WorkflowClient
+    from ..long_workflows import SagaLongWorkflow
 
 log = logging.getLogger("sagakit.engine")
 
@@ -105,6 +108,12 @@ class Engine(RunningMixin, TalkMixin):
         tracer_provider: the OpenTelemetry TracerProvider to trace with; by default the global
             one, if an SDK provider is set as global when the Engine is created (no tracing
             otherwise). Ignored when ``observers`` is given.
+        services: the factory of the services of every saga this engine runs (dependency
+            injection): ``factory(scope)`` gets a :class:`~sagakit.ServiceScope` and returns
+            the services, an awaitable of them, or an async context manager (exited when the
+            run ends). Built for each run, in the process that runs it; never journaled. A
+            workflow's ``SagaWorkflowOptions(services=...)`` wins over it. See
+            :mod:`sagakit.services`.
     """
 
     def __init__(
@@ -119,6 +128,7 @@ class Engine(RunningMixin, TalkMixin):
         store: Store | None = None,
         observers: Sequence[Observer] | None = None,
         tracer_provider: Any = None,
+        services: ServicesFactory | None = None,
     ):
         if lease <= timedelta(0):
             raise ValueError(f"lease must be positive, got {lease}")
@@ -126,6 +136,11 @@ class Engine(RunningMixin, TalkMixin):
             raise ValueError(f"poll_interval must be positive, got {poll_interval}")
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        if services is not None and not callable(services):
+            raise TypeError(
+                f"services must be a factory, a callable taking a ServiceScope, got {services!r}"
+            )
+        self._services = services
         self.url = store.url if store is not None else url
         self.lease = lease
         self.poll_interval = poll_interval
@@ -297,6 +312,12 @@ class Engine(RunningMixin, TalkMixin):
         self._store = None
         self._closing = False
 
+    @property
+    def is_open(self) -> bool:
+        """Whether the engine is open (inside ``async with engine:``, or after ``__aenter__``
+        and before ``close``): its store is open and its background worker runs."""
+        return self._store is not None
+
     def _store_or_raise(self) -> Store:
         if self._store is None:
             raise EngineNotStartedError()
@@ -386,6 +407,8 @@ class Engine(RunningMixin, TalkMixin):
                     events=[],
                     children=self._start_child,
                     observers=self._observers,
+                    callees=self,
+                    services=wf.options.services or self._services,
                 )
             )
         else:  # for a worker (maybe this one), or waiting for its object key's turn
@@ -393,10 +416,65 @@ class Engine(RunningMixin, TalkMixin):
         return SagaHandle(self, saga_id)
 
     async def _start_child(
-        self, wf: SagaWorkflow[Any, Any], inp: Any, child_id: str, parent_id: str
+        self,
+        wf: SagaWorkflow[Any, Any],
+        inp: Any,
+        child_id: str,
+        parent_id: str,
+        object_key: str | None = None,
     ) -> None:
         """Start a saga's child here (the parent's run calls this; see engine/children.py)."""
-        await self._start(self._resolve(wf), inp, child_id, run_here=True, parent_id=parent_id)
+        await self._start(
+            self._resolve(wf),
+            inp,
+            child_id,
+            run_here=True,
+            parent_id=parent_id,
+            object_key=object_key,
+        )
+
+    # -- what a run's durable calls use (engine/calls.py) ------------------------------------
+
+    def check_callee(self, target: SagaWorkflow[Any, Any] | SagaVirtualObject, what: str) -> None:
+        """Refuse a call of a workflow or virtual object this engine has not registered: a
+        worker that recovers the call after a crash could not run it."""
+        if isinstance(target, SagaVirtualObject):
+            if self._objects.get(target.name) is not target:
+                raise SagaError(
+                    f"{what}: virtual object {target.name!r} is not registered with this engine; "
+                    f"call engine.register({target.name.lower()}) with it first (every worker "
+                    "that may run the call must register it)"
+                )
+            return
+        if self._workflows.get(target.name) is not target:
+            known = ", ".join(sorted(self._workflows)) or "none"
+            raise SagaError(
+                f"{what}: workflow {target.name!r} is not registered with this engine "
+                f"(registered: {known}); call engine.register(...) with it first (every worker "
+                "that may run the call must register it)"
+            )
+
+    async def start_call(
+        self, wf: SagaWorkflow[Any, Any], inp: Any, saga_id: str, object_key: str | None
+    ) -> None:
+        """Start a saga sent by another (``saga.send``): idempotent, not a child."""
+        await self._start(wf, inp, saga_id, run_here=True, object_key=object_key)
+
+    @overload
+    def client(self, target: SagaLongWorkflow[InT, OutT]) -> LongWorkflowClient[InT, OutT]: ...
+
+    @overload
+    def client(self, target: SagaWorkflow[InT, OutT]) -> WorkflowClient[InT, OutT]: ...
+
+    @overload
+    def client(self, target: SagaVirtualObject) -> ObjectClient: ...
+
+    def client(self, target: Any) -> Any:
+        """A typed client of a workflow, a long workflow or a virtual object, for code outside
+        sagas (see :mod:`sagakit.clients`)."""
+        from ..clients import client_for  # the clients module builds on this one
+
+        return client_for(self, target)
 
     async def run(
         self,
@@ -416,12 +494,17 @@ class Engine(RunningMixin, TalkMixin):
         return SagaHandle(self, saga_id)
 
     async def get(self, saga_id: str) -> SagaSnapshot:
-        """The saga and its journal as the store has them now."""
+        """The saga, its journal and the events delivered to it, as the store has them now.
+
+        Raises:
+            SagaNotFoundError: no saga has this id.
+        """
         store = self._store_or_raise()
         record = await store.load_saga(saga_id)
         if record is None:
             raise SagaNotFoundError(saga_id)
-        return SagaSnapshot.build(record, await store.load_journal(saga_id))
+        journal = await store.load_journal(saga_id)
+        return SagaSnapshot.build(record, journal, await store.load_events(saga_id))
 
     async def list(
         self, status: SagaStatus | str | None = None, name: str | None = None, limit: int = 50

@@ -4,7 +4,9 @@ The admin API changes a saga's journal and status; the few things a run must kno
 from the audit entries themselves, so that every worker that replays the saga agrees:
 a ``compensate`` makes the run roll back at its first operation that is not journaled yet (the
 rollback of a child whose parent was cancelled is such a ``compensate``, which says so), and a
-``skip`` marks the step whose output an operator recorded.
+``skip`` marks the step whose output an operator recorded. A ``retry`` or ``skip`` that made an
+ended saga go forward again (its details say ``rerun``) voids the ``compensate`` before it: the
+rollback it asked for ran, and the operator undid it.
 """
 
 from __future__ import annotations
@@ -21,30 +23,42 @@ from ..stores.base import EntryKind, EntryStatus, JournalEntry
 OPERATOR_ROLLBACK = "OperatorRollback"
 #: the error type of the rollback of a child saga whose parent (or an ancestor) was cancelled
 PARENT_CANCELLED = "ParentCancelled"
+#: the key, in an action's details, of a retry or skip that made an ended saga go forward again
+RERUN = "rerun"
 
 
 def operator_rollback(actions: Sequence[JournalEntry]) -> TerminalError | None:
-    """The error the saga fails with if an operator asked it to roll back, else None."""
+    """The error the saga fails with if an operator asked it to roll back (since the last
+    time an operator made it go forward again), else None. ``actions`` oldest first."""
+    asked: TerminalError | None = None
     for entry in actions:
-        if entry.kind == EntryKind.ADMIN and entry.name == "compensate":
-            data = serde.loads(entry.output) or {}
-            cancelled = (data.get("details") or {}).get("cancelled")
-            if isinstance(cancelled, dict):
-                return TerminalError(
-                    parent_cancelled_message(
-                        str(cancelled.get("saga")),
-                        cancelled.get("by"),
-                        cancelled.get("reason"),
-                        direct=cancelled.get("saga") == (data.get("details") or {}).get("parent"),
-                    ),
-                    error_type=PARENT_CANCELLED,
-                )
-            reason = data.get("reason") or "no reason given"
-            return TerminalError(
-                operator_rollback_message(data.get("by"), reason),
-                error_type=OPERATOR_ROLLBACK,
-            )
-    return None
+        if entry.kind != EntryKind.ADMIN:
+            continue
+        data = serde.loads(entry.output) or {}
+        details = data.get("details") or {}
+        if details.get(RERUN):
+            asked = None
+        elif entry.name == "compensate" and asked is None:
+            asked = _rollback_error(data, details)
+    return asked
+
+
+def _rollback_error(data: dict[str, Any], details: dict[str, Any]) -> TerminalError:
+    cancelled = details.get("cancelled")
+    if isinstance(cancelled, dict):
+        return TerminalError(
+            parent_cancelled_message(
+                str(cancelled.get("saga")),
+                cancelled.get("by"),
+                cancelled.get("reason"),
+                direct=cancelled.get("saga") == details.get("parent"),
+            ),
+            error_type=PARENT_CANCELLED,
+        )
+    reason = data.get("reason") or "no reason given"
+    return TerminalError(
+        operator_rollback_message(data.get("by"), reason), error_type=OPERATOR_ROLLBACK
+    )
 
 
 def operator_rollback_message(by: str | None, reason: str | None) -> str:
@@ -107,6 +121,7 @@ def audit_entry(
 __all__ = [
     "OPERATOR_ROLLBACK",
     "PARENT_CANCELLED",
+    "RERUN",
     "audit_entry",
     "operator_rollback",
     "operator_rollback_message",

@@ -17,7 +17,8 @@ from .. import serde
 from ..errors import ErrorInfo, NonDeterminismError, Suspended
 from ..objects import operation_writes
 from ..retry import DEFAULT_RETRY, RetryPolicy
-from ..steps import SagaStep
+from ..services import RunServices
+from ..steps import UNSET, SagaStep
 from ..stores.base import (
     EntryKind,
     EntryStatus,
@@ -29,6 +30,7 @@ from ..stores.base import (
 from .backoff import FailedAttempt, Retrying, out_of_attempts
 from .core import RunCore
 from .outcome import Outcome, _Compensation, terminal_form
+from .parallel import Strand
 
 log = logging.getLogger("sagakit.engine")
 
@@ -41,6 +43,8 @@ class RollbackMixin(RunCore):
 
     _compensations: dict[int, _Compensation]
     _mark_next_attempt: bool
+    _services: RunServices
+    _root: Strand
 
     if TYPE_CHECKING:  # provided by SagaRun and BackoffMixin
 
@@ -93,6 +97,9 @@ class RollbackMixin(RunCore):
         # the decision to roll back (the failure that caused it) is durable before anything is
         # undone; each compensation settles the entry of the one before it (see below)
         await self._settle()
+        # where the rollback's entries begin: an operator who makes the saga go forward again
+        # removes them (see sagakit/operator_plans.py)
+        start = self._root.next
         try:
             for compensation in sorted(
                 self._compensations.values(), key=lambda c: c.seq, reverse=True
@@ -123,10 +130,11 @@ class RollbackMixin(RunCore):
                 "kind": "compensation_failed",
                 "cause": cause.to_json(),
                 "compensation_failures": [f.to_json() for f in failures],
+                "rollback_seq": start,
             }
             status = SagaStatus.FAILED
         else:
-            error = {"kind": "compensated", "cause": cause.to_json()}
+            error = {"kind": "compensated", "cause": cause.to_json(), "rollback_seq": start}
             status = SagaStatus.COMPENSATED
         return await self._finish(status, None, serde.dumps(error))
 
@@ -192,7 +200,8 @@ class RollbackMixin(RunCore):
             token = operation_writes.set(writes)
             try:
                 with self._observe_attempt("compensation", step.name, seq, attempt):
-                    await step.call_compensation(compensation.data, compensation.failed)
+                    services = self._services.get() if step.compensation_takes_services else UNSET
+                    await step.call_compensation(compensation.data, compensation.failed, services)
                 break
             except Exception as exc:
                 terminal = terminal_form(exc)
@@ -219,7 +228,9 @@ class RollbackMixin(RunCore):
             EntryStatus.COMPLETED if error is None else EntryStatus.FAILED,
             attempt,
             None,
-            None,
+            # the step it undid (kept where a step keeps its compensation data): an operator
+            # who makes the saga go forward again runs that step again
+            serde.dumps({"undoes": compensation.seq}),
             None if error is None else serde.dumps(error.to_json()),
             started,
             time.time(),

@@ -39,6 +39,7 @@ from ..errors import (
 )
 from ..objects import operation_writes
 from ..retry import DEFAULT_RETRY
+from ..services import RunServices, ServiceScope, ServicesFactory
 from ..steps import UNSET, SagaStep, StepResponse
 from ..stores.base import (
     NEVER,
@@ -54,6 +55,7 @@ from ..stores.base import (
 )
 from ..workflows import SagaWorkflow
 from .backoff import BackoffMixin, FailedAttempt, Retrying, out_of_attempts
+from .calls import Callees, CallsMixin
 from .children import ChildrenMixin, ChildStarter
 from .observe import NO_OBSERVERS, Observers, RunInfo
 from .operators import operator_rollback, skipped_seqs
@@ -84,7 +86,7 @@ def _retrieve(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-class SagaRun(RollbackMixin, BackoffMixin, WaitsMixin, ChildrenMixin, ParallelMixin):
+class SagaRun(RollbackMixin, BackoffMixin, WaitsMixin, ChildrenMixin, CallsMixin, ParallelMixin):
     """Drives one saga function to a terminal state, to a wait (SUSPENDED), or until its lease
     is lost."""
 
@@ -100,6 +102,8 @@ class SagaRun(RollbackMixin, BackoffMixin, WaitsMixin, ChildrenMixin, ParallelMi
         events: list[SagaEvent] | None = None,
         children: ChildStarter | None = None,
         observers: Observers = NO_OBSERVERS,
+        callees: Callees | None = None,
+        services: ServicesFactory | None = None,
     ):
         self.saga_id = record.saga_id
         self.fence = record.fence
@@ -127,6 +131,10 @@ class SagaRun(RollbackMixin, BackoffMixin, WaitsMixin, ChildrenMixin, ParallelMi
         self.lease_known_until = math.inf
         self._events = events
         self._children = children
+        self._callees = callees
+        self._services_factory = services
+        #: built as the run begins (see execute), closed when it ends; never journaled
+        self._services = RunServices(services, workflow.name)
         self._pending_waits: list[PendingWait] = []
         deadline = workflow.options.deadline
         self._deadline_at = (
@@ -162,6 +170,8 @@ class SagaRun(RollbackMixin, BackoffMixin, WaitsMixin, ChildrenMixin, ParallelMi
             events=self._events,
             children=self._children,
             observers=self.observers,
+            callees=self._callees,
+            services=self._services_factory,
         )
         run.lease_known_until = self.lease_known_until
         return run
@@ -453,7 +463,7 @@ class SagaRun(RollbackMixin, BackoffMixin, WaitsMixin, ChildrenMixin, ParallelMi
                     async with deadline:
                         result = await step.run(ctx, value)
             except Exception as exc:
-                terminal = terminal_form(exc)
+                terminal = step.terminal_error(exc) or terminal_form(exc)
                 timed_out = deadline.expired()
                 if timed_out and cut_by_deadline:
                     info = ErrorInfo("SagaTimeoutError", PAST_DEADLINE, step.name, seq)
@@ -615,8 +625,16 @@ class SagaRun(RollbackMixin, BackoffMixin, WaitsMixin, ChildrenMixin, ParallelMi
     async def execute(self) -> Outcome:
         """Run the saga function (replaying its journal) to a terminal state.
 
-        Raises :class:`~sagakit.errors.LeaseLost` if another worker took the saga meanwhile.
+        Raises :class:`~sagakit.errors.LeaseLost` if another worker took the saga meanwhile,
+        and :class:`~sagakit.services.ServicesFailed` if its services could not be built.
         """
+        try:
+            return await self._execute()
+        finally:
+            # however the run ends (an outcome, a suspension, a lost lease, a cancel)
+            await self._services.close()
+
+    async def _execute(self) -> Outcome:
         await self._stop_if_ancestor_cancelled()  # see engine/cascade.py
         ctx = SagaContext(self)
         # only this task takes numbers of the saga function's own (see parallel.py)
@@ -626,6 +644,13 @@ class SagaRun(RollbackMixin, BackoffMixin, WaitsMixin, ChildrenMixin, ParallelMi
                 inp = self._live_input
             else:
                 inp = self.workflow.input.validate(serde.loads(self.record.input))
+        except Exception as exc:  # the code changed since the saga started
+            self._forward_done = True
+            return await self._rollback(ErrorInfo.from_exception(self._operator_rollback or exc))
+        # before the saga function, because `saga.services` is read without await; a factory
+        # that raises stops the run, not the saga (ServicesFailed: a worker tries again)
+        await self._services.build(ServiceScope(self.saga_id, self.workflow.name, inp))
+        try:
             result = await self.workflow.function(ctx, inp)
         except Suspended:
             await self._wait_in_flight()

@@ -8,13 +8,23 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from ..errors import Drained, EventsArrived, LeaseLost, StoreUnavailable, Suspended
+from ..errors import (
+    Drained,
+    EventsArrived,
+    LeaseLost,
+    StoreUnavailable,
+    Suspended,
+    UnknownWorkflowError,
+)
+from ..services import ServicesFactory, ServicesFailed
 from ..stores.base import ClaimedSaga, SagaStatus, Store
 from ..stores.retrying import Backoff
 from ..workflows import SagaWorkflow
+from .calls import Callees
 from .observe import Observers
 from .outcome import Outcome
 from .run import SagaRun
@@ -23,6 +33,8 @@ log = logging.getLogger("sagakit.engine")
 
 #: a timer is claimed this long after it is due, so that the store's clock agrees it is
 _TIMER_SLACK = 0.002
+#: how many sagas ``recover`` claims in one transaction
+_RECOVER_BATCH = 500
 #: the share of a lease a run counts on from its launch, before the first renewal (the claim or
 #: start that took the lease happened a moment before the launch)
 _LEASE_MARGIN = 0.8
@@ -42,35 +54,101 @@ class RunningMixin:
     _wakeup: asyncio.Event | None
     _draining: bool
     _observers: Observers
+    _services: ServicesFactory | None
 
     if TYPE_CHECKING:  # provided by Engine
 
         def _store_or_raise(self) -> Store: ...
 
         async def _start_child(
-            self, wf: SagaWorkflow[Any, Any], inp: Any, child_id: str, parent_id: str
+            self,
+            wf: SagaWorkflow[Any, Any],
+            inp: Any,
+            child_id: str,
+            parent_id: str,
+            object_key: str | None = None,
         ) -> None: ...
 
-    async def recover(self, *, wait: bool = False) -> int:
-        """Run now every saga whose lease expired (of the registered workflows).
+    async def run_due(
+        self, limit: int = 100, *, workflows: Iterable[str] | None = None
+    ) -> list[str]:
+        """Claim, once, up to ``limit`` due sagas and run them here; return their ids once
+        each of these runs has stopped (the saga completed, was rolled back, failed, parked,
+        or suspended in a wait; or the run was stopped: this engine closed, an operator took
+        the saga).
 
-        Returns how many were taken. With ``wait=True``, also waits until they have run.
+        Due sagas are the ones a worker may take now (see :meth:`~sagakit.stores.base.Store.claim`):
+        PENDING ones nobody runs (started with ``run_here=False``, or whose starter died),
+        RUNNING or COMPENSATING ones whose lease expired (their worker died), and SUSPENDED
+        ones whose timer fell due (a sleep, a wait's timeout, a retry backoff, a deadline) or
+        that received an event; of a virtual object's key, only the oldest call. This is a
+        worker's round, for a program that runs sagas from its own loop or a scheduled job
+        (``Engine(worker=False)``, whose background worker claims nothing).
+
+        Args:
+            limit: the most sagas this call takes (0: none).
+            workflows: the names of the workflows whose sagas to take (default: every
+                registered one); each must be registered here.
+
+        Raises:
+            UnknownWorkflowError: a name in ``workflows`` is not registered in this engine.
+            EngineNotStartedError: the engine is not open.
         """
-        store = self._store_or_raise()
-        taken: list[str] = []
-        while True:
-            claimed = await store.claim(
-                self.worker_id, list(self._workflows), self.lease.total_seconds(), 500
-            )
-            if not claimed:
-                break
-            for c in claimed:
-                self._run_claimed(c)
-                taken.append(c.record.saga_id)
+        names = self._registered(workflows)
+        tasks = await self._take_due(limit, names)
+        await _stopped(tasks)
+        return [saga_id for saga_id, _ in tasks]
+
+    async def recover(self, *, wait: bool = False) -> int:
+        """Run now every due saga of the registered workflows, until none is left: PENDING
+        ones nobody runs, RUNNING or COMPENSATING ones whose lease expired, SUSPENDED ones
+        whose timer fell due or that received an event (see :meth:`run_due`).
+
+        Returns how many were taken. With ``wait=True``, also waits until each of these runs
+        has stopped.
+        """
+        names = self._registered(None)
+        taken: list[tuple[str, asyncio.Task[Outcome | None]]] = []
+        while batch := await self._take_due(_RECOVER_BATCH, names):
+            taken += batch
         if wait:
-            tasks = [t for sid in taken if (t := self._tasks.get(sid)) is not None]
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _stopped(taken)
         return len(taken)
+
+    async def settle(self, saga_id: str) -> None:
+        """Wait until this process's run of the saga, if any, has stopped (it completed, was
+        rolled back, failed, parked or suspended; or it was stopped). Returns at once when no
+        run of it is under way here: the saga may still be running in another worker.
+
+        For a program that moves sagas on by its own calls: after :meth:`start` or
+        :meth:`notify` (which wakes the background worker), before it reads the saga's new
+        state with :meth:`get`.
+        """
+        while (task := self._tasks.get(saga_id)) is not None:
+            await asyncio.wait({task})
+            if self._tasks.get(saga_id) is task:  # pragma: no cover - forgotten when done
+                break
+
+    def _registered(self, workflows: Iterable[str] | None) -> list[str]:
+        """The workflow names to claim sagas of: ``workflows``, each registered, or all."""
+        if workflows is None:
+            return list(self._workflows)
+        names = [workflows] if isinstance(workflows, str) else list(workflows)
+        for name in names:
+            if name not in self._workflows:
+                raise UnknownWorkflowError(name, self._workflows)
+        return names
+
+    async def _take_due(
+        self, limit: int, names: list[str]
+    ) -> list[tuple[str, asyncio.Task[Outcome | None]]]:
+        """Claim up to ``limit`` due sagas of ``names`` and launch their runs here."""
+        store = self._store_or_raise()
+        if limit <= 0 or not names or self._draining:
+            return []
+        claimed = await store.claim(self.worker_id, names, self.lease.total_seconds(), limit)
+        launched = [(c.record.saga_id, self._run_claimed(c)) for c in claimed]
+        return [(saga_id, task) for saga_id, task in launched if task is not None]
 
     # -- running ------------------------------------------------------------------------------
 
@@ -125,6 +203,18 @@ class RunningMixin:
             with contextlib.suppress(Exception):
                 await self._store_or_raise().release(self.worker_id, [run.saga_id])
             return None
+        except ServicesFailed as exc:
+            log.error(
+                "saga %s stopped before its saga function ran: %s; it is released and a worker "
+                "runs it again (nothing of the saga changed)",
+                run.saga_id,
+                exc,
+                exc_info=exc.__cause__,
+                extra={"saga_id": run.saga_id, "workflow": run.workflow.name},
+            )
+            with contextlib.suppress(Exception):
+                await self._store_or_raise().release(self.worker_id, [run.saga_id])
+            return None
         except LeaseLost:
             log.warning(
                 "saga %s is no longer this worker's (another worker took it over, or an "
@@ -169,11 +259,11 @@ class RunningMixin:
         run.observers.run_ended(run.info, status, None)
         return outcome
 
-    def _run_claimed(self, claimed: ClaimedSaga) -> None:
+    def _run_claimed(self, claimed: ClaimedSaga) -> asyncio.Task[Outcome | None] | None:
         record = claimed.record
         wf = self._workflows.get(record.name)
         if wf is None:  # the store only hands out registered names; kept for safety
-            return
+            return None
         log.debug(
             "recovering saga %s (%s) from %d journal entries",
             record.saga_id,
@@ -182,7 +272,7 @@ class RunningMixin:
             extra={"saga_id": record.saga_id},
         )
         self._claimed.add(record.saga_id)
-        self._launch(
+        return self._launch(
             SagaRun(
                 self._store_or_raise(),
                 wf,
@@ -192,6 +282,8 @@ class RunningMixin:
                 events=claimed.events,
                 children=self._start_child,
                 observers=self._observers,
+                callees=cast("Callees", self),
+                services=wf.options.services or self._services,
             )
         )
 
@@ -274,3 +366,10 @@ class RunningMixin:
         )
         for c in claimed:
             self._run_claimed(c)
+
+
+async def _stopped(tasks: list[tuple[str, asyncio.Task[Outcome | None]]]) -> None:
+    """Wait until these runs have stopped, however they stopped (a run's own errors were
+    logged by it; one cancelled because the engine closed or an operator took the saga)."""
+    if tasks:
+        await asyncio.wait([task for _, task in tasks])

@@ -15,7 +15,7 @@ from ..errors import (
     SagaCompensatedError,
     SagaError,
 )
-from ..stores.base import NEVER, EntryStatus, JournalEntry, SagaRecord, SagaStatus
+from ..stores.base import NEVER, EntryStatus, JournalEntry, SagaEvent, SagaRecord, SagaStatus
 
 
 def _time(epoch: float | None) -> datetime | None:
@@ -35,6 +35,10 @@ class StepSnapshot:
     error: dict[str, Any] | None
     started_at: datetime | None
     finished_at: datetime | None
+    #: for a step: the data its compensation gets, as JSON data (a declarative step's is
+    #: ``{"inp": ..., "out": ...}``), None when it has nothing to undo; for a compensation:
+    #: ``{"undoes": seq}``, the step it undoes
+    compensation: Any = None
 
     @property
     def duration(self) -> timedelta | None:
@@ -71,6 +75,33 @@ class StepSnapshot:
             error=serde.loads(entry.error),
             started_at=_time(entry.started_at),
             finished_at=_time(entry.finished_at),
+            compensation=serde.loads(entry.compensation) if entry.compensation else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EventSnapshot:
+    """An event delivered to a saga: a signal (``engine.signal``), a notification
+    (``engine.notify``: ``name`` is the wait's token), a promise's outcome or a child saga's
+    outcome (``name`` is the child's id). Kept with the saga whether a wait took it or not."""
+
+    #: 1, 2, 3... in the order the saga received them
+    seq: int
+    #: ``"signal"``, ``"notify"``, ``"promise"`` or ``"child"``
+    kind: str
+    name: str
+    #: the event's payload, as JSON data
+    payload: Any
+    received_at: datetime | None
+
+    @classmethod
+    def from_event(cls, event: SagaEvent) -> EventSnapshot:
+        return cls(
+            seq=event.seq,
+            kind=event.kind,
+            name=event.name,
+            payload=serde.loads(event.payload),
+            received_at=_time(event.created_at),
         )
 
 
@@ -129,6 +160,9 @@ class SagaSnapshot:
     parent_id: str | None = None
     #: operators' actions on the saga, oldest first (``engine.admin``)
     audit: tuple[AuditEntry, ...] = ()
+    #: the events delivered to the saga, oldest first (``engine.get`` and
+    #: ``admin.get_saga``; empty in lists)
+    events: tuple[EventSnapshot, ...] = ()
 
     @property
     def retrying(self) -> tuple[StepSnapshot, ...]:
@@ -136,7 +170,12 @@ class SagaSnapshot:
         return tuple(s for s in self.steps if s.status == EntryStatus.RETRYING)
 
     @classmethod
-    def build(cls, record: SagaRecord, journal: list[JournalEntry] | None) -> SagaSnapshot:
+    def build(
+        cls,
+        record: SagaRecord,
+        journal: list[JournalEntry] | None,
+        events: list[SagaEvent] | None = None,
+    ) -> SagaSnapshot:
         created = _time(record.created_at)
         updated = _time(record.updated_at)
         assert created is not None and updated is not None
@@ -163,6 +202,7 @@ class SagaSnapshot:
                 for e in sorted(journal or (), key=lambda e: -e.seq)
                 if e.seq < 0
             ),
+            events=tuple(EventSnapshot.from_event(e) for e in events or ()),
         )
 
 

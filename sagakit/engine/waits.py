@@ -177,11 +177,17 @@ class WaitsMixin(RunCore):
 
     def _signal_matcher(self, name: str) -> Matcher:
         def match(events: list[SagaEvent], token: str) -> Answer | None:
+            # the token names this wait alone, and notify consumed it and told its caller that
+            # its event answers this wait: it comes before any signal of the name, which then
+            # answers the next wait for the name
+            notified = _notified(events, token)
+            if notified is not None:
+                return notified
             taken = self._consumed_signals()
             for event in events:
                 if event.kind == EventKind.SIGNAL and event.name == name and event.seq not in taken:
                     return event, serde.loads(event.payload)
-            return _notified(events, token)
+            return None
 
         return match
 
@@ -349,11 +355,15 @@ def _notified(events: list[SagaEvent], token: str) -> Answer | None:
 
 def _promise_matcher(name: str) -> Matcher:
     def match(events: list[SagaEvent], token: str) -> Answer | None:
+        # a notification for the wait's token answers it with the event as the value, before
+        # the promise's own completion: notify told its caller that its event answers this wait
+        notified = _notified(events, token)
+        if notified is not None:
+            return notified
         for event in events:
             if event.kind == EventKind.PROMISE and event.name == name:
                 return event, serde.loads(event.payload)
-        # a notification for the wait's token resolves it with the event as the value
-        return _notified(events, token)
+        return None
 
     return match
 

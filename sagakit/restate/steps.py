@@ -124,7 +124,7 @@ async def attempt_step(
     except Exception as exc:
         if cut_by_deadline and limit.expired():
             return _encode("failed", error=past_deadline)
-        final = terminal(exc)
+        final = step.terminal_error(exc) or terminal(exc)
         if final is None:
             # Restate retries the run with the step's policy
             raise RetryableAttempt(exc) from exc

@@ -85,6 +85,11 @@ class EntryKind(StrEnum):
     CHILD_RESULT = "child_result"
     #: the signals a saga had received at that point (a declarative saga's input context)
     SIGNALS = "signals"
+    #: a durable call answered at once (a shared object handler, a long workflow's handler):
+    #: its result, or its error
+    CALL = "call"
+    #: a saga started without waiting (``saga.send``); its output is that saga's id
+    SEND = "send"
     #: an operator's action (``engine.admin``), at a negative ``seq`` outside the saga
     #: function's numbering so that a replay never meets it
     ADMIN = "admin"
@@ -220,6 +225,12 @@ class AdminChange:
     #: as ``action_id``: a store that retries the change after a lost acknowledgement finds
     #: it applied and returns the saga instead of None
     key: str | None = None
+
+
+def saga_scope(saga_id: str) -> str:
+    """The state scope of a saga's own published state (``set_state``), which
+    ``Store.delete_saga`` deletes with the saga."""
+    return f"saga:{saga_id}"
 
 
 def audit_key(entry: JournalEntry) -> str | None:
@@ -426,4 +437,12 @@ class Store(Protocol):
         """Apply an operator's change in one transaction (see :class:`AdminChange`); return the
         saga as it is then, or ``None`` (nothing written) if it is not in the expected status
         and fence any more: someone or something changed it meanwhile."""
+        ...
+
+    async def delete_saga(self, saga_id: str) -> bool:
+        """Delete an ended saga (COMPLETED, COMPENSATED, FAILED or CANCELLED): its row, journal,
+        events and published state (its ``saga:`` scope; a virtual object's state is the
+        object's and stays), in one transaction. True if it was deleted; False, deleting
+        nothing, if there is no such saga (unknown, deleted already: a retry after a lost
+        answer) or it has not ended."""
         ...

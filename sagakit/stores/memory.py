@@ -29,6 +29,7 @@ from .base import (
     SagaUpdate,
     StateWrite,
     audit_key,
+    saga_scope,
 )
 
 _ACTIVE = frozenset({*RUNNABLE_STATUSES, SagaStatus.SUSPENDED.value})
@@ -302,6 +303,18 @@ class MemoryStore:
             await self.deliver(saga_id, kind, name, payload, unique=True)
         self._notify_all()
         return self._t.sagas[change.saga_id]
+
+    async def delete_saga(self, saga_id: str) -> bool:
+        record = self._t.sagas.get(saga_id)
+        if record is None or not SagaStatus(record.status).is_terminal:
+            return False
+        del self._t.sagas[saga_id]
+        self._t.journal.pop(saga_id, None)
+        self._t.events.pop(saga_id, None)
+        self._t.delivery_keys.pop(saga_id, None)
+        self._t.state.pop(saga_scope(saga_id), None)
+        # its arrival number stays taken: numbers are handed out by count (see create_saga)
+        return True
 
 
 def _matches(record: SagaRecord, where: SagaFilter) -> bool:

@@ -231,6 +231,7 @@ async def write_object_create(conn: asyncpg.Connection, retry: bool, op: Create)
             new.owner,
             new.lease_seconds,
             new.object_key,
+            new.parent_id,  # an object call made by a saga (saga.call_object) is its child
         )
         row = await conn.fetchrow(Q["get_saga"], new.saga_id)
     record = record_from_row(tuple(row))

@@ -156,12 +156,12 @@ WITH busy AS (
 )
 INSERT INTO saga_instances
     (saga_id, name, status, input, owner, fence, lease_expires_at, created_at, updated_at,
-     object_key, arrival)
+     object_key, arrival, parent_id)
 SELECT $1, $2,
        CASE WHEN $4::text IS NULL OR busy THEN 'PENDING' ELSE 'RUNNING' END,
        $3, CASE WHEN busy THEN NULL ELSE $4::text END, 1,
        CASE WHEN $4::text IS NULL OR busy THEN 0 ELSE clock.now + $5 END,
-       clock.now, clock.now, $6, nextval('saga_arrival')
+       clock.now, clock.now, $6, nextval('saga_arrival'), $7
 FROM busy, clock
 ON CONFLICT (saga_id) DO NOTHING
 RETURNING saga_id
@@ -332,3 +332,12 @@ FROM saga_journal WHERE saga_id = $1 AND seq < 0
 -- name: next_audit_seq
 -- audit entries count down from -1, below every entry of the saga function
 SELECT least(0, coalesce(min(seq), 0)) - 1 FROM saga_journal WHERE saga_id = $1
+
+-- name: delete_saga
+-- an ended saga only; its journal and events go with it (ON DELETE CASCADE)
+DELETE FROM saga_instances
+WHERE saga_id = $1 AND status IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED')
+RETURNING saga_id
+
+-- name: delete_saga_state
+DELETE FROM saga_state WHERE scope = $1

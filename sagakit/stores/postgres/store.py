@@ -53,6 +53,7 @@ from ..base import (
     entry_from_row,
     event_from_row,
     record_from_row,
+    saga_scope,
 )
 from ..retrying import DEFAULT_RETRY_DEADLINE, Backoff, retry
 from .batch import (
@@ -624,6 +625,18 @@ class PostgresStore:
                 return record_from_row(tuple(row))
 
         return await self._call(fn)
+
+    async def delete_saga(self, saga_id: str) -> bool:
+        async def fn(conn: asyncpg.Connection) -> bool:
+            async with conn.transaction():
+                # a retry after a lost answer finds nothing to delete: False, nothing written
+                if await conn.fetchval(Q["delete_saga"], saga_id) is None:
+                    return False
+                await conn.execute(Q["delete_saga_state"], saga_scope(saga_id))
+                return True
+
+        deleted: bool = await self._call(fn)
+        return deleted
 
 
 async def _applied_already(conn: asyncpg.Connection, change: AdminChange) -> SagaRecord | None:

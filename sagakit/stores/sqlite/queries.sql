@@ -202,3 +202,17 @@ FROM saga_journal WHERE saga_id = :saga_id AND seq < 0
 -- name: next_audit_seq
 -- audit entries count down from -1, below every entry of the saga function
 SELECT min(0, coalesce(min(seq), 0)) - 1 FROM saga_journal WHERE saga_id = :saga_id
+
+-- name: delete_saga
+-- an ended saga only (its journal and events are deleted after it, in the same transaction)
+DELETE FROM saga_instances
+WHERE saga_id = :saga_id AND status IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED')
+
+-- name: delete_saga_journal
+DELETE FROM saga_journal WHERE saga_id = :saga_id
+
+-- name: delete_saga_events
+DELETE FROM saga_events WHERE saga_id = :saga_id
+
+-- name: delete_saga_state
+DELETE FROM saga_state WHERE scope = :scope

@@ -52,6 +52,7 @@ from ..base import (
     entry_from_row,
     event_from_row,
     record_from_row,
+    saga_scope,
 )
 from ..retrying import DEFAULT_RETRY_DEADLINE, Backoff
 from ..sqlfile import load_migrations, load_queries
@@ -587,6 +588,19 @@ class SqliteStore:
 
         result: SagaRecord | None = await self._write(op)
         return result
+
+    async def delete_saga(self, saga_id: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            params = {"saga_id": saga_id}
+            if conn.execute(Q["delete_saga"], params).rowcount != 1:
+                return False  # unknown, deleted already, or not ended
+            conn.execute(Q["delete_saga_journal"], params)
+            conn.execute(Q["delete_saga_events"], params)
+            conn.execute(Q["delete_saga_state"], {"scope": saga_scope(saga_id)})
+            return True
+
+        deleted: bool = await self._write(op)
+        return deleted
 
 
 def _applied_already(conn: sqlite3.Connection, change: AdminChange) -> SagaRecord | None:
