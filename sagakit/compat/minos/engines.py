@@ -45,8 +45,7 @@ async def started(engine: Engine) -> Engine:
     """``engine``, started (as ``async with engine`` does) if it was not."""
     lock = _locks.setdefault(engine, asyncio.Lock())
     async with lock:
-        # the engine has no public "is it open" question; its store is set while it is
-        if engine._store is None:
+        if not engine.is_open:
             await engine.__aenter__()
             opened_here.add(engine)
     return engine

@@ -275,7 +275,7 @@ class SagaExecution:
             else:
                 snapshot = await self._settle(engine, _moved_on)
         self._apply(snapshot)
-        return self._outcome()
+        return outcome_of(self)
 
     async def commit(self, **kwargs: Any) -> None:
         """Commit an execution that ran with ``autocommit=False``: it finishes (COMPLETED)."""
@@ -480,22 +480,25 @@ class SagaExecution:
         ) or bool(undos)
         self.error = snapshot.error
 
-    def _outcome(self) -> SagaContext:
-        if self.status == SagaStatus.Paused:
-            step = self.paused_step
-            raise SagaPausedExecutionStepException(
-                f"execution {self.uuid} paused at remote step {step.uuid if step else '?'}: "
-                "deliver its reply with execute(response=...) or "
-                "SagaManager.run(response=SagaResponse(..., uuid=execution.uuid))"
-            )
-        if self.status == SagaStatus.Errored:
-            raise SagaFailedExecutionException(
-                f"execution {self.uuid} failed and was rolled back: {_message_of(self.error)}"
-            )
-        return self.context
-
     def __repr__(self) -> str:
         return f"<SagaExecution {self.uuid} {self.status.name}>"
+
+
+def outcome_of(execution: SagaExecution) -> SagaContext:
+    """The context of an execution that finished; raise for one that paused or failed (what
+    ``execute`` returns or raises once its saga stopped)."""
+    if execution.status == SagaStatus.Paused:
+        step = execution.paused_step
+        raise SagaPausedExecutionStepException(
+            f"execution {execution.uuid} paused at remote step {step.uuid if step else '?'}: "
+            "deliver its reply with execute(response=...) or "
+            "SagaManager.run(response=SagaResponse(..., uuid=execution.uuid))"
+        )
+    if execution.status == SagaStatus.Errored:
+        raise SagaFailedExecutionException(
+            f"execution {execution.uuid} failed and was rolled back: {_message_of(execution.error)}"
+        )
+    return execution.context
 
 
 _FORWARD_DONE = frozenset(

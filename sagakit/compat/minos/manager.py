@@ -14,7 +14,7 @@ from .exceptions import (
     SagaFailedExecutionException,
     SagaPausedExecutionStepException,
 )
-from .executions import SagaExecution
+from .executions import SagaExecution, outcome_of
 from .messages import SagaContext, SagaResponse, SagaStatus
 from .repositories import SagaExecutionRepository
 
@@ -106,7 +106,7 @@ class SagaManager:
                 while not pause_on_disk and execution.status == SagaStatus.Paused:
                     await execution.wait_unpaused()
                 if execution.status == SagaStatus.Errored:
-                    execution._outcome()
+                    outcome_of(execution)
         except SagaFailedExecutionException:
             if raise_on_error:
                 raise
