@@ -400,23 +400,31 @@ def as_terminal(exc: BaseException) -> TerminalError | None:
         return TerminalError(str(exc), error_type=type(exc).__name__)
     mapper = _global_mapper
     if mapper is not None:
-        try:
-            mapped = mapper(exc)
-        except Exception as mapper_exc:
-            # a broken mapper is a bug that retrying cannot fix: fail the step, say why
-            return TerminalError(
-                f"the global error mapper raised {type(mapper_exc).__name__}: {mapper_exc} "
-                f"while mapping {type(exc).__name__}: {exc}",
-                error_type="ErrorMapperError",
-            )
-        if mapped is not None and not isinstance(mapped, TerminalError):
-            return TerminalError(
-                f"the global error mapper must return a TerminalError or None, got {mapped!r} "
-                f"for {type(exc).__name__}: {exc}",
-                error_type="ErrorMapperError",
-            )
-        return mapped
+        return map_error(mapper, exc, "the global error mapper")
     return None
+
+
+def map_error(mapper: ErrorMapper, exc: BaseException, what: str) -> TerminalError | None:
+    """Ask ``mapper`` (``what`` names it in messages) for the terminal form of ``exc``.
+
+    A mapper that raises, or returns something other than a TerminalError or None, is a bug
+    that retrying cannot fix: the step fails for good, with an ``ErrorMapperError`` that says
+    why."""
+    try:
+        mapped = mapper(exc)
+    except Exception as mapper_exc:
+        return TerminalError(
+            f"{what} raised {type(mapper_exc).__name__}: {mapper_exc} while mapping "
+            f"{type(exc).__name__}: {exc}",
+            error_type="ErrorMapperError",
+        )
+    if mapped is not None and not isinstance(mapped, TerminalError):
+        return TerminalError(
+            f"{what} must return a TerminalError or None, got {mapped!r} for "
+            f"{type(exc).__name__}: {exc}",
+            error_type="ErrorMapperError",
+        )
+    return mapped
 
 
 class SagaDefinitionError(SagaError):

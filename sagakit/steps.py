@@ -24,7 +24,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from . import serde
-from .errors import ErrorMapper, SagaError, TerminalError
+from .errors import ErrorMapper, SagaError, TerminalError, map_error
 from .retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -250,23 +250,7 @@ class SagaStep(Generic[InT]):
         mapper = self.options.as_terminal_error
         if mapper is None:
             return None
-        try:
-            mapped = mapper(exc)
-        except Exception as mapper_exc:
-            # a broken mapper is a bug that retrying cannot fix: fail the step, say why
-            return TerminalError(
-                f"the as_terminal_error of step {self.name!r} raised "
-                f"{type(mapper_exc).__name__}: {mapper_exc} while mapping "
-                f"{type(exc).__name__}: {exc}",
-                error_type="ErrorMapperError",
-            )
-        if mapped is not None and not isinstance(mapped, TerminalError):
-            return TerminalError(
-                f"the as_terminal_error of step {self.name!r} must return a TerminalError or "
-                f"None, got {mapped!r} for {type(exc).__name__}: {exc}",
-                error_type="ErrorMapperError",
-            )
-        return mapped
+        return map_error(mapper, exc, f"the as_terminal_error of step {self.name!r}")
 
     async def call_compensation(self, data: Any, failed: bool, services: Any = UNSET) -> None:
         """Run the compensation once (the engine retries and journals it). ``services``: the

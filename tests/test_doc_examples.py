@@ -1,8 +1,11 @@
-"""The migration guides' examples run as written.
+"""The documents' whole-program examples run as written.
 
-Every ```python block of a guide in docs/migrating/ is a whole program: it is run here as it
-stands, in its own process and an empty folder (so on the default SQLite file there), and must
-exit with status 0. A guide shows a fragment that is not a whole program in a ```text block.
+Every ```python block of a guide in docs/migrating/ is a whole program, and so is every block of
+the README that runs itself (``asyncio.run(...)``), except the files of a several-file example
+(a block whose first line names its file, ``# client.py: ...``), which need a server or a worker
+beside them. Each is run here as it stands, in its own process and an empty folder (so on the
+default SQLite file there), and must exit with status 0. A guide shows a fragment that is not a
+whole program in a ```text block. (The README's fragments are not run yet.)
 """
 
 from __future__ import annotations
@@ -19,13 +22,24 @@ GUIDES = sorted((ROOT / "docs" / "migrating").glob("*.md"))
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
+_FILE_OF_SEVERAL = re.compile(r"^# [\w/]+\.py\b")
+
+
+def _blocks(path: Path) -> list[tuple[str, str]]:
+    text = path.read_text()
+    return [
+        (f"{path.relative_to(ROOT)}:{text.count(chr(10), 0, match.start()) + 1}", match.group(1))
+        for match in _BLOCK.finditer(text)
+    ]
+
+
 def _examples() -> list[tuple[str, str]]:
-    found = []
-    for guide in GUIDES:
-        text = guide.read_text()
-        for match in _BLOCK.finditer(text):
-            line = text.count("\n", 0, match.start()) + 1
-            found.append((f"{guide.relative_to(ROOT)}:{line}", match.group(1)))
+    found = [block for guide in GUIDES for block in _blocks(guide)]
+    found += [
+        (where, code)
+        for where, code in _blocks(ROOT / "README.md")
+        if "asyncio.run(" in code and not _FILE_OF_SEVERAL.match(code)
+    ]
     return found
 
 
