@@ -1,6 +1,7 @@
 """minos-microservice-saga's execution-engine examples (../shared/seeds/003), ported to
 ``sagakit.compat.minos`` by changing their imports and adding one Engine line, on SQLite and
-PostgreSQL. Every callback appends to a ledger (a JSON-lines file), so the tests check what ran,
+PostgreSQL; then the seed's names beyond its examples (conditional steps, TransactionCommitter,
+the executors). Every callback appends to a ledger (a JSON-lines file), so the tests check what ran,
 in which order, and that each compensation ran once.
 
 The pause/resume example runs its first half in another process, killed with SIGKILL while the
@@ -25,13 +26,21 @@ import pytest
 
 from sagakit import Engine, SagaError
 from sagakit.compat.minos import (
+    ConditionalSagaStep,
+    ConditionalSagaStepExecution,
     DatabaseSagaExecutionRepository,
+    Executor,
+    LocalExecutor,
+    RemoteSagaStepExecution,
+    RequestExecutor,
+    ResponseExecutor,
     Saga,
     SagaContext,
     SagaExecution,
     SagaExecutionAlreadyExecutedException,
     SagaExecutionNotFoundException,
     SagaExecutionRepository,
+    SagaFailedCommitCallbackException,
     SagaFailedExecutionException,
     SagaManager,
     SagaNotCommittedException,
@@ -41,6 +50,7 @@ from sagakit.compat.minos import (
     SagaResponseStatus,
     SagaStatus,
     SagaStepStatus,
+    TransactionCommitter,
     set_default_engine,
 )
 from sagakit.compat.minos import engines as minos_engines
@@ -656,3 +666,463 @@ async def test_duplicate_response_is_taken_once(engine: Engine) -> None:
     assert len(set(broker.keys)) == 2
     with pytest.raises(SagaExecutionAlreadyExecutedException):
         await manager.run(response=first, pause_on_disk=True)
+
+
+# -- conditional steps ---------------------------------------------------------------------------
+
+
+def rows() -> list[dict[str, Any]]:
+    assert _ledger is not None
+    return [json.loads(line) for line in _ledger.read_text().splitlines() if line]
+
+
+def is_big(context: SagaContext) -> bool:
+    note("is_big")
+    return bool(context.amount > 100)
+
+
+def review(context: SagaContext) -> SagaContext:
+    note("review")
+    context.path = "review"
+    return context
+
+
+def cancel_review(context: SagaContext) -> None:
+    note("cancel_review", path=context.path)
+
+
+async def charge_card(context: SagaContext) -> SagaContext:
+    note("charge_card", amount=context.amount)
+    context.path = "card"
+    return context
+
+
+def refund_card(context: SagaContext) -> None:
+    note("refund_card", path=context.path)
+
+
+def charge_wallet(context: SagaContext) -> SagaContext:
+    note("charge_wallet")
+    context.path = "wallet"
+    return context
+
+
+def refund_wallet(context: SagaContext) -> None:
+    note("refund_wallet")
+
+
+def conditional_saga(*, failing: bool = False) -> Saga:
+    """Reserve; then a review (amount > 100), a card charge (async condition: amount > 10) or
+    a wallet charge; then create the order (and, failing, a step that raises)."""
+    big = Saga().local_step(review).on_failure(cancel_review).commit()
+    medium = Saga().local_step(charge_card).on_failure(refund_card).commit()
+    small = Saga().local_step(charge_wallet).on_failure(refund_wallet).commit()
+    saga = (
+        Saga()
+        .local_step(reserve_stock)
+        .on_failure(release_stock)
+        .conditional_step()
+        .if_then(is_big, big)
+        .if_then(wants_medium_async, medium)
+        .else_then(small)
+        .local_step(create_order)
+        .on_failure(cancel_order)
+    )
+    if failing:
+        saga = saga.local_step(notify_customer)
+    return saga.commit()
+
+
+async def wants_medium_async(context: SagaContext) -> bool:  # minos's conditions may be async
+    note("wants_medium")
+    amount = context.amount
+    context.amount = -1  # a condition's own changes do not go on
+    return bool(amount > 10)
+
+
+async def test_conditional_step_takes_each_branch(engine: Engine) -> None:
+    storage = DatabaseSagaExecutionRepository(engine)
+    manager = SagaManager(storage=storage)
+    ran: dict[int, SagaExecution] = {}
+    for order_id, amount in ((1, 500), (2, 50), (3, 5)):
+        execution = await within(
+            manager.run(
+                definition=conditional_saga(),
+                context=SagaContext(order={"id": order_id}, amount=amount),
+            )
+        )
+        assert isinstance(execution, SagaExecution)
+        assert execution.status == SagaStatus.Finished
+        ran[amount] = execution
+    assert events() == [
+        "reserve_stock",
+        "is_big",
+        "review",
+        "create_order",
+        "reserve_stock",
+        "is_big",
+        "wants_medium",
+        "charge_card",
+        "create_order",
+        "reserve_stock",
+        "is_big",
+        "wants_medium",
+        "charge_wallet",
+        "create_order",
+    ]
+    assert [r["amount"] for r in rows() if r["event"] == "charge_card"] == [50]
+    assert [ran[a].context.path for a in (500, 50, 5)] == ["review", "card", "wallet"]
+    assert ran[50].context.amount == 50 and ran[50].context.order_id == "o-2"
+
+    # executed_steps: the conditional step, and inside it the branch it took
+    steps = ran[50].executed_steps
+    assert [type(s).__name__ for s in steps] == [
+        "LocalSagaStepExecution",
+        "ConditionalSagaStepExecution",
+        "LocalSagaStepExecution",
+    ]
+    assert [s.status for s in steps] == [SagaStepStatus.Finished] * 3
+    conditional = steps[1]
+    assert isinstance(conditional, ConditionalSagaStepExecution)
+    assert conditional.inner is not None
+    assert isinstance(conditional.definition, ConditionalSagaStep)
+    assert conditional.inner.definition is conditional.definition.branches["if1"]
+    assert conditional.inner.status == SagaStatus.Finished
+    assert [s.status for s in conditional.inner.executed_steps] == [SagaStepStatus.Finished]
+    # the raw form keeps the branch, and rebuilds it
+    raw = json.loads(json.dumps(ran[50].raw))
+    assert SagaExecution.from_raw(raw, engine=engine).raw == ran[50].raw
+    loaded = await storage.load(ran[5].uuid)
+    inner = loaded.executed_steps[1]
+    assert isinstance(inner, ConditionalSagaStepExecution) and inner.inner is not None
+    assert inner.inner.context.path == "wallet"
+
+    # no condition true and no else_then: the step does nothing
+    only_big = (
+        Saga()
+        .conditional_step()
+        .if_then(is_big, Saga().local_step(review).commit())
+        .local_step(create_order)
+        .commit()
+    )
+    skipped = await within(
+        manager.run(definition=only_big, context=SagaContext(order={"id": 4}, amount=1))
+    )
+    assert isinstance(skipped, SagaExecution) and skipped.status == SagaStatus.Finished
+    assert events()[-2:] == ["is_big", "create_order"]
+    skipped_step = skipped.executed_steps[0]
+    assert isinstance(skipped_step, ConditionalSagaStepExecution) and skipped_step.inner is None
+
+
+async def test_failure_after_a_branch_rolls_back_the_branch_and_the_steps_before(
+    engine: Engine,
+) -> None:
+    manager = SagaManager(storage=DatabaseSagaExecutionRepository(engine))
+    with pytest.raises(SagaFailedExecutionException, match="mail server"):
+        await within(
+            manager.run(
+                definition=conditional_saga(failing=True),
+                context=SagaContext(order={"id": 5}, amount=50),
+            )
+        )
+    # newest first, once each: the step after the branch, the branch's step, the one before
+    assert events() == [
+        "reserve_stock",
+        "is_big",
+        "wants_medium",
+        "charge_card",
+        "create_order",
+        "notify_customer",
+        "cancel_order",
+        "refund_card",
+        "release_stock",
+    ]
+    assert [r.get("path") for r in rows() if r["event"] == "refund_card"] == ["card"]
+    failed = await within(
+        manager.run(
+            definition=conditional_saga(failing=True),
+            context=SagaContext(order={"id": 6}, amount=500),
+            raise_on_error=False,
+        )
+    )
+    assert isinstance(failed, SagaExecution)
+    assert failed.status == SagaStatus.Errored and failed.already_rollback
+    assert events()[9:] == [
+        "reserve_stock",
+        "is_big",
+        "review",
+        "create_order",
+        "notify_customer",
+        "cancel_order",
+        "cancel_review",
+        "release_stock",
+    ]
+    with pytest.raises(SagaNotCommittedException):
+        Saga().conditional_step().if_then(is_big, Saga().local_step(review).saga)
+    with pytest.raises(SagaError, match="needs a branch"):
+        Saga().conditional_step().commit()
+
+
+# -- a conditional branch replayed after a SIGKILL ------------------------------------------------
+
+
+def is_express(context: SagaContext) -> bool:
+    """Reads a file the test changes after the kill: a replay must not ask again."""
+    assert _ledger is not None
+    choice = (_ledger.parent / "choice").read_text()
+    note("is_express", choice=choice)
+    return choice == "express"
+
+
+def book_courier(context: SagaContext) -> SagaContext:
+    note("book_courier")
+    context.carrier = "courier"
+    return context
+
+
+def cancel_courier(context: SagaContext) -> None:
+    note("cancel_courier")
+
+
+async def pack_parcel(context: SagaContext) -> SagaContext:
+    """Holds while the file ``hold`` exists (the process is killed in here)."""
+    assert _ledger is not None
+    note("pack_parcel")
+    while True:  # a file, not an Event: the test and this step are in different processes
+        if not (_ledger.parent / "hold").exists():
+            break
+        await asyncio.sleep(0.05)
+    context.packed = True
+    return context
+
+
+def book_post(context: SagaContext) -> SagaContext:
+    note("book_post")
+    context.carrier = "post"
+    return context
+
+
+def shipping_saga() -> Saga:
+    express = (
+        Saga().local_step(book_courier).on_failure(cancel_courier).local_step(pack_parcel).commit()
+    )
+    post = Saga().local_step(book_post).commit()
+    return (
+        Saga()
+        .local_step(reserve_stock)
+        .on_failure(release_stock)
+        .conditional_step()
+        .if_then(is_express, express)
+        .else_then(post)
+        .commit()
+    )
+
+
+async def run_shipping(url: str, ledger_path: str, execution_uuid: str) -> None:
+    """Runs a shipping execution in its own process, until it is killed in pack_parcel."""
+    global _ledger
+    _ledger = Path(ledger_path)
+    async with make_engine(url) as engine:
+        execution = SagaExecution.from_definition(
+            shipping_saga(),
+            SagaContext(order={"id": 21}),
+            uuid=uuid.UUID(execution_uuid),
+            engine=engine,
+        )
+        await execution.execute()
+
+
+async def test_a_branch_is_replayed_after_a_sigkill_on_the_same_branch(
+    process_db_url: str, ledger: Path
+) -> None:
+    (ledger.parent / "choice").write_text("express")
+    (ledger.parent / "hold").write_text("")
+    execution_uuid = uuid4()
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    code = (
+        "import asyncio, sys; from tests import test_compat_minos as m; "
+        "asyncio.run(m.run_shipping(sys.argv[1], sys.argv[2], sys.argv[3]))"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        process_db_url,
+        str(ledger),
+        str(execution_uuid),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(WAIT):
+            while "pack_parcel" not in events():
+                assert proc.returncode is None, "the child process ended before pack_parcel"
+                await asyncio.sleep(0.05)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert events() == ["reserve_stock", "is_express", "book_courier", "pack_parcel"]
+
+    # what the condition reads has changed: a replay must still take the express branch
+    (ledger.parent / "choice").write_text("post")
+    (ledger.parent / "hold").unlink()
+    async with make_engine(process_db_url) as engine:  # a new process's engine
+        storage = DatabaseSagaExecutionRepository(engine)
+        SagaManager(storage=storage).register(shipping_saga())  # recovers it once its lease ends
+        output = await within(engine.handle(str(execution_uuid)).result())
+        assert output["context"]["carrier"] == "courier" and output["context"]["packed"]
+        execution = await storage.load(execution_uuid)
+        assert execution.status == SagaStatus.Finished
+        conditional = execution.executed_steps[1]
+        assert isinstance(conditional, ConditionalSagaStepExecution)
+        assert conditional.inner is not None
+        assert [s.status for s in conditional.inner.executed_steps] == [
+            SagaStepStatus.Finished,
+            SagaStepStatus.Finished,
+        ]
+    # the condition was asked once; the killed step ran again (at least once), nothing else
+    assert events() == [
+        "reserve_stock",
+        "is_express",
+        "book_courier",
+        "pack_parcel",
+        "pack_parcel",
+    ]
+
+
+# -- TransactionCommitter, executors ---------------------------------------------------------------
+
+
+def pays_by_card(context: SagaContext) -> bool:
+    return bool(context.get("card"))
+
+
+def card_saga() -> Saga:
+    """Reserve and create the order, then, paying by card, a remote payment (in a branch)."""
+    card = (
+        Saga()
+        .remote_step(request_payment)
+        .on_success(payment_done)
+        .on_failure(refund_payment)
+        .commit()
+    )
+    return (
+        Saga()
+        .local_step(reserve_stock)
+        .on_failure(release_stock)
+        .local_step(create_order)
+        .on_failure(cancel_order)
+        .conditional_step()
+        .if_then(pays_by_card, card)
+        .commit()
+    )
+
+
+async def waiting_for_decision(manager: SagaManager, order_id: int) -> SagaExecution:
+    """An execution of card_saga, paid, waiting for commit/reject."""
+    paused = await within(
+        manager.run(
+            definition=card_saga(),
+            context=SagaContext(order={"id": order_id}, card=True),
+            autocommit=False,
+            pause_on_disk=True,
+        )
+    )
+    assert isinstance(paused, SagaExecution) and paused.status == SagaStatus.Paused
+    # paused inside the branch: minos's paused step is the conditional one
+    assert isinstance(paused.paused_step, ConditionalSagaStepExecution)
+    assert paused.paused_step.status == SagaStepStatus.PausedByOnExecute
+    reply = SagaResponse({"paid": order_id}, {"payments"}, uuid=paused.uuid)
+    done = await within(manager.run(response=reply, autocommit=False, pause_on_disk=True))
+    assert isinstance(done, SagaExecution) and done.status == SagaStatus.Finished
+    return done
+
+
+async def test_transaction_committer_commit_and_reject(engine: Engine) -> None:
+    broker = Broker()
+    storage = DatabaseSagaExecutionRepository(engine)
+    manager = SagaManager(storage=storage, broker_pool=broker)
+
+    execution = await waiting_for_decision(manager, 31)
+    assert (await engine.get(str(execution.uuid))).status == "SUSPENDED"
+    committer = TransactionCommitter(
+        execution.uuid, execution.executed_steps, broker_publisher=broker, engine=engine
+    )
+    assert committer.transactions == [(execution.uuid, "payments")]
+    await within(committer.commit())
+    assert (await engine.get(str(execution.uuid))).status == "COMPLETED"
+    await within(committer.commit())  # again: the decision stands, the messages keep their keys
+    commits = [r for r in rows() if r["event"] == "publish" and "Commit" in r["target"]]
+    assert [(r["target"], r["content"]) for r in commits] == [
+        ("_CommitPaymentsTransaction", str(execution.uuid))
+    ] * 2
+    assert broker.keys[-1] == broker.keys[-2] == f"{execution.uuid}:commit:payments"
+    with pytest.raises(SagaError, match="rollback"):
+        await committer.reject()  # a committed execution is rolled back, not rejected
+
+    before = len(events())
+    rejected = await waiting_for_decision(manager, 32)
+    committer = TransactionCommitter(
+        rejected.uuid, rejected.executed_steps, broker_publisher=None, broker_pool=broker
+    )
+    set_default_engine(engine)  # a committer without engine= uses the default one
+    await within(committer.reject())
+    await rejected.refresh()
+    assert rejected.status == SagaStatus.Errored and rejected.already_rollback
+    assert events()[before:] == [
+        "reserve_stock",
+        "create_order",
+        "request_payment",
+        "publish",
+        "payment_done",
+        "refund_payment",
+        "publish",
+        "cancel_order",
+        "release_stock",
+        "publish",
+    ]
+    assert rows()[-1]["target"] == "_RejectPaymentsTransaction"
+    with pytest.raises(SagaFailedCommitCallbackException):
+        await committer.commit()
+
+    # without a reply naming services, a remote step's target is the participant
+    plain = TransactionCommitter(uuid4(), create_order_steps(), None)
+    assert [service for _, service in plain.transactions] == ["CreatePayment"]
+
+
+def create_order_steps() -> list[Any]:
+    definition = create_order_saga()
+    request = SagaRequest("CreatePayment", {})
+    return [RemoteSagaStepExecution(definition.steps[2], uuid4(), SagaStepStatus.Finished, request)]
+
+
+async def test_executors_call_the_callbacks_as_the_steps_do() -> None:
+    execution_uuid = uuid4()
+    broker = Broker()
+    context = SagaContext(order={"id": 41})
+    assert await Executor(execution_uuid).exec_function(lambda a, b: a + b, 1, 2) == 3
+    context = await LocalExecutor(execution_uuid).exec(create_order, context)
+    assert context.order_id == "o-41"
+    kept = SagaContext(reservation=1)
+    assert await LocalExecutor(execution_uuid).exec(release_stock, kept) is kept  # None: kept
+    request = await RequestExecutor(execution_uuid, broker_publisher=broker).exec(
+        request_payment, context, key="k-1"
+    )
+    assert request == SagaRequest("CreatePayment", {"order_id": "o-41", "amount": 40})
+    assert broker.keys == ["k-1"]
+    response = SagaResponse({"paid": 1}, uuid=execution_uuid)
+    context = await ResponseExecutor(execution_uuid).exec(payment_done, context, response)
+    assert context.payment == {"paid": 1}
+    with pytest.raises(SagaError, match="SagaContext"):
+        await LocalExecutor(execution_uuid).exec(lambda c: 42, context)
+    assert events() == [
+        "create_order",
+        "release_stock",
+        "request_payment",
+        "publish",
+        "payment_done",
+    ]

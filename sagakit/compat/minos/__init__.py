@@ -13,12 +13,24 @@ giving it one ``Engine``)::
 
 A committed :class:`Saga` runs as one sagakit saga workflow (see :mod:`.compiled`); an
 execution is that saga (its id is the execution's uuid), and its status, context and steps are
-read from the saga's journal. :class:`SagaContext` here is minos's bag of values, not
+read from the saga's journal. A conditional step's chosen branch runs inside that saga, its
+choice journaled. :class:`TransactionCommitter` commits or rejects an execution and tells its
+participants through the broker_pool; the executors (:mod:`.executors`) are what call every
+callback. :class:`SagaContext` here is minos's bag of values, not
 :class:`sagakit.SagaContext`. The guide is ``docs/migrating/minos.md``.
 """
 
+from .commit import TransactionCommitter
 from .compiled import SagaRequestPublisher
-from .definitions import LocalSagaStep, RemoteSagaStep, Saga, SagaStep
+from .definitions import (
+    ConditionalSagaStep,
+    ElseThenAlternative,
+    IfThenAlternative,
+    LocalSagaStep,
+    RemoteSagaStep,
+    Saga,
+    SagaStep,
+)
 from .engines import default_engine, set_default_engine
 from .exceptions import (
     AlreadyCommittedException,
@@ -42,6 +54,7 @@ from .executions import (
     SagaExecution,
     SagaStepExecution,
 )
+from .executors import Executor, LocalExecutor, RequestExecutor, ResponseExecutor
 from .manager import SagaManager
 from .messages import (
     SagaContext,
@@ -55,14 +68,21 @@ from .repositories import DatabaseSagaExecutionRepository, SagaExecutionReposito
 
 __all__ = [
     "AlreadyCommittedException",
+    "ConditionalSagaStep",
     "ConditionalSagaStepExecution",
     "DatabaseSagaExecutionRepository",
+    "ElseThenAlternative",
     "EmptySagaException",
+    "Executor",
+    "IfThenAlternative",
+    "LocalExecutor",
     "LocalSagaStep",
     "LocalSagaStepExecution",
     "MultipleOnExecuteException",
     "RemoteSagaStep",
     "RemoteSagaStepExecution",
+    "RequestExecutor",
+    "ResponseExecutor",
     "Saga",
     "SagaContext",
     "SagaException",
@@ -85,6 +105,7 @@ __all__ = [
     "SagaStep",
     "SagaStepExecution",
     "SagaStepStatus",
+    "TransactionCommitter",
     "UndefinedOnExecuteException",
     "default_engine",
     "set_default_engine",

@@ -1,5 +1,6 @@
 """minos's saga definitions: ``Saga().local_step(fn).on_failure(fn)``,
-``.remote_step(fn).on_success(fn).on_error(fn).on_failure(fn)``, ``.commit()``.
+``.remote_step(fn).on_success(fn).on_error(fn).on_failure(fn)``,
+``.conditional_step().if_then(condition, saga).else_then(saga)``, ``.commit()``.
 
 A definition is plain data about callables; :mod:`.compiled` turns a committed one into a
 sagakit workflow. Its ``raw`` names each callable by ``module.qualname`` (as minos does), so
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from .exceptions import (
@@ -19,6 +20,7 @@ from .exceptions import (
     EmptySagaException,
     MultipleOnExecuteException,
     SagaException,
+    SagaNotCommittedException,
     UndefinedOnExecuteException,
 )
 
@@ -55,6 +57,9 @@ class SagaStep:
 
     def remote_step(self, step: Callback | RemoteSagaStep | None = None) -> RemoteSagaStep:
         return self._saga().remote_step(step)
+
+    def conditional_step(self, step: ConditionalSagaStep | None = None) -> ConditionalSagaStep:
+        return self._saga().conditional_step(step)
 
     def commit(self, callback: Callback | None = None) -> Saga:
         return self._saga().commit(callback)
@@ -108,6 +113,128 @@ class RemoteSagaStep(SagaStep):
         return self
 
 
+class IfThenAlternative:
+    """A branch of a :class:`ConditionalSagaStep`: ``saga`` runs if ``condition(context)``
+    (sync or async) is true."""
+
+    def __init__(self, condition: Callback, saga: Saga) -> None:
+        self.condition = _callable(condition, "if_then's condition")
+        self.saga = _branch(saga, "if_then")
+
+    def validate(self) -> None:
+        _branch(self.saga, "if_then")
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        return {"condition": _name(self.condition), "saga": self.saga.raw}
+
+    @classmethod
+    def from_raw(cls, raw: dict[str, Any] | IfThenAlternative) -> IfThenAlternative:
+        if isinstance(raw, IfThenAlternative):
+            return raw
+        return cls(import_callable(raw["condition"]), Saga.from_raw(raw["saga"]))
+
+
+class ElseThenAlternative:
+    """The branch of a :class:`ConditionalSagaStep` that runs when no condition is true."""
+
+    def __init__(self, saga: Saga) -> None:
+        self.saga = _branch(saga, "else_then")
+
+    def validate(self) -> None:
+        _branch(self.saga, "else_then")
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        return {"saga": self.saga.raw}
+
+    @classmethod
+    def from_raw(cls, raw: dict[str, Any] | ElseThenAlternative) -> ElseThenAlternative:
+        if isinstance(raw, ElseThenAlternative):
+            return raw
+        return cls(Saga.from_raw(raw["saga"]))
+
+
+class ConditionalSagaStep(SagaStep):
+    """A step that runs one of several committed sagas inline: the first ``if_then`` whose
+    condition is true, else the ``else_then`` saga (or nothing).
+
+    The chosen branch's steps are steps of this execution: they get its context, their result
+    is the next context, and they are rolled back with it. The choice is journaled, so a replay
+    takes the same branch even if what the condition read has changed since.
+    """
+
+    def __init__(
+        self,
+        if_then: list[IfThenAlternative] | None = None,
+        else_then: ElseThenAlternative | None = None,
+        saga: Saga | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(saga)
+        self.if_then_alternatives: list[IfThenAlternative] = list(if_then or ())
+        self.else_then_alternative: ElseThenAlternative | None = else_then
+
+    def if_then(self, condition: Callback, saga: Saga) -> ConditionalSagaStep:
+        """Add a branch: ``saga`` runs if ``condition(context)`` is true (tried in order)."""
+        self.if_then_alternatives.append(IfThenAlternative(condition, saga))
+        return self
+
+    def else_then(self, saga: Saga) -> ConditionalSagaStep:
+        """Set the branch that runs when no ``if_then`` condition is true."""
+        if self.else_then_alternative is not None:
+            raise SagaException("this conditional step has an else_then already: give one only")
+        self.else_then_alternative = ElseThenAlternative(saga)
+        return self
+
+    def on_execute(self, callback: Callback) -> SagaStep:
+        raise SagaException(
+            "a conditional step has no on_execute: its branches' steps have theirs "
+            "(.if_then(condition, Saga().local_step(fn).commit()))"
+        )
+
+    def on_failure(self, callback: Callback) -> SagaStep:
+        raise SagaException(
+            "a conditional step has no on_failure: its branches' steps are rolled back by "
+            "their own on_failure"
+        )
+
+    @property
+    def branches(self) -> dict[str, Saga]:
+        """The branches by their journal label: ``if0``, ``if1``, …, ``else``."""
+        found = {f"if{i}": alt.saga for i, alt in enumerate(self.if_then_alternatives)}
+        if self.else_then_alternative is not None:
+            found["else"] = self.else_then_alternative.saga
+        return found
+
+    def validate(self) -> None:
+        if not self.if_then_alternatives and self.else_then_alternative is None:
+            raise SagaException(
+                "a conditional step needs a branch: .if_then(condition, saga) or .else_then(saga)"
+            )
+        for alternative in self.if_then_alternatives:
+            alternative.validate()
+        if self.else_then_alternative is not None:
+            self.else_then_alternative.validate()
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        otherwise = self.else_then_alternative
+        return {
+            "cls": type(self).__name__,
+            "if_then": [alternative.raw for alternative in self.if_then_alternatives],
+            "else_then": None if otherwise is None else otherwise.raw,
+        }
+
+    @classmethod
+    def from_raw(cls, raw: dict[str, Any]) -> ConditionalSagaStep:
+        otherwise = raw.get("else_then")
+        return cls(
+            [IfThenAlternative.from_raw(alternative) for alternative in raw.get("if_then") or ()],
+            None if otherwise is None else ElseThenAlternative.from_raw(otherwise),
+        )
+
+
 class Saga:
     """A saga definition: its steps in order. Execute it once committed."""
 
@@ -137,6 +264,11 @@ class Saga:
             added.on_execute(step)
         return added
 
+    def conditional_step(self, step: ConditionalSagaStep | None = None) -> ConditionalSagaStep:
+        """Add a conditional step; give it branches with ``.if_then(condition, saga)`` and
+        ``.else_then(saga)`` (each a committed Saga)."""
+        return self._add(step if step is not None else ConditionalSagaStep())
+
     def commit(self, callback: Callback | None = None) -> Saga:
         """Close the definition (a ``callback`` is added as a last local step)."""
         if callback is not None:
@@ -159,6 +291,9 @@ class Saga:
             return raw
         saga = cls()
         for step_raw in raw["steps"]:
+            if step_raw.get("cls") == "ConditionalSagaStep":
+                saga._add(ConditionalSagaStep.from_raw(step_raw))
+                continue
             kinds: dict[str, type[SagaStep]] = {
                 "LocalSagaStep": LocalSagaStep,
                 "RemoteSagaStep": RemoteSagaStep,
@@ -178,7 +313,7 @@ class Saga:
     @property
     def importable(self) -> bool:
         """True when every callback is a module-level function (rebuildable in any process)."""
-        return all("<" not in name for step in self.steps for name in step.raw.values() if name)
+        return all("<" not in name for name in _callback_names(self.raw["steps"]))
 
     @property
     def workflow_name(self) -> str:
@@ -200,6 +335,29 @@ class Saga:
 
     def __repr__(self) -> str:
         return f"<Saga {len(self.steps)} steps{' committed' if self.committed else ''}>"
+
+
+def _branch(saga: Any, what: str) -> Saga:
+    if not isinstance(saga, Saga):
+        raise SagaException(f"{what} takes a Saga (a committed one) as its branch, got {saga!r}")
+    if not saga.committed:
+        raise SagaNotCommittedException(
+            f"the branch of {what} is not committed: call .commit() on its Saga first"
+        )
+    return saga
+
+
+def _callback_names(raw: Any) -> Iterator[str]:
+    """Every callback name in a definition's raw form (branches included)."""
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            if isinstance(value, str) and key != "cls":
+                yield value
+            elif isinstance(value, dict | list):
+                yield from _callback_names(value)
+    elif isinstance(raw, list):
+        for value in raw:
+            yield from _callback_names(value)
 
 
 def _callable(callback: Any, what: str) -> Callback:
@@ -235,4 +393,13 @@ def import_callable(name: str) -> Callback:
     )
 
 
-__all__ = ["LocalSagaStep", "RemoteSagaStep", "Saga", "SagaStep", "import_callable"]
+__all__ = [
+    "ConditionalSagaStep",
+    "ElseThenAlternative",
+    "IfThenAlternative",
+    "LocalSagaStep",
+    "RemoteSagaStep",
+    "Saga",
+    "SagaStep",
+    "import_callable",
+]

@@ -14,6 +14,9 @@ SUSPENDED waiting for commit/reject     Finished
 COMPLETED                               Finished
 COMPENSATED, FAILED, PARKED, CANCELLED  Errored
 ======================================  ===============
+
+A conditional step's branch runs inside the same saga: its steps are found in the journal under
+the step's prefix (``minos[i].if0[j]…``) and shown as the step's ``inner`` execution.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from ...errors import SagaNotFoundError
 from ...stores.base import EntryKind, EntryStatus
 from ...stores.base import SagaStatus as EngineStatus
 from . import compiled as _compiled
-from .definitions import LocalSagaStep, RemoteSagaStep, Saga, SagaStep
+from .definitions import ConditionalSagaStep, LocalSagaStep, RemoteSagaStep, Saga, SagaStep
 from .engines import default_engine, started
 from .exceptions import (
     SagaExecutionAlreadyExecutedException,
@@ -83,7 +86,9 @@ class LocalSagaStepExecution(SagaStepExecution):
 
 class RemoteSagaStepExecution(SagaStepExecution):
     """The execution of a remote step. ``request`` is the request its on_execute made (sent
-    through the manager's broker_pool if it had one; read it here to send it yourself)."""
+    through the manager's broker_pool if it had one; read it here to send it yourself);
+    ``related_services`` are the services its reply named (``SagaResponse.related_services``
+    and ``service_name``)."""
 
     def __init__(
         self,
@@ -91,19 +96,45 @@ class RemoteSagaStepExecution(SagaStepExecution):
         uuid: _uuid.UUID,
         status: SagaStepStatus = SagaStepStatus.Created,
         request: SagaRequest | None = None,
+        related_services: set[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(definition, uuid, status)
         self.request = request
+        self.related_services: set[str] = set(related_services or ())
 
     @property
     def raw(self) -> dict[str, Any]:
-        return {**super().raw, "request": None if self.request is None else self.request.raw}
+        return {
+            **super().raw,
+            "request": None if self.request is None else self.request.raw,
+            "related_services": sorted(self.related_services),
+        }
 
 
 class ConditionalSagaStepExecution(SagaStepExecution):
-    """minos's conditional step execution (conditional steps are not supported by this layer:
-    the name exists so that imports keep working)."""
+    """The execution of a conditional step. ``inner`` is a view of the branch its conditions
+    chose (None before they were evaluated, or when no branch applied): a
+    :class:`SagaExecution` of the branch's Saga whose ``executed_steps`` are the branch's steps.
+
+    The branch ran inside this execution's saga (it has no saga of its own): drive the outer
+    execution, not ``inner``. Its uuid is this step's.
+    """
+
+    def __init__(
+        self,
+        definition: SagaStep,
+        uuid: _uuid.UUID,
+        status: SagaStepStatus = SagaStepStatus.Created,
+        inner: SagaExecution | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(definition, uuid, status)
+        self.inner = inner
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        return {**super().raw, "inner": None if self.inner is None else self.inner.raw}
 
 
 class SagaExecution:
@@ -278,21 +309,19 @@ class SagaExecution:
         return outcome_of(self)
 
     async def commit(self, **kwargs: Any) -> None:
-        """Commit an execution that ran with ``autocommit=False``: it finishes (COMPLETED)."""
+        """Commit an execution that ran with ``autocommit=False``: it finishes (COMPLETED).
+        Nothing is sent to the participants: :class:`~.commit.TransactionCommitter` does that."""
         engine = await self._engine()
         snapshot = await self._require(engine)
         if snapshot.status == EngineStatus.COMPLETED:
             return
-        if not _awaits_decision(snapshot):
+        if not awaits_decision(snapshot):
             raise SagaFailedCommitCallbackException(
                 f"cannot commit execution {self.uuid}: it is {self.status.name} (sagakit: "
                 f"{snapshot.status}); commit() applies to an execution that finished its steps "
                 "with autocommit=False"
             )
-        await engine.signal(
-            str(self.uuid), _compiled.DECISION_SIGNAL, _compiled.COMMIT, key="minos-decision"
-        )
-        self._apply(await self._settle(engine, _ended))
+        self._apply(await decide(engine, self.uuid, _compiled.COMMIT))
 
     async def reject(self, **kwargs: Any) -> None:
         """Reject an execution that ran with ``autocommit=False``: its steps are rolled back
@@ -301,16 +330,13 @@ class SagaExecution:
         snapshot = await self._require(engine)
         if snapshot.status in _ERRORED:
             return
-        if not _awaits_decision(snapshot):
+        if not awaits_decision(snapshot):
             raise SagaExecutionException(
                 f"cannot reject execution {self.uuid}: it is {self.status.name} (sagakit: "
                 f"{snapshot.status}); reject() applies to an execution that finished its steps "
                 "with autocommit=False (use rollback() to undo a committed one)"
             )
-        await engine.signal(
-            str(self.uuid), _compiled.DECISION_SIGNAL, _compiled.REJECT, key="minos-decision"
-        )
-        self._apply(await self._settle(engine, _ended))
+        self._apply(await decide(engine, self.uuid, _compiled.REJECT))
 
     async def rollback(self, autoreject: bool = True, **kwargs: Any) -> None:
         """Undo the executed steps: each ``on_failure``, newest first, once each.
@@ -332,11 +358,8 @@ class SagaExecution:
         self._apply(snapshot)
         if snapshot.status in _ERRORED or snapshot.status == EngineStatus.COMPENSATING:
             snapshot = await self._settle(engine, _ended)
-        elif _awaits_decision(snapshot):
-            await engine.signal(
-                str(self.uuid), _compiled.DECISION_SIGNAL, _compiled.REJECT, key="minos-decision"
-            )
-            snapshot = await self._settle(engine, _ended)
+        elif awaits_decision(snapshot):
+            snapshot = await decide(engine, self.uuid, _compiled.REJECT)
         elif snapshot.status in (EngineStatus.COMPLETED, EngineStatus.SUSPENDED):
             await engine.admin.compensate(str(self.uuid), reason="SagaExecution.rollback()")
             snapshot = await self._settle(engine, _ended)
@@ -406,67 +429,13 @@ class SagaExecution:
         )
 
     async def _settle(self, engine: Engine, done: Callable[[SagaSnapshot], bool]) -> SagaSnapshot:
-        delay = 0.005
-        while True:
-            snapshot = await _load(engine, self.uuid)
-            if snapshot is None:
-                raise SagaExecutionNotFoundException(
-                    f"execution {self.uuid} disappeared from {engine.url} (deleted?)"
-                )
-            if done(snapshot):
-                return snapshot
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _POLL_MAX)
+        return await settle(engine, self.uuid, done)
 
     def _apply(self, snapshot: SagaSnapshot) -> None:
         """Take status, context and steps from the saga's row and journal."""
-        steps = {s.name: s for s in snapshot.steps if s.kind == EntryKind.STEP}
-        undos = {s.name: s for s in snapshot.steps if s.kind == EntryKind.COMPENSATION}
-        replies = [
-            s
-            for s in snapshot.steps
-            if s.kind == EntryKind.SIGNAL and s.name == _compiled.RESPONSE_SIGNAL
-        ]
+        walk = _Walk(snapshot)
         context: dict[str, Any] = dict((snapshot.input or {}).get("context") or {})
-        executed: list[SagaStepExecution] = []
-        paused: SagaStepExecution | None = None
-        remote = 0
-        for index, definition in enumerate(self.definition.steps):
-            step_uuid = _uuid.uuid5(self.uuid, str(index))
-            first = steps.get(_compiled.step_name(index, "on_execute"))
-            if first is None:
-                break
-            if isinstance(definition, LocalSagaStep):
-                status = _local_status(first)
-                if status == SagaStepStatus.Finished:
-                    context = first.output
-                execution: SagaStepExecution = LocalSagaStepExecution(definition, step_uuid, status)
-                undo = undos.get(first.name)
-            else:
-                reply = replies[remote] if remote < len(replies) else None
-                remote += 1
-                status, handler = _remote_status(index, first, reply, steps)
-                if handler is not None and handler.status == EntryStatus.COMPLETED:
-                    context = handler.output
-                request = (
-                    SagaRequest.from_raw(first.output)
-                    if first.status == EntryStatus.COMPLETED
-                    else None
-                )
-                execution = RemoteSagaStepExecution(definition, step_uuid, status, request)
-                undo = None if handler is None else undos.get(handler.name)
-                if status == SagaStepStatus.PausedByOnExecute:
-                    paused = execution
-            if undo is not None and undo.status != EntryStatus.COMPLETED:
-                execution.status = (
-                    SagaStepStatus.ErroredOnFailure
-                    if undo.status == EntryStatus.FAILED
-                    else SagaStepStatus.RunningOnFailure
-                )
-            if execution.status in _FORWARD_DONE:
-                executed.append(execution)
-            if execution.status != SagaStepStatus.Finished and execution is not paused:
-                break
+        executed, paused, context, _ = walk.block(self.definition, "minos", self.uuid, context)
         if snapshot.status == EngineStatus.COMPLETED:
             context = (snapshot.output or {}).get("context", context)
         self.context = SagaContext.from_raw(context)
@@ -477,11 +446,142 @@ class SagaExecution:
             EngineStatus.COMPENSATING,
             EngineStatus.COMPENSATED,
             EngineStatus.FAILED,
-        ) or bool(undos)
+        ) or bool(walk.undos)
         self.error = snapshot.error
 
     def __repr__(self) -> str:
         return f"<SagaExecution {self.uuid} {self.status.name}>"
+
+
+class _Walk:
+    """Follows a definition (and the branches its conditional steps took) through a saga's
+    journal, building the step executions."""
+
+    def __init__(self, snapshot: SagaSnapshot) -> None:
+        self.steps = {s.name: s for s in snapshot.steps if s.kind == EntryKind.STEP}
+        self.undos = {s.name: s for s in snapshot.steps if s.kind == EntryKind.COMPENSATION}
+        #: the replies, in the order the remote steps took them (the walk's order)
+        self.replies = [
+            s
+            for s in snapshot.steps
+            if s.kind == EntryKind.SIGNAL and s.name == _compiled.RESPONSE_SIGNAL
+        ]
+        self.remote = 0
+
+    def block(
+        self, definition: Saga, prefix: str, parent: _uuid.UUID, context: dict[str, Any]
+    ) -> tuple[list[SagaStepExecution], SagaStepExecution | None, dict[str, Any], bool]:
+        """The executed steps of ``definition``, its paused step, the context after them, and
+        whether every step finished."""
+        executed: list[SagaStepExecution] = []
+        paused: SagaStepExecution | None = None
+        for index, step in enumerate(definition.steps):
+            step_uuid = _uuid.uuid5(parent, str(index))
+            execution: SagaStepExecution
+            if isinstance(step, ConditionalSagaStep):
+                found = self.conditional(step, prefix, index, step_uuid, context)
+                if found is None:
+                    return executed, paused, context, False
+                execution, context = found
+                if execution.status == SagaStepStatus.PausedByOnExecute:
+                    paused = execution
+            else:
+                first = self.steps.get(_compiled.step_name(index, "on_execute", prefix))
+                if first is None:
+                    return executed, paused, context, False
+                if isinstance(step, LocalSagaStep):
+                    status = _local_status(first)
+                    if status == SagaStepStatus.Finished:
+                        context = first.output
+                    execution = LocalSagaStepExecution(step, step_uuid, status)
+                    undo = self.undos.get(first.name)
+                else:
+                    reply = self.replies[self.remote] if self.remote < len(self.replies) else None
+                    self.remote += 1
+                    status, handler = _remote_status(prefix, index, first, reply, self.steps)
+                    if handler is not None and handler.status == EntryStatus.COMPLETED:
+                        context = handler.output
+                    done = first.status == EntryStatus.COMPLETED
+                    execution = RemoteSagaStepExecution(
+                        step,
+                        step_uuid,
+                        status,
+                        SagaRequest.from_raw(first.output) if done else None,
+                        _services(reply),
+                    )
+                    undo = None if handler is None else self.undos.get(handler.name)
+                    if status == SagaStepStatus.PausedByOnExecute:
+                        paused = execution
+                if undo is not None and undo.status != EntryStatus.COMPLETED:
+                    execution.status = (
+                        SagaStepStatus.ErroredOnFailure
+                        if undo.status == EntryStatus.FAILED
+                        else SagaStepStatus.RunningOnFailure
+                    )
+            if execution.status in _FORWARD_DONE:
+                executed.append(execution)
+            if execution.status != SagaStepStatus.Finished:
+                return executed, paused, context, False
+        return executed, paused, context, True
+
+    def conditional(
+        self,
+        step: ConditionalSagaStep,
+        prefix: str,
+        index: int,
+        step_uuid: _uuid.UUID,
+        context: dict[str, Any],
+    ) -> tuple[ConditionalSagaStepExecution, dict[str, Any]] | None:
+        choice = self.steps.get(_compiled.step_name(index, "condition", prefix))
+        if choice is None:
+            return None
+        if choice.status != EntryStatus.COMPLETED:
+            status = _local_status(choice)
+            return ConditionalSagaStepExecution(step, step_uuid, status), context
+        label = choice.output["branch"]
+        if label is None:
+            return ConditionalSagaStepExecution(step, step_uuid, SagaStepStatus.Finished), context
+        branch = step.branches[label]
+        # the compiled branch's journal names: minos[i].<label>[j].…
+        inner_prefix = _compiled.step_name(index, label, prefix)
+        steps, paused, after, finished = self.block(branch, inner_prefix, step_uuid, context)
+        inner = SagaExecution(branch, step_uuid, SagaContext.from_raw(after), steps=steps)
+        inner.paused_step = paused
+        status = SagaStepStatus.Finished if finished else _branch_status(steps, paused)
+        inner.status = _INNER_STATUS.get(status, SagaStatus.Running)
+        return ConditionalSagaStepExecution(step, step_uuid, status, inner), after
+
+
+def _branch_status(
+    steps: list[SagaStepExecution], paused: SagaStepExecution | None
+) -> SagaStepStatus:
+    """A conditional step's status from its unfinished branch's."""
+    if paused is not None:
+        return SagaStepStatus.PausedByOnExecute
+    statuses = {step.status for step in steps}
+    for status in (SagaStepStatus.ErroredOnFailure, SagaStepStatus.RunningOnFailure):
+        if status in statuses:
+            return status
+    return SagaStepStatus.RunningOnExecute
+
+
+_INNER_STATUS = {
+    SagaStepStatus.Finished: SagaStatus.Finished,
+    SagaStepStatus.PausedByOnExecute: SagaStatus.Paused,
+    SagaStepStatus.ErroredOnFailure: SagaStatus.Errored,
+    SagaStepStatus.ErroredOnExecute: SagaStatus.Errored,
+}
+
+
+def _services(reply: StepSnapshot | None) -> set[str]:
+    """The services a remote step's reply named."""
+    if reply is None or reply.status != EntryStatus.COMPLETED:
+        return set()
+    response = reply.output["value"]["response"]
+    services = set(response.get("related_services") or ())
+    if response.get("service_name"):
+        services.add(response["service_name"])
+    return services
 
 
 def outcome_of(execution: SagaExecution) -> SagaContext:
@@ -515,6 +615,7 @@ def _local_status(entry: StepSnapshot) -> SagaStepStatus:
 
 
 def _remote_status(
+    prefix: str,
     index: int,
     first: StepSnapshot,
     reply: StepSnapshot | None,
@@ -531,7 +632,7 @@ def _remote_status(
     if response["status"] == 500:
         return SagaStepStatus.ErroredByOnExecute, None
     ok = response["status"] == 200
-    handler = steps.get(_compiled.step_name(index, "on_success" if ok else "on_error"))
+    handler = steps.get(_compiled.step_name(index, "on_success" if ok else "on_error", prefix))
     if handler is None or handler.status not in (EntryStatus.COMPLETED, EntryStatus.FAILED):
         return (SagaStepStatus.RunningOnSuccess if ok else SagaStepStatus.RunningOnError), handler
     if handler.status == EntryStatus.FAILED:
@@ -549,7 +650,9 @@ def _current_wait(snapshot: SagaSnapshot) -> StepSnapshot | None:
     return None
 
 
-def _awaits_decision(snapshot: SagaSnapshot) -> bool:
+def awaits_decision(snapshot: SagaSnapshot) -> bool:
+    """The execution finished its steps with ``autocommit=False`` and waits for
+    commit/reject."""
     wait = _current_wait(snapshot)
     return wait is not None and wait.name == _compiled.DECISION_SIGNAL
 
@@ -598,6 +701,40 @@ def _message(snapshot: SagaSnapshot) -> str:
     return _message_of(snapshot.error)
 
 
+async def settle(
+    engine: Engine, execution_uuid: _uuid.UUID, done: Callable[[SagaSnapshot], bool]
+) -> SagaSnapshot:
+    """The execution's saga once ``done(snapshot)`` holds (looked at with a growing pause)."""
+    delay = 0.005
+    while True:
+        snapshot = await _load(engine, execution_uuid)
+        if snapshot is None:
+            raise SagaExecutionNotFoundException(
+                f"execution {execution_uuid} disappeared from {engine.url} (deleted?)"
+            )
+        if done(snapshot):
+            return snapshot
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _POLL_MAX)
+
+
+async def decide(engine: Engine, execution_uuid: _uuid.UUID, decision: str) -> SagaSnapshot:
+    """Give an execution that waits for commit/reject its ``decision`` (taken once: the signal
+    has a fixed key) and wait until the saga ended; return it. An execution that does not wait
+    for a decision is returned as it is."""
+    snapshot = await _load(engine, execution_uuid)
+    if snapshot is None:
+        raise SagaExecutionNotFoundException(
+            f"execution {execution_uuid} is not in {engine.url}: execute() it first"
+        )
+    if not awaits_decision(snapshot):
+        return snapshot
+    await engine.signal(
+        str(execution_uuid), _compiled.DECISION_SIGNAL, decision, key="minos-decision"
+    )
+    return await settle(engine, execution_uuid, _ended)
+
+
 async def _load(engine: Engine, execution_uuid: _uuid.UUID) -> SagaSnapshot | None:
     try:
         return await engine.get(str(execution_uuid))
@@ -624,9 +761,39 @@ def _step_from_raw(
     if isinstance(step, RemoteSagaStep):
         request = raw.get("request")
         return RemoteSagaStepExecution(
-            step, step_uuid, status, None if request is None else SagaRequest.from_raw(request)
+            step,
+            step_uuid,
+            status,
+            None if request is None else SagaRequest.from_raw(request),
+            set(raw.get("related_services") or ()),
+        )
+    if isinstance(step, ConditionalSagaStep):
+        inner = raw.get("inner")
+        return ConditionalSagaStepExecution(
+            step, step_uuid, status, None if inner is None else _inner_from_raw(step, inner)
         )
     return LocalSagaStepExecution(step, step_uuid, status)
+
+
+def _inner_from_raw(step: ConditionalSagaStep, raw: dict[str, Any]) -> SagaExecution:
+    """A conditional step's branch view, on the step's own branch definition."""
+    branch_raw = raw["definition"]
+    branch = next((b for b in step.branches.values() if b.raw == branch_raw), None)
+    if branch is None:
+        raise SagaExecutionException("a conditional step's branch is not one of its definition's")
+    inner_uuid = _uuid.UUID(str(raw["uuid"]))
+    paused = raw.get("paused_step")
+    inner = SagaExecution(
+        branch,
+        inner_uuid,
+        SagaContext.from_raw(raw["context"]),
+        SagaStatus(raw["status"]),
+        [_step_from_raw(branch, inner_uuid, s) for s in raw["executed_steps"]],
+        None if paused is None else _step_from_raw(branch, inner_uuid, paused),
+        bool(raw.get("already_rollback")),
+    )
+    inner.error = raw.get("error")
+    return inner
 
 
 __all__ = [
