@@ -71,6 +71,11 @@ class RunServices:
         self._value: Any = _UNBUILT
         self._exit: contextlib.AsyncExitStack | None = None
 
+    @property
+    def has_factory(self) -> bool:
+        """Whether a factory applies (without one, a run has nothing to build or close)."""
+        return self._factory is not None
+
     async def build(self, scope: ServiceScope) -> None:
         """Call the factory (await its awaitable, enter its context manager); ServicesFailed if
         it raises. Nothing to do without a factory or when built already."""

@@ -632,7 +632,8 @@ class SagaRun(RollbackMixin, BackoffMixin, WaitsMixin, ChildrenMixin, CallsMixin
             return await self._execute()
         finally:
             # however the run ends (an outcome, a suspension, a lost lease, a cancel)
-            await self._services.close()
+            if self._services.has_factory:
+                await self._services.close()
 
     async def _execute(self) -> Outcome:
         await self._stop_if_ancestor_cancelled()  # see engine/cascade.py
@@ -649,7 +650,8 @@ class SagaRun(RollbackMixin, BackoffMixin, WaitsMixin, ChildrenMixin, CallsMixin
             return await self._rollback(ErrorInfo.from_exception(self._operator_rollback or exc))
         # before the saga function, because `saga.services` is read without await; a factory
         # that raises stops the run, not the saga (ServicesFailed: a worker tries again)
-        await self._services.build(ServiceScope(self.saga_id, self.workflow.name, inp))
+        if self._services.has_factory:
+            await self._services.build(ServiceScope(self.saga_id, self.workflow.name, inp))
         try:
             result = await self.workflow.function(ctx, inp)
         except Suspended:
