@@ -18,9 +18,9 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import serde
@@ -32,7 +32,9 @@ from .engine.cascade import (
     roll_back_descendants,
     wake_calls,
 )
+from .engine.engine import _check_saga_id as check_saga_id
 from .engine.operators import audit_entry
+from .engine.retention import prune_ended
 from .engine.snapshots import AuditEntry, SagaSnapshot
 from .errors import (
     OutputNotSerializableError,
@@ -40,7 +42,9 @@ from .errors import (
     SagaNotFoundError,
     SagaStateError,
     SagaValidationError,
+    UnknownWorkflowError,
 )
+from .fork_plans import fork_plan
 from .operator_plans import RERUNNABLE, Plan, compensate_plan, retry_plan, skip_plan
 from .stores.base import (
     AdminChange,
@@ -48,7 +52,9 @@ from .stores.base import (
     EntryStatus,
     EventKind,
     JournalEntry,
+    NewSaga,
     SagaFilter,
+    SagaFork,
     SagaRecord,
     SagaStatus,
     Store,
@@ -161,6 +167,23 @@ class SagaAdmin:
         included."""
         counts = await self._store().count_by_status()
         return {status.value: counts.get(status.value, 0) for status in LIFECYCLE}
+
+    async def stranded(self, limit: int = 50) -> list[SagaSnapshot]:
+        """Sagas that have not ended and that no live worker can run: no worker whose
+        heartbeat is younger than 3 of its leases serves their ``(workflow name, version)``
+        (every worker records what it serves on each lease renewal tick, and deletes its
+        heartbeat when it closes). Newest first, without their journals. Deploy (or keep) a
+        worker that registers their version, and they go on."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _MAX_LIMIT:
+            raise SagaValidationError(
+                f"limit must be a whole number from 1 to {_MAX_LIMIT}, got {limit!r}"
+            )
+        records = await self._store().list_stranded(limit)
+        return [SagaSnapshot.build(r, None) for r in records]
+
+    async def count_stranded(self) -> int:
+        """How many sagas :meth:`stranded` would list without a limit."""
+        return await self._store().count_stranded()
 
     # -- steering --------------------------------------------------------------------------
 
@@ -307,6 +330,49 @@ class SagaAdmin:
         )
         return snapshot
 
+    async def prune(
+        self,
+        older_than: timedelta | datetime,
+        *,
+        statuses: Sequence[str] | None = None,
+        batch: int = 500,
+        dry_run: bool = False,
+        progress: Callable[[int], None] | None = None,
+        by: str | None = None,
+    ) -> int:
+        """Delete every ended saga whose last change is older than ``older_than`` (an age, or
+        a moment), as :meth:`delete` does, in batches of ``batch`` (one short transaction
+        each, which waits for no saga another transaction holds) until none is left; return
+        how many were deleted, or with ``dry_run`` how many would be (nothing is deleted).
+
+        ``statuses`` defaults to COMPLETED, COMPENSATED and CANCELLED: a FAILED saga goes
+        only when named (its rollback is incomplete); a status that has not ended is refused
+        (SagaValidationError). A saga whose parent, or one of whose children, has not ended
+        is kept. ``progress`` hears the running total after each batch. Logged on the
+        ``sagakit.admin`` logger with ``by``."""
+        if isinstance(older_than, timedelta):
+            ended_before = time.time() - older_than.total_seconds()
+        else:
+            ended_before = older_than.timestamp()
+        count = await prune_ended(
+            self._store(),
+            ended_before,
+            statuses=statuses,
+            batch=batch,
+            dry_run=dry_run,
+            progress=progress,
+        )
+        moment = datetime.fromtimestamp(ended_before, UTC).isoformat()
+        if not dry_run:
+            log.info(
+                "operator%s: pruned %d sagas that ended before %s",
+                f" {by}" if by else "",
+                count,
+                moment,
+                extra={"action": "prune", "by": by, "deleted": count},
+            )
+        return count
+
     async def cancel(self, saga_id: str, reason: str, *, by: str | None = None) -> SagaSnapshot:
         """Stop the saga for good without rolling it back: it becomes CANCELLED. Allowed while
         it has not ended. A worker running it stops at its next durable write (a step executing
@@ -433,6 +499,106 @@ class SagaAdmin:
             )
 
         return await self._act(saga_id, "resume", (SagaStatus.SUSPENDED,), plan, reason, by)
+
+    async def fork(
+        self,
+        source_id: str,
+        /,
+        *,
+        from_seq: int,
+        saga_id: str | None = None,
+        reason: str | None = None,
+        by: str | None = None,
+    ) -> SagaSnapshot:
+        """A new saga of the same workflow with the same input, whose journal is the entries
+        of saga ``source_id`` numbered below ``from_seq`` (DBOS's fork): a worker replays those
+        from their records and runs the rest on the code registered now, for recovering a
+        saga after a bug fix. The new saga (id ``saga_id``, or a fresh one) is PENDING; a
+        worker of this process takes it at once. The source is left as it is, whatever its
+        status: cancel it if the fork replaces it (compensating it would undo the steps the
+        fork reuses). Both get an audit entry: ``fork`` on the new saga (naming the source
+        and ``from_seq``), ``forked`` on the source (naming the new saga).
+
+        Idempotent: forking again with the same ``saga_id`` (a retry after a lost answer)
+        returns the fork made the first time.
+
+        Raises SagaNotFoundError; SagaValidationError (nothing written) for ``from_seq`` out
+        of range (0 reuses nothing, one past the last entry reuses all), an entry below it
+        that did not complete, belongs to a rollback or was undone by one, or starts or
+        calls another saga (a child, a durable call, a send: the fork would share it), and
+        for a virtual object's handler (its object's queue decides when it runs);
+        UnknownWorkflowError when this engine runs sagas but has not registered the workflow
+        (the fork would run on no code here); SagaConflictError when ``saga_id`` is taken by
+        another saga.
+        """
+        store = self._store()
+        new_id = check_saga_id(saga_id)
+        source = await store.load_saga(source_id)
+        if source is None:
+            raise SagaNotFoundError(source_id)
+        if source.object_key is not None:
+            raise SagaValidationError(
+                f"saga {source_id!r} is a handler of virtual object {source.object_key!r}: its "
+                "object's queue decides when it runs, and a fork would run beside it on the "
+                "same state; call the object again instead"
+            )
+        if new_id == source_id:
+            raise SagaConflictError(f"a fork needs an id of its own, not {source_id!r}")
+        workflow = self._engine.workflows.get(source.name)
+        if workflow is None and (self._engine.is_worker or self._engine.workflows):
+            raise UnknownWorkflowError(source.name, self._engine.workflows)
+        plan = fork_plan(source, await store.load_journal(source_id), from_seq, new_id)
+        # the same for a retry of this very fork: the store recognises it by this key
+        key = f"fork:{source_id}:{from_seq}:{new_id}"
+        details = {"source": source_id, "from_seq": from_seq, **plan.details}
+        version = getattr(workflow, "version", None) or getattr(source, "version", None)
+        made = await store.fork_saga(
+            SagaFork(
+                new=NewSaga(
+                    saga_id=new_id,
+                    name=source.name,
+                    input=source.input,
+                    owner=None,
+                    lease_seconds=self._engine.lease.total_seconds(),
+                    version=version,
+                ),
+                source_id=source_id,
+                entries=plan.entries,
+                events_upto=plan.events_upto,
+                state=plan.state,
+                audit=audit_entry(
+                    new_id, "fork", reason=reason, by=by, details=details, action_id=key
+                ),
+                source_audit=audit_entry(
+                    source_id,
+                    "forked",
+                    reason=reason,
+                    by=by,
+                    details={"fork": new_id, "from_seq": from_seq},
+                    action_id=key,
+                ),
+                key=key,
+            )
+        )
+        if made is None:
+            taken = await store.load_saga(new_id)
+            if taken is None:
+                raise SagaNotFoundError(source_id)  # deleted meanwhile
+            raise SagaConflictError(
+                f"saga id {new_id!r} is taken by another saga (of workflow {taken.name!r}, "
+                f"not a fork of {source_id!r} from seq {from_seq}); choose another id"
+            )
+        log.info(
+            "operator%s: fork saga %s from seq %d as %s%s",
+            f" {by}" if by else "",
+            source_id,
+            from_seq,
+            new_id,
+            f": {reason}" if reason else "",
+            extra={"saga_id": source_id, "action": "fork", "by": by, "fork": new_id},
+        )
+        self._engine._poke()  # a worker in this process takes the fork at once
+        return await self.get_saga(new_id)
 
     async def _act(
         self,

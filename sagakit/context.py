@@ -88,6 +88,12 @@ class EngineDriver(RunDriver, Protocol):
     ) -> Awaitable[str]: ...
 
 
+class PatchDriver(RunDriver, Protocol):
+    """A backend that can patch code in place (``saga.patched``): sagakit's own engine."""
+
+    def patch(self, change_id: str, deprecated: bool) -> bool: ...
+
+
 class SagaContext:
     """The handle a saga function (and each step) gets on its saga."""
 
@@ -174,6 +180,39 @@ class SagaContext:
         if self.in_step:
             return _ready(_random.random())
         return _map(self._driver.record_value("random", _random.random), float)
+
+    # -- code changed under live sagas ------------------------------------------------------
+
+    def patched(self, change_id: str) -> bool:
+        """Whether this saga runs the code of change ``change_id``: change a workflow in place
+        while sagas of it are in flight (Temporal's patching).
+
+        ``if saga.patched("add-fraud-check"): await fraud_check(saga, x)`` is True for a saga
+        that reaches this point for the first time (a new saga, or an old one that had not got
+        this far), and journals that it did: its replays are True too. It is False for a saga
+        whose journal already went past this point on the code before the change: that saga
+        goes on down the old path, replaying the same entries, without a NonDeterminismError.
+        Deterministic, without await; call it once per change and place, keep the answer.
+
+        Raises:
+            SagaError: called inside a step, or on a backend without patching (Restate).
+        """
+        self._saga_only("patched")
+        return self._patch_driver("patched").patch(_change_id(change_id), False)
+
+    def deprecate_patch(self, change_id: str) -> None:
+        """The cleanup phase of :meth:`patched`: once no saga that could take the old path is
+        in flight, drop the old branch and replace ``if saga.patched(id):`` by
+        ``saga.deprecate_patch(id)`` followed by the new code. Journals written while the
+        patch existed (with its marker here) still replay; new sagas journal nothing here.
+        Remove the call once no saga with the marker is in flight either.
+
+        Raises:
+            NonDeterminismError: the journal holds the marker of another change here.
+            SagaError: called inside a step, or on a backend without patching (Restate).
+        """
+        self._saga_only("deprecate_patch")
+        self._patch_driver("deprecate_patch").patch(_change_id(change_id), True)
 
     # -- parallel branches -------------------------------------------------------------------
 
@@ -341,6 +380,16 @@ class SagaContext:
         """The run behind this context, for a virtual object's state (objects.py)."""
         return self._driver
 
+    def _patch_driver(self, what: str) -> PatchDriver:
+        if not hasattr(self._driver, "patch"):
+            raise SagaError(
+                f"saga.{what} needs sagakit's own engine; the backend running this saga "
+                f"({type(self._driver).__name__}) does not provide it. On Restate an "
+                "invocation stays on the deployment that started it: register the changed "
+                "code as a new deployment instead of patching it in place"
+            )
+        return self._driver  # type: ignore[return-value]
+
     def _engine_driver(self, what: str) -> EngineDriver:
         if not hasattr(self._driver, "check_callee"):
             raise SagaError(
@@ -418,6 +467,15 @@ def _workflow_arg(workflow: Any, what: str) -> SagaWorkflow[Any, Any]:
             f"{what} takes a saga workflow (made with @saga_workflow), got {workflow!r}"
         )
     return workflow
+
+
+def _change_id(change_id: str) -> str:
+    if not isinstance(change_id, str) or not change_id:
+        raise SagaError(
+            f"a patch's change id must be a non-empty string, got {change_id!r}: name the "
+            'change, e.g. saga.patched("add-fraud-check")'
+        )
+    return change_id
 
 
 def _check_name(name: str, what: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from . import serde
 from .errors import SagaError
 from .steps import _positional_names, _type_hints
-from .workflows import Handler, SagaWorkflow, SagaWorkflowOptions
+from .workflows import Handler, SagaWorkflow, SagaWorkflowOptions, check_version
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
@@ -100,11 +100,14 @@ class SagaLongWorkflow(SagaWorkflow[InT, OutT], Generic[InT, OutT]):
     saga function with ``@wf.main()`` and its handlers with ``@wf.handler()``. Register and
     start it like any workflow; call a handler with ``engine.call(saga_id, name, inp)``."""
 
-    def __init__(self, name: str, options: SagaWorkflowOptions | None = None):
+    def __init__(
+        self, name: str, options: SagaWorkflowOptions | None = None, *, version: str | None = None
+    ):
         if not isinstance(name, str) or not name.strip():
             raise ValueError("a saga workflow needs a non-empty name")
         # the saga function comes later, with @main(); until then the workflow cannot run
         self.name = name
+        self.version = check_version(version, f"workflow {name!r}")
         self.options = options or SagaWorkflowOptions()
         self.handlers: dict[str, WorkflowHandler] = {}
         self._has_main = False
@@ -115,7 +118,7 @@ class SagaLongWorkflow(SagaWorkflow[InT, OutT], Generic[InT, OutT]):
         def wrap(fn: Handler[InT, OutT]) -> Handler[InT, OutT]:
             if self._has_main:
                 raise SagaError(f"workflow {self.name!r} already has a main function")
-            SagaWorkflow.__init__(self, self.name, fn, self.options)
+            SagaWorkflow.__init__(self, self.name, fn, self.options, version=self.version)
             self._has_main = True
             return fn
 
@@ -145,8 +148,9 @@ class SagaLongWorkflow(SagaWorkflow[InT, OutT], Generic[InT, OutT]):
 
 
 def create_saga_long_workflow(
-    name: str, options: SagaWorkflowOptions | None = None
+    name: str, options: SagaWorkflowOptions | None = None, *, version: str | None = None
 ) -> SagaLongWorkflow[Any, Any]:
     """A workflow with handlers: ``wf = create_saga_long_workflow("Approval")``, then
-    ``@wf.main()`` and ``@wf.handler()``."""
-    return SagaLongWorkflow(name, options)
+    ``@wf.main()`` and ``@wf.handler()``. ``version``: as for :func:`~sagakit.saga_workflow`
+    (a handler call reaches the handlers of the version that started the saga)."""
+    return SagaLongWorkflow(name, options, version=version)

@@ -25,7 +25,7 @@ from . import serde
 from .context import SagaContext
 from .errors import SagaError
 from .steps import _positional_names, _type_hints
-from .workflows import SagaWorkflow
+from .workflows import SagaWorkflow, check_version
 
 ExclusiveFn = Callable[[SagaContext, "ObjectContext", Any], Awaitable[Any]]
 SharedFn = Callable[["SharedObjectContext", Any], Awaitable[Any]]
@@ -150,7 +150,9 @@ class ObjectHandler:
         self.input = serde.Converter(hint, f"input of handler {name!r} of {obj.name!r}")
         self.workflow: SagaWorkflow[Any, Any] | None = None
         if kind == "exclusive":
-            self.workflow = SagaWorkflow(f"{obj.name}/{name}", self._run_as_saga)
+            self.workflow = SagaWorkflow(
+                f"{obj.name}/{name}", self._run_as_saga, version=obj.version
+            )
 
     async def _run_as_saga(self, saga: SagaContext, call: dict[str, Any]) -> Any:
         obj = ObjectContext(saga._object_driver(), call["object"], call["key"])
@@ -169,10 +171,12 @@ def _without_input(fn: Callable[..., Any]) -> SharedFn:
 class SagaVirtualObject:
     """A keyed entity with durable state and handlers (see the module docstring)."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, *, version: str | None = None):
         if not isinstance(name, str) or not name.strip() or "/" in name:
             raise ValueError(f"a virtual object needs a non-empty name without '/', got {name!r}")
         self.name = name
+        #: the version of its exclusive handlers' sagas (see :func:`~sagakit.saga_workflow`)
+        self.version = check_version(version, f"virtual object {name!r}")
         self.handlers: dict[str, ObjectHandler] = {}
 
     def add_handlers(
@@ -225,8 +229,11 @@ def create_saga_virtual_object(
     name: str,
     handlers: Mapping[str, ExclusiveFn] | None = None,
     shared: Mapping[str, Callable[..., Awaitable[Any]]] | None = None,
+    *,
+    version: str | None = None,
 ) -> SagaVirtualObject:
-    """A virtual object called ``name``.
+    """A virtual object called ``name`` (``version``: the version its exclusive calls record,
+    as for :func:`~sagakit.saga_workflow`).
 
     Add handlers with ``@obj.handler()``, or give them here, as the TypeScript restate-saga's
     ``createSagaVirtualObject(name, handlers, sharedHandlers)`` does::
@@ -237,6 +244,6 @@ def create_saga_virtual_object(
             {"get_balance": get_balance},      # shared: async def get_balance(obj[, inp])
         )
     """
-    obj = SagaVirtualObject(name)
+    obj = SagaVirtualObject(name, version=version)
     obj.add_handlers(handlers, shared)
     return obj

@@ -44,8 +44,10 @@ _STATUS_COLORS: dict[str, str] = {
     SagaStatus.PENDING: "blue",
 }
 
-#: journal kinds that record a value rather than run user code
-_VALUE_KINDS = frozenset({"now", "uuid", "random", "state_get", "signals", "gather", "child"})
+#: journal kinds that record a value rather than run user code (the dashboard uses it too)
+VALUE_KINDS = frozenset(
+    {"now", "uuid", "random", "state_get", "signals", "gather", "child", "patch", "send"}
+)
 #: journal kinds a saga suspends on; their entry is "running" while the wait is under way
 _WAIT_KINDS = frozenset({"sleep", "signal", "promise", "child_result"})
 #: statuses in which a worker is (or is about to be) moving the saga on by itself
@@ -175,6 +177,8 @@ def _header(snapshot: SagaSnapshot, style: _Style, now: datetime) -> list[str]:
         if snapshot.owner:
             lease = format_time(snapshot.lease_expires_at)
             lines.append(f"  owner     {snapshot.owner} (lease until {lease})")
+    if snapshot.version is not None:
+        lines.append(f"  version   {snapshot.version}")
     if snapshot.parent_id:
         lines.append(f"  parent    {snapshot.parent_id}")
     if snapshot.object_key:
@@ -329,7 +333,7 @@ def _error_lines(snapshot: SagaSnapshot, style: _Style) -> list[str]:
 
 
 def _attempts(step: StepSnapshot) -> str:
-    if step.kind in _VALUE_KINDS or step.kind in _WAIT_KINDS:
+    if step.kind in VALUE_KINDS or step.kind in _WAIT_KINDS:
         return ""  # recorded, not tried: a wait is not retried either
     return _plural(step.attempts, "attempt")
 
@@ -364,7 +368,9 @@ def _note(
         return f"{_next_attempt(step, now)}, after {last}"
     if step.status == "running" and ended:
         return ""
-    if step.kind in _VALUE_KINDS:
+    if step.kind == "patch":
+        return "took the new code path (saga.patched)"
+    if step.kind in VALUE_KINDS:
         return f"= {_preview(step.output, style.ellipsis)}"
     if step.kind in _WAIT_KINDS and isinstance(step.output, dict):
         if step.status == "running":
@@ -412,7 +418,7 @@ def _journal(snapshot: SagaSnapshot, style: _Style, now: datetime) -> list[str]:
         note = _note(step, style, ended=ended, now=now)
         if step.seq in marks:
             note = f"{note} {marks[step.seq]}".lstrip()
-        duration = "" if step.kind in _VALUE_KINDS else format_duration(step.duration)
+        duration = "" if step.kind in VALUE_KINDS else format_duration(step.duration)
         if step.status == "running":
             duration = ""  # not over yet: the offset says when it began
         rows.append(
@@ -577,7 +583,7 @@ def render_status_line(
     if status.is_terminal:
         return f"{text}  after {format_duration(snapshot.updated_at - snapshot.created_at)}"
     # a wait left open by a rollback or an operator says nothing about where the saga is now
-    work = [s for s in snapshot.steps if s.kind not in _VALUE_KINDS | _WAIT_KINDS]
+    work = [s for s in snapshot.steps if s.kind not in VALUE_KINDS | _WAIT_KINDS]
     if work:
         last = max(work, key=lambda s: s.seq)
         if last.status == "running":

@@ -100,11 +100,15 @@ class SagaWorkflow(Generic[InT, OutT]):
         options: SagaWorkflowOptions | None = None,
         *,
         after_rollback: SagaStep[Any] | None = None,
+        version: str | None = None,
     ):
         if not isinstance(name, str) or not name.strip():
             raise ValueError("a saga workflow needs a non-empty name")
         positional = saga_function_parameters(handler, f"workflow {name!r}")
         self.name = name
+        #: the version of this definition (``None``: the engine's ``app_version``, if any);
+        #: every saga records the version that started it and runs on that version's code
+        self.version = check_version(version, f"workflow {name!r}")
         #: the saga function ``async def fn(saga, inp)``
         self.function = handler
         self.options = options or SagaWorkflowOptions()
@@ -134,22 +138,45 @@ class SagaWorkflow(Generic[InT, OutT]):
         return await self.function(saga, self.input.validate(inp))
 
     def __repr__(self) -> str:
+        if self.version is not None:
+            return f"<SagaWorkflow {self.name!r} version={self.version!r}>"
         return f"<SagaWorkflow {self.name!r}>"
 
 
+def check_version(version: str | None, what: str) -> str | None:
+    """``version`` if it is ``None`` or a non-empty string; a clear error otherwise (the empty
+    string is how a store keeps "unversioned", so it may not name a version)."""
+    if version is None:
+        return None
+    if not isinstance(version, str) or not version.strip():
+        raise ValueError(
+            f"{what}: version must be a non-empty string (or None for unversioned), got {version!r}"
+        )
+    return version
+
+
 def saga_workflow(
-    name: str, *, options: SagaWorkflowOptions | None = None
+    name: str, *, options: SagaWorkflowOptions | None = None, version: str | None = None
 ) -> Callable[[Handler[InT, OutT]], SagaWorkflow[InT, OutT]]:
-    """Decorate ``async def handler(saga, inp)`` as a saga workflow called ``name``."""
+    """Decorate ``async def handler(saga, inp)`` as a saga workflow called ``name``.
+
+    ``version`` names this definition's version: a saga records the version that started it,
+    and only a worker that registered that version claims it, so that sagas started on old
+    code finish on old code while new ones start on new code (register both side by side).
+    """
 
     def wrap(handler: Handler[InT, OutT]) -> SagaWorkflow[InT, OutT]:
-        return SagaWorkflow(name, handler, options)
+        return SagaWorkflow(name, handler, options, version=version)
 
     return wrap
 
 
 def create_saga_workflow(
-    name: str, handler: Handler[InT, OutT], options: SagaWorkflowOptions | None = None
+    name: str,
+    handler: Handler[InT, OutT],
+    options: SagaWorkflowOptions | None = None,
+    *,
+    version: str | None = None,
 ) -> SagaWorkflow[InT, OutT]:
     """The function form of :func:`saga_workflow`."""
-    return SagaWorkflow(name, handler, options)
+    return SagaWorkflow(name, handler, options, version=version)

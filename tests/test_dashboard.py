@@ -30,7 +30,12 @@ import pytest
 
 from sagakit import Engine, SagaStatus
 from sagakit.dashboard import Dashboard
-from sagakit.dashboard.actions import available_actions, parse_action, token_matches
+from sagakit.dashboard.actions import (
+    ActionInputError,
+    available_actions,
+    parse_action,
+    token_matches,
+)
 from sagakit.dashboard.chart import render_timeline_svg
 from sagakit.engine.snapshots import AuditEntry, SagaSnapshot, StepSnapshot
 from sagakit.errors import StoreError
@@ -248,7 +253,13 @@ def test_saga_page_of_a_parked_saga(dashboard: Dashboard) -> None:
     assert "waiting for an operator" in svg  # the open bar of the parked saga
     # the journal, the payloads, the actions that make sense when parked
     assert "payment provider unavailable (HTTP 503)" in reply.text()
-    assert re.findall(r'data-action="(\w+)">', body) == ["retry", "skip", "compensate", "cancel"]
+    assert re.findall(r'data-action="(\w+)">', body) == [
+        "retry",
+        "skip",
+        "compensate",
+        "cancel",
+        "fork",
+    ]
     assert 'name="mock_output"' in body
     assert 'name="token"' in body
     assert "No operator has acted on this saga" in body
@@ -261,13 +272,13 @@ def test_saga_page_of_a_compensated_saga(dashboard: Dashboard) -> None:
     assert '<g class="failure-mark"' in svg
     assert "card declined by the issuer" in body
     # it can be taken up again from its failed step (see test_admin_rerun.py)
-    assert re.findall(r'data-action="(\w+)">', body) == ["retry", "skip"]
+    assert re.findall(r'data-action="(\w+)">', body) == ["retry", "skip", "fork"]
     assert 'name="mock_output"' in body
 
 
 def test_saga_page_of_a_suspended_saga_offers_resume(dashboard: Dashboard) -> None:
     body = call(dashboard, "GET", saga_url("sleepy-5")).body
-    assert re.findall(r'data-action="(\w+)">', body) == ["resume", "compensate", "cancel"]
+    assert re.findall(r'data-action="(\w+)">', body) == ["resume", "compensate", "cancel", "fork"]
     svg = body[body.index('<svg class="timeline"') : body.index("</svg>")]
     assert '<rect class="bar wait bar-running"' in svg
     assert "so far, until" in svg
@@ -483,7 +494,8 @@ def test_a_form_that_is_not_a_form_is_refused(dashboard: Dashboard) -> None:
 
 
 def test_actions_offered_by_status() -> None:
-    offered = {s: [a.name for a in available_actions(s)] for s in SagaStatus}
+    offered = {s: [a.name for a in available_actions(s) if a.name != "fork"] for s in SagaStatus}
+    assert all(a.name == "fork" for s in SagaStatus for a in available_actions(s)[-1:])
     assert offered[SagaStatus.PARKED] == ["retry", "skip", "compensate", "cancel"]
     assert offered[SagaStatus.FAILED] == ["retry", "skip"]
     assert offered[SagaStatus.SUSPENDED] == ["resume", "compensate", "cancel"]
@@ -495,6 +507,10 @@ def test_actions_offered_by_status() -> None:
     assert not token_matches("x", "") and token_matches("abc", "abc")
     request = parse_action("skip", {"mock_output": "[1, 2]", "reason": " r ", "by": ""})
     assert request.mock_output == [1, 2] and request.reason == "r" and request.by == "dashboard"
+    request = parse_action("fork", {"from_seq": " 2 ", "new_id": "order-7b"})
+    assert (request.from_seq, request.new_id) == (2, "order-7b")
+    with pytest.raises(ActionInputError, match="from seq"):
+        parse_action("fork", {"from_seq": "two"})
 
 
 def _step(seq: int, name: str, start: float, end: float, **kw: Any) -> StepSnapshot:

@@ -170,13 +170,17 @@ def test_signatures_of_the_issue() -> None:
     assert _params(sagakit.saga_step_strict) == step_params
     for create in (sagakit.create_saga_step, sagakit.create_saga_step_strict):
         assert [p[0] for p in _params(create)] == ["name", "run", "compensate", "options"]
-    assert [p[0] for p in _params(sagakit.saga_workflow)] == ["name", "options"]
+    # issue 16: @saga_workflow("Checkout", version="2")
+    assert [p[0] for p in _params(sagakit.saga_workflow)] == ["name", "options", "version"]
     assert _params(sagakit.saga_workflow)[1][1] == P.KEYWORD_ONLY
-    assert [p[0] for p in _params(sagakit.create_saga_workflow)] == [
+    assert _params(sagakit.saga_workflow)[2][1] == P.KEYWORD_ONLY
+    assert [p[0] for p in _params(sagakit.create_saga_workflow)][:3] == [
         "name",
         "handler",
         "options",
     ]
+    engine_params = inspect.signature(sagakit.Engine).parameters
+    assert {"app_version", "retention", "services"} <= set(engine_params)
     engine = inspect.signature(sagakit.Engine)
     assert engine.parameters["url"].default == "sqlite:///sagakit.db"
     assert engine.parameters["lease"].default == timedelta(seconds=30)

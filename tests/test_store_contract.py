@@ -566,3 +566,38 @@ async def test_delete_saga_removes_an_ended_saga_once(store: Store) -> None:
     assert await store.load_events("s1") == []
     assert (await store.deliver("s1", "signal", "go", "1", key="s1-k")).outcome == "delivered"
     assert len(await store.load_events("s1")) == 1
+
+
+async def test_prune_deletes_ended_sagas_before_the_cutoff_a_batch_at_a_time(
+    store: Store, other: Store
+) -> None:
+    from sagakit.stores.base import saga_scope
+
+    for saga_id, parent, status in [
+        ("a", None, "COMPLETED"),
+        ("b", None, "CANCELLED"),
+        ("c", None, "FAILED"),
+        ("live", None, None),
+        ("kid", "live", "COMPENSATED"),  # its parent may still read its outcome
+    ]:
+        await store.create_saga(replace(new(saga_id, owner="w1"), parent_id=parent))
+        await store.append(saga_id, 1, entry(saga_id, 0))
+        if status is not None:
+            await store.append(saga_id, 1, None, SagaUpdate(status, output="1"))
+    await asyncio.sleep(EXPIRED)
+    cutoff = time.time()
+    await asyncio.sleep(EXPIRED)
+    await store.create_saga(new("young", owner="w1"))
+    await store.append("young", 1, None, SagaUpdate("COMPLETED", output="1"))
+
+    assert await other.count_prunable(cutoff) == 2
+    first = await store.prune(cutoff, None, 1)
+    second = await other.prune(cutoff, None, 1)  # another worker goes on where it stopped
+    assert sorted(first + second) == ["a", "b"]
+    assert await store.prune(cutoff, None, 1) == []
+    assert await store.load_journal("a") == [] and await store.load_saga("b") is None
+    assert await store.load_state(saga_scope("a")) == {}
+    assert await other.count_prunable(cutoff) == 0
+    assert await store.prune(cutoff, ["FAILED", "RUNNING"], 10) == ["c"]
+    for kept in ("live", "kid", "young"):
+        assert await store.load_saga(kept) is not None

@@ -21,8 +21,11 @@ import click
 from .. import __version__
 from .actions import ACTION_COMMANDS
 from .common import DEFAULT_DB, db_url
+from .fork import fork_command
 from .processes import dashboard_command, demo, worker_command
+from .prune import prune_command
 from .read import list_command, show_command, stats_command
+from .replay import REPLAY_COMMANDS
 
 __all__ = ["DEFAULT_DB", "db_url", "main"]
 
@@ -51,7 +54,10 @@ for _command in (
     show_command,
     stats_command,
     *ACTION_COMMANDS,
+    fork_command,
+    prune_command,
     worker_command,
     dashboard_command,
+    *REPLAY_COMMANDS,
 ):
     main.add_command(_command)

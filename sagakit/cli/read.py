@@ -71,6 +71,11 @@ def next_page_command(
 @click.option(
     "--cursor", metavar="CURSOR", help="Start after the page whose hint gave this cursor."
 )
+@click.option(
+    "--stranded",
+    is_flag=True,
+    help="Only sagas not ended whose workflow version no live worker serves (up to --limit).",
+)
 @json_option
 def list_command(
     db: str,
@@ -80,6 +85,7 @@ def list_command(
     created_before: datetime | None,
     limit: int,
     cursor: str | None,
+    stranded: bool,
     as_json: bool,
 ) -> None:
     """List sagas, newest first, a page at a time.
@@ -88,6 +94,13 @@ def list_command(
     """
     url = db_url(db)
     check_readable(url)
+    if stranded:
+        if status or name or created_after or created_before or cursor:
+            raise click.UsageError(
+                "--stranded lists every stranded saga (up to --limit); drop the other filters"
+            )
+        _list_stranded(url, limit, as_json)
+        return
 
     async def fetch() -> SagaPage:
         async with open_admin(url) as admin:
@@ -129,6 +142,26 @@ def list_command(
         click.echo(f"more sagas match; next page: {hint}")
 
 
+def _list_stranded(url: str, limit: int, as_json: bool) -> None:
+    async def fetch() -> list[SagaSnapshot]:
+        async with open_admin(url) as admin:
+            return await admin.stranded(limit)
+
+    sagas = run(fetch())
+    if as_json:
+        dump_json({"sagas": [snapshot_to_dict(s, with_steps=False) for s in sagas]})
+        return
+    if not sagas:
+        click.echo(f"no stranded sagas in {safe_url(url)}: a live worker serves every version")
+        return
+    color = use_color()
+    click.echo(render_saga_table(sagas, color=color, unicode=use_unicode()), color=color)
+    click.echo(
+        "no live worker serves these sagas' workflow versions (see `sagakit show ID`); "
+        "run a worker that registers them"
+    )
+
+
 @click.command("show")
 @click.argument("saga_id")
 @db_option
@@ -165,13 +198,15 @@ def stats_command(db: str, as_json: bool) -> None:
     url = db_url(db)
     check_readable(url)
 
-    async def fetch() -> dict[str, int]:
+    async def fetch() -> tuple[dict[str, int], int]:
         async with open_admin(url) as admin:
-            return await admin.count_by_status()
+            return await admin.count_by_status(), await admin.count_stranded()
 
-    counts = run(fetch())
+    counts, stranded = run(fetch())
     if as_json:
         dump_json(counts)
         return
     color = use_color()
     click.echo(render_status_counts(counts, color=color, unicode=use_unicode()), color=color)
+    # not a status: sagas of any unended status whose version no live worker serves
+    click.echo(f"stranded  {stranded}  (no live worker serves them: sagakit list --stranded)")

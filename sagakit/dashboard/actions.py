@@ -97,6 +97,15 @@ ACTIONS: dict[str, Action] = {
             "Saga cancelled",
             danger=True,
         ),
+        Action(
+            "fork",
+            "Fork",
+            frozenset(S),
+            "start a new saga with the same input that reuses this one's journal entries "
+            "below 'from seq' and runs the rest on the workers' current code (after a bug "
+            "fix); this saga stays as it is",
+            "Forked: this is the new saga",
+        ),
     )
 }
 
@@ -121,6 +130,9 @@ class ActionRequest:
     #: ``mock_output`` given for skip, already parsed from JSON
     mock_output: Any = None
     has_mock_output: bool = False
+    #: for fork: the first journal number not reused, and the new saga's id (None: a fresh one)
+    from_seq: int = 0
+    new_id: str | None = None
 
 
 def parse_action(name: str, form: Mapping[str, str]) -> ActionRequest:
@@ -137,6 +149,8 @@ def parse_action(name: str, form: Mapping[str, str]) -> ActionRequest:
         raise ActionInputError(f"the operator name is too long (at most {MAX_BY} characters)")
     if action.name == "cancel" and reason is None:
         raise ActionInputError("cancelling a saga needs a reason: fill in the reason field")
+    if action.name == "fork":
+        return _fork_request(action, reason, by, form)
     raw = form.get("mock_output", "").strip() if action.name == "skip" else ""
     if not raw:
         return ActionRequest(action, reason, by)
@@ -147,6 +161,21 @@ def parse_action(name: str, form: Mapping[str, str]) -> ActionRequest:
             f'the mock output must be JSON (for example {{"id": 1}} or "text"): {exc}'
         ) from exc
     return ActionRequest(action, reason, by, mock_output, has_mock_output=True)
+
+
+def _fork_request(
+    action: Action, reason: str | None, by: str, form: Mapping[str, str]
+) -> ActionRequest:
+    raw = form.get("from_seq", "").strip()
+    try:
+        from_seq = int(raw)
+    except ValueError:
+        raise ActionInputError(
+            f"a fork needs 'from seq', the first journal number to run again (a whole number "
+            f"from the timeline), got {raw!r}"
+        ) from None
+    new_id = form.get("new_id", "").strip() or None
+    return ActionRequest(action, reason, by, from_seq=from_seq, new_id=new_id)
 
 
 async def perform(admin: SagaAdmin, saga_id: str, request: ActionRequest) -> SagaSnapshot:
@@ -165,6 +194,10 @@ async def perform(admin: SagaAdmin, saga_id: str, request: ActionRequest) -> Sag
         return await admin.cancel(saga_id, reason, by=by)
     if name == "resume":
         return await admin.resume(saga_id, reason=reason, by=by)
+    if name == "fork":  # the new saga: the page shown next is the fork's
+        return await admin.fork(
+            saga_id, from_seq=request.from_seq, saga_id=request.new_id, reason=reason, by=by
+        )
     raise ActionInputError(f"there is no action {name!r}")  # pragma: no cover
 
 

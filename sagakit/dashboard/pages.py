@@ -19,7 +19,7 @@ from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 from ..engine.snapshots import AuditEntry, SagaSnapshot, StepSnapshot
 from ..stores.base import SagaStatus
-from ..timeline import describe_retry, format_duration, format_error, format_time
+from ..timeline import VALUE_KINDS, describe_retry, format_duration, format_error, format_time
 from .actions import Action, available_actions
 from .chart import render_timeline_svg
 
@@ -35,9 +35,6 @@ __all__ = [
 
 #: the most characters of one JSON value a page shows (inputs can be large)
 MAX_JSON = 20_000
-#: journal kinds that record a value rather than run code (no duration worth showing)
-_VALUE_KINDS = frozenset({"now", "uuid", "random", "state_get", "signals", "gather", "child"})
-
 STYLE = """
 :root{--fg:#1f2328;--muted:#656d76;--line:#d8dee4;--bg:#f6f8fa;--accent:#0969da}
 *{box-sizing:border-box}
@@ -431,6 +428,12 @@ def _actions(saga: SagaSnapshot, read_only: bool) -> str:
         if skip and saga.status in (SagaStatus.PARKED, SagaStatus.COMPENSATED)
         else ""
     )
+    fork = (
+        '<label>From seq (fork)<input name="from_seq" inputmode="numeric" size="4"></label>'
+        '<label>New id (fork, optional)<input name="new_id" maxlength="200"></label>'
+        if any(a.name == "fork" for a in actions)
+        else ""
+    )
     buttons = "".join(_button(path, a) for a in actions)
     helps = "".join(f"<li><strong>{e(a.label)}</strong>: {e(a.help)}</li>" for a in actions)
     return (
@@ -445,7 +448,7 @@ def _actions(saga: SagaSnapshot, read_only: bool) -> str:
         '<label>Your name<input name="by" maxlength="100" placeholder="dashboard"></label>'
         '<label class="wide">Reason (required to cancel)<input name="reason" '
         'maxlength="500"></label>'
-        f"{mock}</div>"
+        f"{mock}{fork}</div>"
         f'<div class="buttons">{buttons}</div><ul class="help">{helps}</ul></form>'
     )
 
@@ -490,7 +493,7 @@ def _journal_row(saga: SagaSnapshot, step: StepSnapshot) -> str:
     at = "?"
     if step.started_at is not None:
         at = "+" + format_duration(step.started_at - saga.created_at)
-    value_kind = step.kind in _VALUE_KINDS
+    value_kind = step.kind in VALUE_KINDS
     duration = "" if value_kind else format_duration(step.duration)
     if step.status == "running":
         duration = "running" if not saga.status.is_terminal else "cut short"

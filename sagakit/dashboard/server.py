@@ -386,7 +386,7 @@ class _Handler(BaseHTTPRequestHandler):
         key = self.dashboard.push_flash(
             Flash("ok", f"{request.action.done}: the saga is now {snapshot.status}.")
         )
-        location = f"{saga_path(saga_id)}?flash={key}"
+        location = f"{saga_path(snapshot.saga_id)}?flash={key}"  # a fork: the new saga
         body = f'<!doctype html><p><a href="{location}">back to the saga</a></p>'
         return Response(303, body.encode(), headers={"Location": location})
 

@@ -368,10 +368,19 @@ class DefinitionWorkflow(SagaWorkflow[Any, dict[str, Any]]):
     """A saga workflow that runs a :class:`SagaDefinition` (see ``to_workflow``)."""
 
     def __init__(
-        self, name: str, definition: SagaDefinition, options: SagaWorkflowOptions | None = None
+        self,
+        name: str,
+        definition: SagaDefinition,
+        options: SagaWorkflowOptions | None = None,
+        *,
+        version: str | None = None,
     ) -> None:
         super().__init__(
-            name, saga_function(definition), options, after_rollback=definition.compiled.reject
+            name,
+            saga_function(definition),
+            options,
+            after_rollback=definition.compiled.reject,
+            version=version,
         )
         #: the definition this workflow runs
         self.definition = definition

@@ -86,11 +86,15 @@ class SagaDefinition:
         return self._on_commit is not None or self._on_reject is not None
 
     def to_workflow(
-        self, name: str, options: SagaWorkflowOptions | None = None
+        self,
+        name: str,
+        options: SagaWorkflowOptions | None = None,
+        *,
+        version: str | None = None,
     ) -> SagaWorkflow[Any, dict[str, Any]]:
         """This definition as a saga workflow called ``name`` (what ``engine.register(name,
-        definition)`` registers). Each call makes a new workflow object."""
-        return DefinitionWorkflow(name, self, options)
+        definition, version=...)`` registers). Each call makes a new workflow object."""
+        return DefinitionWorkflow(name, self, options, version=version)
 
     # -- read by compile.py ------------------------------------------------------------------
 

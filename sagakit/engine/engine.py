@@ -29,9 +29,10 @@ from ..observability import default_observers
 from ..services import ServicesFactory
 from ..stores import open_store
 from ..stores.base import NewSaga, SagaFilter, SagaStatus, Store
-from ..workflows import SagaWorkflow
+from ..workflows import SagaWorkflow, check_version
 from .observe import Observer, Observers
 from .outcome import Outcome
+from .retention import check_retention, start_pruning, stop_pruning
 from .run import SagaRun
 from .running import RunningMixin
 from .snapshots import SagaSnapshot, error_for
@@ -114,6 +115,13 @@ class Engine(RunningMixin, TalkMixin):
             run ends). Built for each run, in the process that runs it; never journaled. A
             workflow's ``SagaWorkflowOptions(services=...)`` wins over it. See
             :mod:`sagakit.services`.
+        app_version: the version of every workflow registered here that names none (a
+            release number, a git commit): each saga records the version that started it and
+            only a worker serving that version claims it. ``None`` (the default): unversioned.
+        retention: delete ended sagas (COMPLETED, COMPENSATED, CANCELLED; FAILED ones wait for
+            an operator) with their journals, events and published state once they ended
+            longer ago than this, in small batches in the background (see
+            :mod:`sagakit.engine.retention`); ``None`` (the default) keeps them forever.
     """
 
     def __init__(
@@ -129,6 +137,8 @@ class Engine(RunningMixin, TalkMixin):
         observers: Sequence[Observer] | None = None,
         tracer_provider: Any = None,
         services: ServicesFactory | None = None,
+        app_version: str | None = None,
+        retention: timedelta | None = None,
     ):
         if lease <= timedelta(0):
             raise ValueError(f"lease must be positive, got {lease}")
@@ -149,8 +159,13 @@ class Engine(RunningMixin, TalkMixin):
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._store_arg = store
         self._store: Store | None = None
+        self.app_version = check_version(app_version, "Engine(app_version=...)")
+        #: by name, the version registered last (what a start by name runs)
         self._workflows: dict[str, SagaWorkflow[Any, Any]] = {}
+        #: every registered (name, version): what this engine's worker claims
+        self._versions: dict[tuple[str, str | None], SagaWorkflow[Any, Any]] = {}
         self._objects: dict[str, SagaVirtualObject] = {}
+        self._object_versions: dict[tuple[str, str | None], SagaVirtualObject] = {}
         self._tasks: dict[str, asyncio.Task[Outcome | None]] = {}
         self._claimed: set[str] = set()
         self._background: asyncio.Task[None] | None = None
@@ -161,39 +176,59 @@ class Engine(RunningMixin, TalkMixin):
             observers = default_observers(tracer_provider)
         self._observers = Observers(observers)
         self._admin: SagaAdmin | None = None
+        self.retention = check_retention(retention)
+        self._pruner: asyncio.Task[None] | None = None
 
     # -- registration ------------------------------------------------------------------------
 
     @overload
-    def register(self, name: str, definition: SagaDefinition, /) -> None: ...
+    def register(
+        self, name: str, definition: SagaDefinition, /, *, version: str | None = None
+    ) -> None: ...
 
     @overload
     def register(self, *workflows: SagaWorkflow[Any, Any] | SagaVirtualObject) -> None: ...
 
     def register(
-        self, *workflows: SagaWorkflow[Any, Any] | SagaVirtualObject | str | SagaDefinition
+        self,
+        *workflows: SagaWorkflow[Any, Any] | SagaVirtualObject | str | SagaDefinition,
+        version: str | None = None,
     ) -> None:
         """Make workflows (and virtual objects) startable by name and recoverable by this
         engine's worker.
 
-        ``register("create_order_v1", definition)`` registers a declarative
+        ``register("create_order_v1", definition, version="2")`` registers a declarative
         :class:`~sagakit.SagaDefinition` (built with ``SagaBuilder``) as the workflow
-        ``create_order_v1``. Registering the same definition under the same name again does
-        nothing.
+        ``create_order_v1`` (at that version). Registering the same definition under the same
+        name and version again does nothing.
+
+        Several versions of one workflow are registered side by side (each saga runs on the
+        version that started it); a name starts the version registered last. A definition
+        without a version has the engine's ``app_version``.
         """
         if workflows and isinstance(workflows[0], str):
             name, definition = _named_definition(workflows)
-            known = self._workflows.get(name)
+            version = check_version(version, f"workflow {name!r}")
+            known = self._versions.get((name, version or self.app_version))
             if getattr(known, "definition", None) is definition:
                 return
-            workflows = (definition.to_workflow(name),)
+            workflows = (definition.to_workflow(name, version=version),)
+        elif version is not None:
+            raise TypeError(
+                "register(..., version=...) is for a declarative definition registered under "
+                "a name; give a workflow its version where it is made: "
+                "@saga_workflow(name, version=...)"
+            )
         for workflow in workflows:
             if isinstance(workflow, SagaVirtualObject):
-                known_object = self._objects.get(workflow.name)
+                key = (workflow.name, workflow.version or self.app_version)
+                known_object = self._object_versions.get(key)
                 if known_object is not None and known_object is not workflow:
                     raise SagaConflictError(
                         f"another virtual object is already registered as {workflow.name!r}"
+                        f"{_at_version(key[1])}"
                     )
+                self._object_versions[key] = workflow
                 self._objects[workflow.name] = workflow
                 self.register(*workflow.workflows)
                 continue
@@ -208,12 +243,27 @@ class Engine(RunningMixin, TalkMixin):
                     f"objects, got {workflow!r}"
                 )
             workflow.check_ready()
-            known = self._workflows.get(workflow.name)
+            key = (workflow.name, self.version_of(workflow))
+            known = self._versions.get(key)
             if known is not None and known is not workflow:
                 raise SagaConflictError(
                     f"another workflow is already registered as {workflow.name!r}"
+                    f"{_at_version(key[1])}; give one of them another version"
                 )
-            self._workflows[workflow.name] = workflow
+            if known is None:  # registering it again (a start does) keeps the order
+                self._versions[key] = workflow
+                self._workflows[workflow.name] = workflow
+
+    def version_of(self, workflow: SagaWorkflow[Any, Any]) -> str | None:
+        """The version the sagas of ``workflow`` record when this engine starts them: its own
+        ``version``, else the engine's ``app_version`` (``None``: unversioned)."""
+        return workflow.version or self.app_version
+
+    @property
+    def served(self) -> list[tuple[str, str | None]]:
+        """Every ``(workflow name, version)`` this engine has registered: the sagas its worker
+        claims (``None``: unversioned)."""
+        return list(self._versions)
 
     @property
     def admin(self) -> SagaAdmin:
@@ -246,6 +296,7 @@ class Engine(RunningMixin, TalkMixin):
         self._wakeup = asyncio.Event()
         store.on_work = self._wakeup.set
         self._background = asyncio.create_task(self._worker_loop(), name="sagakit-worker")
+        self._pruner = start_pruning(store, self.retention, self.poll_interval)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -293,6 +344,8 @@ class Engine(RunningMixin, TalkMixin):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._background
             self._background = None
+        await stop_pruning(self._pruner)
+        self._pruner = None
         unfinished = list(self._tasks)
         for task in list(self._tasks.values()):
             task.cancel()
@@ -308,6 +361,12 @@ class Engine(RunningMixin, TalkMixin):
                 len(unfinished),
                 exc,
             )
+        if self.is_worker:
+            try:
+                async with asyncio.timeout(left()):
+                    await store.forget_worker(self.worker_id)
+            except Exception as exc:  # it stops counting as live within 3 leases anyway
+                log.warning("could not delete this worker's heartbeat (%s)", exc)
         await store.close(timeout=left())
         self._store = None
         self._closing = False
@@ -390,6 +449,7 @@ class Engine(RunningMixin, TalkMixin):
                 lease_seconds=self.lease.total_seconds(),
                 object_key=object_key,
                 parent_id=parent_id,
+                version=self.version_of(wf),
             )
         )
         if not created.created:
@@ -439,14 +499,15 @@ class Engine(RunningMixin, TalkMixin):
         """Refuse a call of a workflow or virtual object this engine has not registered: a
         worker that recovers the call after a crash could not run it."""
         if isinstance(target, SagaVirtualObject):
-            if self._objects.get(target.name) is not target:
+            key = (target.name, target.version or self.app_version)
+            if self._object_versions.get(key) is not target:
                 raise SagaError(
                     f"{what}: virtual object {target.name!r} is not registered with this engine; "
                     f"call engine.register({target.name.lower()}) with it first (every worker "
                     "that may run the call must register it)"
                 )
             return
-        if self._workflows.get(target.name) is not target:
+        if self._versions.get((target.name, self.version_of(target))) is not target:
             known = ", ".join(sorted(self._workflows)) or "none"
             raise SagaError(
                 f"{what}: workflow {target.name!r} is not registered with this engine "
@@ -555,7 +616,7 @@ class Engine(RunningMixin, TalkMixin):
                     raise SagaNotFoundError(saga_id)
                 status = SagaStatus(record.status)
                 if status.is_terminal:
-                    workflow = self._workflows.get(record.name)
+                    workflow = self._versions.get((record.name, record.version))
                     return _value_of(saga_id, status, record.output, record.error, workflow)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RESULT_POLL_MAX)
@@ -588,6 +649,10 @@ def _named_definition(args: tuple[Any, ...]) -> tuple[str, SagaDefinition]:
     if not name.strip():
         raise ValueError("a saga workflow needs a non-empty name")
     return name, args[1]
+
+
+def _at_version(version: str | None) -> str:
+    return " (unversioned)" if version is None else f" at version {version!r}"
 
 
 def _check_same_saga(

@@ -84,6 +84,11 @@ class ParallelMixin(RunCore):
         return strand if strand is not None and strand.run is self else self._root
 
     def _take_seq(self) -> int:
+        return self._numbering().take()
+
+    def _numbering(self) -> Strand:
+        """The strand whose next number the calling operation may take (its ``next`` may also
+        be only looked at: ``saga.patched`` that declines takes none)."""
         if operation_writes.get() is not None:
             # a step's body is not replayed but run again: a wait inside it would suspend the
             # saga midway and run the body's side effects twice
@@ -91,7 +96,7 @@ class ParallelMixin(RunCore):
         strand = self._strand()
         if strand.owner is not None and asyncio.current_task() is not strand.owner:
             raise SagaError(_FOREIGN_TASK.format(saga_id=self.saga_id))
-        return strand.take()
+        return strand
 
     async def gather(self, awaitables: Sequence[Awaitable[Any]], limit: int | None) -> list[Any]:
         """Run the awaitables as parallel branches (at most ``limit`` at once); return their

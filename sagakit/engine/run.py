@@ -61,6 +61,7 @@ from .observe import NO_OBSERVERS, Observers, RunInfo
 from .operators import operator_rollback, skipped_seqs
 from .outcome import Outcome, _Compensation, terminal_form
 from .parallel import ParallelMixin, Strand
+from .patches import PatchesMixin
 from .rollback import RollbackMixin
 from .waits import PendingWait, WaitsMixin, object_scope
 
@@ -86,7 +87,9 @@ def _retrieve(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-class SagaRun(RollbackMixin, BackoffMixin, WaitsMixin, ChildrenMixin, CallsMixin, ParallelMixin):
+class SagaRun(
+    RollbackMixin, BackoffMixin, WaitsMixin, ChildrenMixin, CallsMixin, PatchesMixin, ParallelMixin
+):
     """Drives one saga function to a terminal state, to a wait (SUSPENDED), or until its lease
     is lost."""
 

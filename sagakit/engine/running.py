@@ -21,7 +21,7 @@ from ..errors import (
     UnknownWorkflowError,
 )
 from ..services import ServicesFactory, ServicesFailed
-from ..stores.base import ClaimedSaga, SagaStatus, Store
+from ..stores.base import ClaimedSaga, SagaStatus, Served, Store
 from ..stores.retrying import Backoff
 from ..workflows import SagaWorkflow
 from .calls import Callees
@@ -49,6 +49,7 @@ class RunningMixin:
     max_concurrency: int
     is_worker: bool
     _workflows: dict[str, SagaWorkflow[Any, Any]]
+    _versions: dict[tuple[str, str | None], SagaWorkflow[Any, Any]]
     _tasks: dict[str, asyncio.Task[Outcome | None]]
     _claimed: set[str]
     _wakeup: asyncio.Event | None
@@ -129,18 +130,19 @@ class RunningMixin:
             if self._tasks.get(saga_id) is task:  # pragma: no cover - forgotten when done
                 break
 
-    def _registered(self, workflows: Iterable[str] | None) -> list[str]:
-        """The workflow names to claim sagas of: ``workflows``, each registered, or all."""
+    def _registered(self, workflows: Iterable[str] | None) -> list[Served]:
+        """The (name, version) pairs to claim sagas of: every registered version of each of
+        ``workflows`` (each registered), or of all."""
         if workflows is None:
-            return list(self._workflows)
+            return list(self._versions)
         names = [workflows] if isinstance(workflows, str) else list(workflows)
         for name in names:
             if name not in self._workflows:
                 raise UnknownWorkflowError(name, self._workflows)
-        return names
+        return [key for key in self._versions if key[0] in names]
 
     async def _take_due(
-        self, limit: int, names: list[str]
+        self, limit: int, names: list[Served]
     ) -> list[tuple[str, asyncio.Task[Outcome | None]]]:
         """Claim up to ``limit`` due sagas of ``names`` and launch their runs here."""
         store = self._store_or_raise()
@@ -261,8 +263,8 @@ class RunningMixin:
 
     def _run_claimed(self, claimed: ClaimedSaga) -> asyncio.Task[Outcome | None] | None:
         record = claimed.record
-        wf = self._workflows.get(record.name)
-        if wf is None:  # the store only hands out registered names; kept for safety
+        wf = self._versions.get((record.name, record.version))
+        if wf is None:  # the store only hands out registered versions; kept for safety
             return None
         log.debug(
             "recovering saga %s (%s) from %d journal entries",
@@ -307,6 +309,7 @@ class RunningMixin:
         poll = self.poll_interval.total_seconds()
         next_renew = loop.time() + renew_every
         next_poll = loop.time()
+        await self._heartbeat(lease)
         failures = 0
         # the store gave up on one operation (after its own retry deadline); the loop itself
         # goes on as long as the engine is open, backing off between rounds
@@ -318,6 +321,7 @@ class RunningMixin:
                     next_renew = now + renew_every
                     if self._tasks:
                         await self._renew(lease)
+                    await self._heartbeat(lease)
                 if now >= next_poll:
                     next_poll = now + poll
                     await self._claim_some()
@@ -355,14 +359,25 @@ class RunningMixin:
             if task is not None:
                 task.sagakit_run.lease_known_until = sent + lease  # type: ignore[attr-defined]
 
+    async def _heartbeat(self, lease: float) -> None:
+        """Tell the store which (name, version) pairs this worker serves, so that sagas no
+        live worker serves are reported as stranded (not a reason to stop the worker: a
+        failed heartbeat only makes its sagas look stranded for a while)."""
+        if not self.is_worker:
+            return
+        try:
+            await self._store_or_raise().heartbeat(self.worker_id, list(self._versions), lease)
+        except Exception as exc:
+            log.warning("could not record this worker's heartbeat (%s); retrying later", exc)
+
     async def _claim_some(self) -> None:
         if self._draining or not self.is_worker:
             return
         capacity = self.max_concurrency - len(self._claimed)
-        if capacity <= 0 or not self._workflows:
+        if capacity <= 0 or not self._versions:
             return
         claimed = await self._store_or_raise().claim(
-            self.worker_id, list(self._workflows), self.lease.total_seconds(), capacity
+            self.worker_id, list(self._versions), self.lease.total_seconds(), capacity
         )
         for c in claimed:
             self._run_claimed(c)

@@ -163,6 +163,8 @@ class SagaSnapshot:
     #: the events delivered to the saga, oldest first (``engine.get`` and
     #: ``admin.get_saga``; empty in lists)
     events: tuple[EventSnapshot, ...] = ()
+    #: the version of the definition that started the saga (``None``: unversioned)
+    version: str | None = None
 
     @property
     def retrying(self) -> tuple[StepSnapshot, ...]:
@@ -203,6 +205,7 @@ class SagaSnapshot:
                 if e.seq < 0
             ),
             events=tuple(EventSnapshot.from_event(e) for e in events or ()),
+            version=record.version,
         )
 
 

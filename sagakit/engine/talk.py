@@ -29,6 +29,7 @@ class TalkMixin:
 
     _objects: dict[str, SagaVirtualObject]
     _workflows: dict[str, SagaWorkflow[Any, Any]]
+    _versions: dict[tuple[str, str | None], SagaWorkflow[Any, Any]]
 
     if TYPE_CHECKING:  # provided by Engine
 
@@ -138,7 +139,8 @@ class TalkMixin:
         record = await self._store_or_raise().load_saga(saga_id)
         if record is None:
             raise SagaNotFoundError(saga_id)
-        workflow = self._workflows.get(record.name)
+        # the handlers of the version that started the saga
+        workflow = self._versions.get((record.name, record.version))
         handlers = workflow.handlers if isinstance(workflow, SagaLongWorkflow) else {}
         found = handlers.get(handler)
         if found is None:

@@ -129,6 +129,7 @@ class WaitsMixin(RunCore):
         if entry is not None:
             value: str | None = serde.loads(entry.output)
             return value
+        self._check_draining()
         current = await self.object_peek(key)
         self._write_behind(self._entry(seq, EntryKind.STATE_GET, key, serde.dumps(current)))
         return current

@@ -56,6 +56,13 @@ class SagaStatus(StrEnum):
 _TERMINAL = frozenset(
     {SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED, SagaStatus.CANCELLED}
 )
+#: The statuses ``Store.prune`` deletes when it is given none: a FAILED saga waits for an
+#: operator (its rollback is incomplete), so retention removes it only when asked to.
+PRUNABLE_STATUSES: tuple[str, ...] = (
+    SagaStatus.COMPLETED.value,
+    SagaStatus.COMPENSATED.value,
+    SagaStatus.CANCELLED.value,
+)
 #: Statuses a worker may claim once the lease has expired.
 RUNNABLE_STATUSES: tuple[str, ...] = (
     SagaStatus.PENDING.value,
@@ -90,6 +97,8 @@ class EntryKind(StrEnum):
     CALL = "call"
     #: a saga started without waiting (``saga.send``); its output is that saga's id
     SEND = "send"
+    #: a code change the saga went through (``saga.patched``): its name is the change id
+    PATCH = "patch"
     #: an operator's action (``engine.admin``), at a negative ``seq`` outside the saga
     #: function's numbering so that a replay never meets it
     ADMIN = "admin"
@@ -227,10 +236,39 @@ class AdminChange:
     key: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class SagaFork:
+    """A new saga made from another's journal (``Store.fork_saga``, ``engine.admin.fork``).
+
+    ``new`` is inserted PENDING with no owner (any worker of its workflow takes it), with
+    ``entries`` as its journal, the source's events numbered up to ``events_upto`` copied (the
+    kept waits recorded which events they took), ``state`` written, and ``audit`` added at seq
+    -1. ``source_audit`` is added to the source saga at its next free negative ``seq``; the
+    source is otherwise left as it is. ``key`` is the ``action_id`` of both audit entries: a
+    retry after a lost acknowledgement finds the fork made and returns it.
+    """
+
+    new: NewSaga
+    source_id: str
+    entries: tuple[JournalEntry, ...]
+    events_upto: int
+    state: tuple[StateWrite, ...]
+    audit: JournalEntry
+    source_audit: JournalEntry
+    key: str
+
+
 def saga_scope(saga_id: str) -> str:
     """The state scope of a saga's own published state (``set_state``), which
     ``Store.delete_saga`` deletes with the saga."""
     return f"saga:{saga_id}"
+
+
+def prunable_statuses(statuses: Sequence[str] | None) -> list[str]:
+    """The statuses a ``Store.prune`` given ``statuses`` deletes: the ended ones among them
+    (default :data:`PRUNABLE_STATUSES`)."""
+    given = PRUNABLE_STATUSES if statuses is None else statuses
+    return [s.value for s in SagaStatus if s.is_terminal and s.value in given]
 
 
 def audit_key(entry: JournalEntry) -> str | None:
@@ -272,6 +310,8 @@ class NewSaga:
     object_key: str | None = None
     #: the saga that started this one as its child (``saga.start_child``)
     parent_id: str | None = None
+    #: the version of the workflow definition that starts it (``None``: unversioned)
+    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +331,33 @@ class SagaRecord:
     event_count: int = 0
     object_key: str | None = None
     parent_id: str | None = None
+    #: the version of the definition that started it (``None``: unversioned; stored as ``''``)
+    version: str | None = None
+
+
+#: a worker counts as live while its last heartbeat is younger than this many of its leases
+LIVE_LEASES = 3
+
+#: what a worker serves: ``(workflow name, version)``, ``None`` for an unversioned definition
+Served = tuple[str, str | None]
+
+
+def claim_keys(names: Sequence[str | Served]) -> list[tuple[str, str | None]]:
+    """``Store.claim``'s ``names`` as ``(name, stored version)`` pairs: a stored version is
+    ``''`` for unversioned sagas, and ``None`` stands for every version of a plain name."""
+    keys: list[tuple[str, str | None]] = []
+    for item in names:
+        if isinstance(item, str):
+            keys.append((item, None))
+        else:
+            name, version = item
+            keys.append((name, version or ""))
+    return keys
+
+
+def served_keys(served: Sequence[Served]) -> list[tuple[str, str]]:
+    """A worker's served pairs as stored (``''`` for unversioned)."""
+    return sorted({(name, version or "") for name, version in served})
 
 
 def record_from_row(row: Sequence[Any]) -> SagaRecord:
@@ -415,10 +482,32 @@ class Store(Protocol):
         ...
 
     async def claim(
-        self, owner: str, names: Sequence[str], lease_seconds: float, limit: int
+        self, owner: str, names: Sequence[str | Served], lease_seconds: float, limit: int
     ) -> list[ClaimedSaga]:
         """Take up to ``limit`` runnable sagas of these workflows whose lease expired, and
-        read their journals and events, in one transaction."""
+        read their journals and events, in one transaction. An item of ``names`` is a
+        workflow name (a saga of any version of it) or a ``(name, version)`` pair (only the
+        sagas started at that version; ``None``: unversioned sagas)."""
+        ...
+
+    async def heartbeat(
+        self, worker_id: str, served: Sequence[Served], lease_seconds: float
+    ) -> None:
+        """Record (or refresh) that ``worker_id`` is alive now, serving these ``(name,
+        version)`` pairs, with this lease: it counts as live for 3 leases from now."""
+        ...
+
+    async def forget_worker(self, worker_id: str) -> None:
+        """Delete the worker's heartbeat (it closed cleanly and serves nothing any more)."""
+        ...
+
+    async def list_stranded(self, limit: int = 50) -> list[SagaRecord]:
+        """Sagas that have not ended whose ``(name, version)`` no live worker serves (a live
+        worker: its heartbeat is younger than 3 of its leases), newest first."""
+        ...
+
+    async def count_stranded(self) -> int:
+        """How many sagas :meth:`list_stranded` would return without a limit."""
         ...
 
     async def release(self, owner: str, saga_ids: Sequence[str]) -> None:
@@ -439,10 +528,37 @@ class Store(Protocol):
         and fence any more: someone or something changed it meanwhile."""
         ...
 
+    async def fork_saga(self, fork: SagaFork) -> SagaRecord | None:
+        """Make the new saga of ``fork`` in one transaction (see :class:`SagaFork`); return it.
+        If its id is taken already, write nothing and return that saga when it is this fork
+        (its audit entry carries ``fork.key``: a retry), else ``None``; ``None`` too, writing
+        nothing, when the source saga is gone."""
+        ...
+
     async def delete_saga(self, saga_id: str) -> bool:
         """Delete an ended saga (COMPLETED, COMPENSATED, FAILED or CANCELLED): its row, journal,
         events and published state (its ``saga:`` scope; a virtual object's state is the
         object's and stays), in one transaction. True if it was deleted; False, deleting
         nothing, if there is no such saga (unknown, deleted already: a retry after a lost
         answer) or it has not ended."""
+        ...
+
+    async def prune(
+        self, ended_before: float, statuses: Sequence[str] | None = None, limit: int = 500
+    ) -> list[str]:
+        """Delete up to ``limit`` ended sagas in ``statuses`` (default
+        :data:`PRUNABLE_STATUSES`; statuses that are not terminal are ignored) whose row was
+        last changed before ``ended_before`` (epoch seconds, the store's clock), each with
+        what ``delete_saga`` deletes, in one short transaction; return their ids (none: there
+        is nothing left to prune). A saga is kept while its parent has not ended (the parent
+        may still read its outcome) or one of its children has not ended (the child looks up
+        at it, for a cancel above it). It never waits for a saga another transaction holds:
+        that one is left for the next call."""
+        ...
+
+    async def count_prunable(
+        self, ended_before: float, statuses: Sequence[str] | None = None
+    ) -> int:
+        """How many sagas ``prune`` with these arguments would delete, over all its calls, as
+        things stand now (writes nothing)."""
         ...

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from ..errors import EventsArrived, LeaseLost
 from .base import (
+    LIVE_LEASES,
     NEVER,
     RUNNABLE_STATUSES,
     AdminChange,
@@ -24,15 +25,21 @@ from .base import (
     NewSaga,
     SagaEvent,
     SagaFilter,
+    SagaFork,
     SagaRecord,
     SagaStatus,
     SagaUpdate,
+    Served,
     StateWrite,
     audit_key,
+    claim_keys,
+    prunable_statuses,
     saga_scope,
+    served_keys,
 )
 
 _ACTIVE = frozenset({*RUNNABLE_STATUSES, SagaStatus.SUSPENDED.value})
+_ENDED = frozenset(s.value for s in SagaStatus if s.is_terminal)
 _CLAIMABLE = _ACTIVE
 
 
@@ -45,6 +52,9 @@ class _Tables:
         self.arrival: dict[str, int] = {}
         #: the delivery keys each saga's events were stored with
         self.delivery_keys: dict[str, set[str]] = {}
+        #: each worker's heartbeat: the (name, stored version) pairs it serves, when it was last
+        #: seen, and its lease
+        self.workers: dict[str, tuple[list[tuple[str, str]], float, float]] = {}
         #: the on_work callbacks of every store open on these tables (the "other processes")
         self.listeners: list[MemoryStore] = []
 
@@ -105,6 +115,7 @@ class MemoryStore:
             updated_at=now,
             object_key=new.object_key,
             parent_id=new.parent_id,
+            version=new.version or None,
         )
         self._t.sagas[new.saga_id] = record
         self._t.journal[new.saga_id] = {}
@@ -217,10 +228,12 @@ class MemoryStore:
         return count
 
     async def claim(
-        self, owner: str, names: Sequence[str], lease_seconds: float, limit: int
+        self, owner: str, names: Sequence[str | Served], lease_seconds: float, limit: int
     ) -> list[ClaimedSaga]:
         now = time.time()
-        wanted = set(names)
+        keys = claim_keys(names)
+        any_version = {name for name, version in keys if version is None}
+        wanted = {key for key in keys if key[1] is not None}
         claimed: list[ClaimedSaga] = []
         candidates = sorted(self._t.sagas.values(), key=lambda r: r.lease_expires_at)
         for record in candidates:
@@ -228,7 +241,7 @@ class MemoryStore:
                 break
             if (
                 record.status in _CLAIMABLE
-                and record.name in wanted
+                and (record.name in any_version or (record.name, record.version or "") in wanted)
                 and record.lease_expires_at < now
                 and self._t.is_head(record.saga_id, record.object_key)
             ):
@@ -250,6 +263,36 @@ class MemoryStore:
                 events = list(self._t.events.get(record.saga_id, []))
                 claimed.append(ClaimedSaga(taken, journal, record.owner is not None, events))
         return claimed
+
+    async def heartbeat(
+        self, worker_id: str, served: Sequence[Served], lease_seconds: float
+    ) -> None:
+        self._t.workers[worker_id] = (served_keys(served), time.time(), lease_seconds)
+
+    async def forget_worker(self, worker_id: str) -> None:
+        self._t.workers.pop(worker_id, None)
+
+    def _stranded(self) -> list[SagaRecord]:
+        now = time.time()
+        served = {
+            key
+            for keys, seen, lease in self._t.workers.values()
+            if seen + LIVE_LEASES * lease >= now
+            for key in keys
+        }
+        rows = [
+            r
+            for r in self._t.sagas.values()
+            if not SagaStatus(r.status).is_terminal and (r.name, r.version or "") not in served
+        ]
+        rows.sort(key=lambda r: (r.created_at, r.saga_id), reverse=True)
+        return rows
+
+    async def list_stranded(self, limit: int = 50) -> list[SagaRecord]:
+        return self._stranded()[:limit]
+
+    async def count_stranded(self) -> int:
+        return len(self._stranded())
 
     async def release(self, owner: str, saga_ids: Sequence[str]) -> None:
         for saga_id in saga_ids:
@@ -304,6 +347,48 @@ class MemoryStore:
         self._notify_all()
         return self._t.sagas[change.saga_id]
 
+    async def fork_saga(self, fork: SagaFork) -> SagaRecord | None:
+        new = fork.new
+        existing = self._t.sagas.get(new.saga_id)
+        if existing is not None:
+            journal = self._t.journal.get(new.saga_id, {})
+            made = any(audit_key(e) == fork.key for s, e in journal.items() if s < 0)
+            return existing if made else None
+        source = self._t.sagas.get(fork.source_id)
+        if source is None:
+            return None
+        now = time.time()
+        self._t.arrival[new.saga_id] = len(self._t.arrival) + 1
+        events = [e for e in self._t.events.get(fork.source_id, []) if e.seq <= fork.events_upto]
+        record = SagaRecord(
+            saga_id=new.saga_id,
+            name=new.name,
+            status=SagaStatus.PENDING.value,
+            input=new.input,
+            output=None,
+            error=None,
+            owner=None,
+            fence=1,
+            lease_expires_at=0.0,
+            created_at=now,
+            updated_at=now,
+            event_count=len(events),
+            version=new.version,
+        )
+        self._t.sagas[new.saga_id] = record
+        journal = {e.seq: e for e in fork.entries}
+        journal[-1] = replace(fork.audit, seq=-1)
+        self._t.journal[new.saga_id] = journal
+        self._t.events[new.saga_id] = [replace(e, saga_id=new.saga_id) for e in events]
+        for write in fork.state:
+            if write.value is not None:
+                self._t.state.setdefault(write.scope, {})[write.key] = write.value
+        source_journal = self._t.journal[fork.source_id]
+        audit_seq = min(0, *source_journal) - 1 if source_journal else -1
+        source_journal[audit_seq] = replace(fork.source_audit, seq=audit_seq)
+        self._notify_all()
+        return record
+
     async def delete_saga(self, saga_id: str) -> bool:
         record = self._t.sagas.get(saga_id)
         if record is None or not SagaStatus(record.status).is_terminal:
@@ -315,6 +400,34 @@ class MemoryStore:
         self._t.state.pop(saga_scope(saga_id), None)
         # its arrival number stays taken: numbers are handed out by count (see create_saga)
         return True
+
+    async def prune(
+        self, ended_before: float, statuses: Sequence[str] | None = None, limit: int = 500
+    ) -> list[str]:
+        chosen = self._prunable(ended_before, statuses)[: max(0, limit)]
+        for saga_id in chosen:
+            await self.delete_saga(saga_id)
+        return chosen
+
+    async def count_prunable(
+        self, ended_before: float, statuses: Sequence[str] | None = None
+    ) -> int:
+        return len(self._prunable(ended_before, statuses))
+
+    def _prunable(self, ended_before: float, statuses: Sequence[str] | None) -> list[str]:
+        wanted = set(prunable_statuses(statuses))
+        live = {r.saga_id for r in self._t.sagas.values() if r.status not in _ENDED}
+        live_parents = {
+            r.parent_id for r in self._t.sagas.values() if r.saga_id in live and r.parent_id
+        }
+        return [
+            r.saga_id
+            for r in self._t.sagas.values()
+            if r.status in wanted
+            and r.updated_at < ended_before
+            and r.parent_id not in live
+            and r.saga_id not in live_parents
+        ]
 
 
 def _matches(record: SagaRecord, where: SagaFilter) -> bool:

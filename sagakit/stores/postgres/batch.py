@@ -119,6 +119,7 @@ async def write_creates(conn: asyncpg.Connection, retry: bool, ops: list[Create]
         [op.new.owner for op in ops],
         [op.new.lease_seconds for op in ops],
         [op.new.parent_id for op in ops],
+        [op.new.version or "" for op in ops],
     )
     found: dict[str, tuple[bool, SagaRecord]] = {}
     for row in rows:
@@ -232,6 +233,7 @@ async def write_object_create(conn: asyncpg.Connection, retry: bool, op: Create)
             new.lease_seconds,
             new.object_key,
             new.parent_id,  # an object call made by a saga (saga.call_object) is its child
+            new.version or "",
         )
         row = await conn.fetchrow(Q["get_saga"], new.saga_id)
     record = record_from_row(tuple(row))

@@ -20,22 +20,25 @@ WITH clock AS (
 )
 INSERT INTO saga_instances
     (saga_id, name, status, input, owner, fence, lease_expires_at, created_at, updated_at,
-     parent_id)
+     parent_id, version)
 SELECT n.saga_id, n.name,
        CASE WHEN n.owner IS NULL THEN 'PENDING' ELSE 'RUNNING' END,
        n.input, n.owner, 1,
        CASE WHEN n.owner IS NULL THEN 0 ELSE clock.now + n.lease_seconds END,
-       clock.now, clock.now, n.parent_id
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[])
-        AS n(saga_id, name, input, owner, lease_seconds, parent_id),
+       clock.now, clock.now, n.parent_id, n.version
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[],
+            $7::text[])
+        AS n(saga_id, name, input, owner, lease_seconds, parent_id, version),
      clock
 ON CONFLICT (saga_id) DO NOTHING
 RETURNING saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
-          created_at, updated_at, wait_token, event_count, object_key, parent_id
+          created_at, updated_at, wait_token, event_count, object_key, parent_id,
+       nullif(version, '')
 
 -- name: get_sagas
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
-       created_at, updated_at, wait_token, event_count, object_key, parent_id
+       created_at, updated_at, wait_token, event_count, object_key, parent_id,
+       nullif(version, '')
 FROM saga_instances WHERE saga_id = ANY($1::text[])
 
 -- name: append
@@ -156,12 +159,12 @@ WITH busy AS (
 )
 INSERT INTO saga_instances
     (saga_id, name, status, input, owner, fence, lease_expires_at, created_at, updated_at,
-     object_key, arrival, parent_id)
+     object_key, arrival, parent_id, version)
 SELECT $1, $2,
        CASE WHEN $4::text IS NULL OR busy THEN 'PENDING' ELSE 'RUNNING' END,
        $3, CASE WHEN busy THEN NULL ELSE $4::text END, 1,
        CASE WHEN $4::text IS NULL OR busy THEN 0 ELSE clock.now + $5 END,
-       clock.now, clock.now, $6, nextval('saga_arrival'), $7
+       clock.now, clock.now, $6, nextval('saga_arrival'), $7, $8
 FROM busy, clock
 ON CONFLICT (saga_id) DO NOTHING
 RETURNING saga_id
@@ -220,7 +223,8 @@ SELECT key, value FROM saga_state WHERE scope = $1
 
 -- name: get_saga
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
-       created_at, updated_at, wait_token, event_count, object_key, parent_id
+       created_at, updated_at, wait_token, event_count, object_key, parent_id,
+       nullif(version, '')
 FROM saga_instances WHERE saga_id = $1
 
 -- name: get_journal
@@ -247,6 +251,9 @@ WITH clock AS (
     WHERE s.status IN ('PENDING', 'RUNNING', 'COMPENSATING', 'SUSPENDED')
       AND s.lease_expires_at < clock.now
       AND s.name = ANY($2::text[])
+      AND ($5::text[] IS NULL OR EXISTS (
+            SELECT 1 FROM unnest($2::text[], $5::text[]) AS w(name, version)
+            WHERE w.name = s.name AND (w.version IS NULL OR w.version = s.version)))
       AND (s.object_key IS NULL OR NOT EXISTS (
             SELECT 1 FROM saga_instances p
             WHERE p.object_key = s.object_key AND p.arrival < s.arrival
@@ -265,7 +272,8 @@ FROM picked, clock
 WHERE s.saga_id = picked.saga_id
 RETURNING s.saga_id, s.name, s.status, s.input, s.output, s.error, s.owner, s.fence,
           s.lease_expires_at, s.created_at, s.updated_at, s.wait_token, s.event_count,
-          s.object_key, s.parent_id, picked.previous_owner IS NOT NULL AS taken_over
+          s.object_key, s.parent_id, nullif(s.version, ''),
+          picked.previous_owner IS NOT NULL AS taken_over
 
 -- name: release
 UPDATE saga_instances SET owner = NULL, lease_expires_at = 0
@@ -277,7 +285,8 @@ SELECT pg_notify('sagakit_work', '')
 -- name: list_sagas
 -- newest first; $5/$6 continue a page after the saga with that created_at and saga_id
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
-       created_at, updated_at, wait_token, event_count, object_key, parent_id
+       created_at, updated_at, wait_token, event_count, object_key, parent_id,
+       nullif(version, '')
 FROM saga_instances
 WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR name = $2)
   AND ($3::float8 IS NULL OR created_at >= $3) AND ($4::float8 IS NULL OR created_at < $4)
@@ -289,7 +298,8 @@ LIMIT $7
 -- list_sagas of one saga's children ($8): a plain condition, so that every plan of it uses
 -- the index on parent_id
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
-       created_at, updated_at, wait_token, event_count, object_key, parent_id
+       created_at, updated_at, wait_token, event_count, object_key, parent_id,
+       nullif(version, '')
 FROM saga_instances
 WHERE parent_id = $8
   AND ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR name = $2)
@@ -308,7 +318,8 @@ SET status = $2, output = $3, error = $4, owner = NULL, fence = fence + 1,
     lease_expires_at = $5, wait_token = $6, updated_at = extract(epoch FROM clock_timestamp())
 WHERE saga_id = $1 AND status = $7 AND fence = $8
 RETURNING saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
-          created_at, updated_at, wait_token, event_count, object_key, parent_id
+          created_at, updated_at, wait_token, event_count, object_key, parent_id,
+       nullif(version, '')
 
 -- name: delete_entries
 DELETE FROM saga_journal WHERE saga_id = $1 AND seq = ANY($2::int4[])
@@ -341,3 +352,99 @@ RETURNING saga_id
 
 -- name: delete_saga_state
 DELETE FROM saga_state WHERE scope = $1
+
+-- name: prune
+-- retention: up to $3 ended sagas of $1 last changed before $2, but none whose parent or one
+-- of whose children has not ended; deleted with their journals and events (ON DELETE
+-- CASCADE) and their published state (scope $4 || saga_id). A saga another transaction
+-- holds is skipped, never waited for: writers never queue behind a prune
+WITH picked AS (
+    SELECT s.saga_id FROM saga_instances s
+    WHERE s.status IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED')
+      AND s.status = ANY($1::text[])
+      AND s.updated_at < $2
+      AND NOT EXISTS (
+            SELECT 1 FROM saga_instances p WHERE p.saga_id = s.parent_id
+              AND p.status NOT IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED'))
+      AND NOT EXISTS (
+            SELECT 1 FROM saga_instances c WHERE c.parent_id = s.saga_id
+              AND c.status NOT IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED'))
+    LIMIT $3
+    FOR UPDATE OF s SKIP LOCKED
+), gone AS (
+    DELETE FROM saga_instances s USING picked WHERE s.saga_id = picked.saga_id
+    RETURNING s.saga_id
+), state_gone AS (
+    DELETE FROM saga_state st USING gone WHERE st.scope = $4::text || gone.saga_id
+)
+SELECT saga_id FROM gone
+
+-- name: count_prunable
+-- how many sagas prune finds, over all its calls
+SELECT count(*) FROM saga_instances s
+WHERE s.status IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED')
+  AND s.status = ANY($1::text[])
+  AND s.updated_at < $2
+  AND NOT EXISTS (
+        SELECT 1 FROM saga_instances p WHERE p.saga_id = s.parent_id
+          AND p.status NOT IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED'))
+  AND NOT EXISTS (
+        SELECT 1 FROM saga_instances c WHERE c.parent_id = s.saga_id
+          AND c.status NOT IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED'))
+
+-- name: insert_fork
+-- a fork (engine.admin.fork): PENDING for any worker, having received the events copied;
+-- $4 the source, $5 the last event copied, $6 the version. No row back: the id was taken
+INSERT INTO saga_instances
+    (saga_id, name, status, input, owner, fence, lease_expires_at, created_at, updated_at,
+     event_count, version)
+SELECT $1, $2, 'PENDING', $3, NULL, 1, 0, now.t, now.t,
+       (SELECT count(*) FROM saga_events WHERE saga_id = $4 AND seq <= $5),
+       coalesce($6::text, '')
+FROM (SELECT extract(epoch FROM clock_timestamp())::float8 AS t) AS now
+ON CONFLICT (saga_id) DO NOTHING
+RETURNING saga_id
+
+-- name: copy_events
+-- the events a fork's kept waits took, numbered as in the source (with no delivery key)
+INSERT INTO saga_events (saga_id, seq, kind, name, payload, created_at)
+SELECT $1, seq, kind, name, payload, created_at FROM saga_events
+WHERE saga_id = $2 AND seq <= $3
+
+-- name: set_state
+INSERT INTO saga_state (scope, key, value, updated_at)
+VALUES ($1, $2, $3, extract(epoch FROM clock_timestamp()))
+ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+
+-- name: heartbeat
+-- $2 a JSON array of [name, version] pairs (version '' for unversioned)
+INSERT INTO saga_workers (worker_id, served, lease_seconds, last_seen)
+VALUES ($1, $2::jsonb, $3, extract(epoch FROM clock_timestamp()))
+ON CONFLICT (worker_id) DO UPDATE SET
+    served = excluded.served, lease_seconds = excluded.lease_seconds,
+    last_seen = excluded.last_seen
+
+-- name: forget_worker
+DELETE FROM saga_workers WHERE worker_id = $1
+
+-- name: list_stranded
+-- sagas not ended whose (name, version) no live worker (seen within $1 of its leases) serves
+SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
+       created_at, updated_at, wait_token, event_count, object_key, parent_id,
+       nullif(version, '')
+FROM saga_instances s
+WHERE s.status IN ('PENDING', 'RUNNING', 'SUSPENDED', 'PARKED', 'COMPENSATING')
+  AND NOT EXISTS (
+        SELECT 1 FROM saga_workers w, jsonb_array_elements(w.served) v
+        WHERE w.last_seen + $1 * w.lease_seconds >= extract(epoch FROM clock_timestamp())
+          AND v ->> 0 = s.name AND v ->> 1 = s.version)
+ORDER BY created_at DESC, saga_id DESC
+LIMIT $2
+
+-- name: count_stranded
+SELECT count(*) FROM saga_instances s
+WHERE s.status IN ('PENDING', 'RUNNING', 'SUSPENDED', 'PARKED', 'COMPENSATING')
+  AND NOT EXISTS (
+        SELECT 1 FROM saga_workers w, jsonb_array_elements(w.served) v
+        WHERE w.last_seen + $1 * w.lease_seconds >= extract(epoch FROM clock_timestamp())
+          AND v ->> 0 = s.name AND v ->> 1 = s.version)

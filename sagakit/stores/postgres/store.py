@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import astuple, replace
@@ -36,6 +37,7 @@ import asyncpg
 
 from ...errors import StoreError
 from ..base import (
+    LIVE_LEASES,
     AdminChange,
     ClaimedSaga,
     CreateResult,
@@ -45,15 +47,20 @@ from ..base import (
     NewSaga,
     SagaEvent,
     SagaFilter,
+    SagaFork,
     SagaRecord,
     SagaStatus,
     SagaUpdate,
+    Served,
     StateWrite,
     audit_key,
+    claim_keys,
     entry_from_row,
     event_from_row,
+    prunable_statuses,
     record_from_row,
     saga_scope,
+    served_keys,
 )
 from ..retrying import DEFAULT_RETRY_DEADLINE, Backoff, retry
 from .batch import (
@@ -521,16 +528,19 @@ class PostgresStore:
         return await self._call(fn)
 
     async def claim(
-        self, owner: str, names: Sequence[str], lease_seconds: float, limit: int
+        self, owner: str, names: Sequence[str | Served], lease_seconds: float, limit: int
     ) -> list[ClaimedSaga]:
         if not names or limit <= 0:
             return []
+        keys = claim_keys(names)
+        wanted = [name for name, _ in keys]
+        versions = [version for _, version in keys]
 
         async def fn(conn: asyncpg.Connection) -> list[ClaimedSaga]:
             # one transaction: a connection lost before the commit took nothing; one lost
             # after it leaves sagas this engine does not know it holds, which it never renews
             async with conn.transaction():
-                rows = await conn.fetch(Q["claim"], owner, list(names), lease_seconds, limit)
+                rows = await conn.fetch(Q["claim"], owner, wanted, lease_seconds, limit, versions)
                 records = [record_from_row(tuple(r)[:-1]) for r in rows]
                 taken_over = {r["saga_id"]: bool(r["taken_over"]) for r in rows}
                 if not records:
@@ -549,6 +559,35 @@ class PostgresStore:
             ]
 
         return await self._call(fn)
+
+    async def heartbeat(
+        self, worker_id: str, served: Sequence[Served], lease_seconds: float
+    ) -> None:
+        pairs = json.dumps(served_keys(served))
+
+        async def fn(conn: asyncpg.Connection) -> None:
+            await conn.execute(Q["heartbeat"], worker_id, pairs, lease_seconds)
+
+        await self._call(fn)
+
+    async def forget_worker(self, worker_id: str) -> None:
+        async def fn(conn: asyncpg.Connection) -> None:
+            await conn.execute(Q["forget_worker"], worker_id)
+
+        await self._call(fn)
+
+    async def list_stranded(self, limit: int = 50) -> list[SagaRecord]:
+        async def fn(conn: asyncpg.Connection) -> list[SagaRecord]:
+            rows = await conn.fetch(Q["list_stranded"], float(LIVE_LEASES), limit)
+            return [record_from_row(tuple(r)) for r in rows]
+
+        return await self._read(fn)
+
+    async def count_stranded(self) -> int:
+        async def fn(conn: asyncpg.Connection) -> int:
+            return int(await conn.fetchval(Q["count_stranded"], float(LIVE_LEASES)))
+
+        return await self._read(fn)
 
     async def release(self, owner: str, saga_ids: Sequence[str]) -> None:
         if not saga_ids:
@@ -626,6 +665,45 @@ class PostgresStore:
 
         return await self._call(fn)
 
+    async def fork_saga(self, fork: SagaFork) -> SagaRecord | None:
+        new = fork.new
+
+        async def fn(conn: asyncpg.Connection) -> SagaRecord | None:
+            async with conn.transaction():
+                # the source first: its next audit number is ours until the commit
+                if await conn.fetchval(Q["lock_saga"], fork.source_id) is None:
+                    return None
+                inserted = await conn.fetchval(
+                    Q["insert_fork"],
+                    new.saga_id,
+                    new.name,
+                    new.input,
+                    fork.source_id,
+                    fork.events_upto,
+                    new.version,
+                )
+                if inserted is None:  # the id is taken: by this fork (a retry), or another
+                    audits = await conn.fetch(Q["audit_entries"], new.saga_id)
+                    if not any(audit_key(entry_from_row(tuple(r))) == fork.key for r in audits):
+                        return None
+                else:
+                    await conn.execute(
+                        Q["copy_events"], new.saga_id, fork.source_id, fork.events_upto
+                    )
+                    for entry in (*fork.entries, replace(fork.audit, seq=-1)):
+                        await conn.execute(Q["upsert_entry"], *astuple(entry))
+                    for write in fork.state:
+                        if write.value is not None:
+                            await conn.execute(Q["set_state"], write.scope, write.key, write.value)
+                    seq = await conn.fetchval(Q["next_audit_seq"], fork.source_id)
+                    audit = replace(fork.source_audit, seq=seq)
+                    await conn.execute(Q["upsert_entry"], *astuple(audit))
+                    await conn.execute(Q["notify_work"])
+                row = await conn.fetchrow(Q["get_saga"], new.saga_id)
+                return record_from_row(tuple(row))
+
+        return await self._call(fn)
+
     async def delete_saga(self, saga_id: str) -> bool:
         async def fn(conn: asyncpg.Connection) -> bool:
             async with conn.transaction():
@@ -637,6 +715,32 @@ class PostgresStore:
 
         deleted: bool = await self._call(fn)
         return deleted
+
+    async def prune(
+        self, ended_before: float, statuses: Sequence[str] | None = None, limit: int = 500
+    ) -> list[str]:
+        if limit <= 0:
+            return []
+        wanted = prunable_statuses(statuses)
+
+        # one statement, on a pool connection rather than the writer's: the appends queued
+        # behind the writer never wait for a delete of many journals
+        async def fn(conn: asyncpg.Connection) -> list[str]:
+            rows = await conn.fetch(Q["prune"], wanted, ended_before, limit, saga_scope(""))
+            return [row[0] for row in rows]
+
+        return await self._read(fn)
+
+    async def count_prunable(
+        self, ended_before: float, statuses: Sequence[str] | None = None
+    ) -> int:
+        wanted = prunable_statuses(statuses)
+
+        async def fn(conn: asyncpg.Connection) -> int:
+            count: int = await conn.fetchval(Q["count_prunable"], wanted, ended_before)
+            return count
+
+        return await self._read(fn)
 
 
 async def _applied_already(conn: asyncpg.Connection, change: AdminChange) -> SagaRecord | None:

@@ -12,14 +12,14 @@ INSERT INTO saga_schema_version (version) VALUES (:version)
 -- name: insert_saga
 INSERT INTO saga_instances
     (saga_id, name, status, input, owner, fence, lease_expires_at, created_at, updated_at,
-     object_key, arrival, parent_id)
+     object_key, arrival, parent_id, version)
 VALUES
     (:saga_id, :name, :status, :input, :owner, 1, :lease_expires_at, :now, :now,
      :object_key,
      CASE WHEN :object_key IS NULL THEN NULL
           ELSE (SELECT coalesce(max(arrival), 0) + 1 FROM saga_instances
                 WHERE object_key = :object_key) END,
-     :parent_id)
+     :parent_id, coalesce(:version, ''))
 ON CONFLICT (saga_id) DO NOTHING
 
 -- name: object_busy
@@ -38,7 +38,8 @@ WHERE saga_id = :saga_id
 
 -- name: get_saga
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
-       created_at, updated_at, wait_token, event_count, object_key, parent_id
+       created_at, updated_at, wait_token, event_count, object_key, parent_id,
+       nullif(version, '')
 FROM saga_instances WHERE saga_id = :saga_id
 
 -- name: touch_saga
@@ -131,7 +132,9 @@ WHERE owner = :owner AND saga_id IN (SELECT value FROM json_each(:saga_ids))
 SELECT s.saga_id, s.owner IS NOT NULL FROM saga_instances s
 WHERE s.status IN ('PENDING', 'RUNNING', 'COMPENSATING', 'SUSPENDED')
   AND s.lease_expires_at < :now
-  AND s.name IN (SELECT value FROM json_each(:names))
+  AND EXISTS (SELECT 1 FROM json_each(:names) w
+              WHERE json_extract(w.value, '$[0]') = s.name
+                AND (json_extract(w.value, '$[1]') IS NULL OR json_extract(w.value, '$[1]') = s.version))
   AND (s.object_key IS NULL OR NOT EXISTS (
         SELECT 1 FROM saga_instances p
         WHERE p.object_key = s.object_key AND p.arrival < s.arrival
@@ -148,7 +151,8 @@ SET owner = :owner,
     updated_at = :now
 WHERE saga_id IN (SELECT value FROM json_each(:saga_ids))
 RETURNING saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
-          created_at, updated_at, wait_token, event_count, object_key, parent_id
+          created_at, updated_at, wait_token, event_count, object_key, parent_id,
+       nullif(version, '')
 
 -- name: release
 UPDATE saga_instances SET owner = NULL, lease_expires_at = 0
@@ -157,7 +161,8 @@ WHERE owner = :owner AND saga_id IN (SELECT value FROM json_each(:saga_ids))
 -- name: list_sagas
 -- newest first; :after_created/:after_id continue a page after that saga
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
-       created_at, updated_at, wait_token, event_count, object_key, parent_id
+       created_at, updated_at, wait_token, event_count, object_key, parent_id,
+       nullif(version, '')
 FROM saga_instances
 WHERE (:status IS NULL OR status = :status) AND (:name IS NULL OR name = :name)
   AND (:created_after IS NULL OR created_at >= :created_after)
@@ -170,7 +175,8 @@ LIMIT :limit
 -- name: list_children
 -- list_sagas of one saga's children: a plain condition, so that it uses the index on parent_id
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
-       created_at, updated_at, wait_token, event_count, object_key, parent_id
+       created_at, updated_at, wait_token, event_count, object_key, parent_id,
+       nullif(version, '')
 FROM saga_instances
 WHERE parent_id = :parent_id
   AND (:status IS NULL OR status = :status) AND (:name IS NULL OR name = :name)
@@ -216,3 +222,106 @@ DELETE FROM saga_events WHERE saga_id = :saga_id
 
 -- name: delete_saga_state
 DELETE FROM saga_state WHERE scope = :scope
+
+-- name: prunable
+-- retention's candidates, read beside the writer: ended sagas of :statuses last changed
+-- before :ended_before, but none whose parent or one of whose children has not ended
+SELECT s.saga_id FROM saga_instances s
+WHERE s.status IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED')
+  AND s.status IN (SELECT value FROM json_each(:statuses))
+  AND s.updated_at < :ended_before
+  AND NOT EXISTS (
+        SELECT 1 FROM saga_instances p WHERE p.saga_id = s.parent_id
+          AND p.status NOT IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED'))
+  AND NOT EXISTS (
+        SELECT 1 FROM saga_instances c WHERE c.parent_id = s.saga_id
+          AND c.status NOT IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED'))
+LIMIT :limit
+
+-- name: count_prunable
+-- how many sagas prunable finds, without a limit
+SELECT count(*) FROM saga_instances s
+WHERE s.status IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED')
+  AND s.status IN (SELECT value FROM json_each(:statuses))
+  AND s.updated_at < :ended_before
+  AND NOT EXISTS (
+        SELECT 1 FROM saga_instances p WHERE p.saga_id = s.parent_id
+          AND p.status NOT IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED'))
+  AND NOT EXISTS (
+        SELECT 1 FROM saga_instances c WHERE c.parent_id = s.saga_id
+          AND c.status NOT IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED'))
+
+-- name: prune_sagas
+-- those of prunable's candidates that are still prunable in the writer's transaction, each
+-- found by its key (the unary + keeps the planner off the status index: this runs on the
+-- event loop and must never scan); their journals and events go with them (ON DELETE CASCADE)
+DELETE FROM saga_instances
+WHERE saga_id IN (SELECT value FROM json_each(:saga_ids))
+  AND +status IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED')
+  AND +status IN (SELECT value FROM json_each(:statuses))
+  AND updated_at < :ended_before
+  AND NOT EXISTS (
+        SELECT 1 FROM saga_instances p WHERE p.saga_id = saga_instances.parent_id
+          AND p.status NOT IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED'))
+  AND NOT EXISTS (
+        SELECT 1 FROM saga_instances c WHERE c.parent_id = saga_instances.saga_id
+          AND c.status NOT IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED'))
+RETURNING saga_id
+
+-- name: prune_journals
+DELETE FROM saga_journal WHERE saga_id IN (SELECT value FROM json_each(:saga_ids))
+
+-- name: prune_events
+DELETE FROM saga_events WHERE saga_id IN (SELECT value FROM json_each(:saga_ids))
+
+-- name: prune_state
+DELETE FROM saga_state WHERE scope IN (SELECT value FROM json_each(:scopes))
+
+-- name: insert_fork
+-- a fork (engine.admin.fork): PENDING for any worker, having received the events copied
+INSERT INTO saga_instances
+    (saga_id, name, status, input, owner, fence, lease_expires_at, created_at, updated_at,
+     event_count, version)
+VALUES
+    (:saga_id, :name, 'PENDING', :input, NULL, 1, 0, :now, :now,
+     (SELECT count(*) FROM saga_events WHERE saga_id = :source_id AND seq <= :upto),
+     coalesce(:version, ''))
+
+-- name: copy_events
+-- the events a fork's kept waits took, numbered as in the source (with no delivery key)
+INSERT INTO saga_events (saga_id, seq, kind, name, payload, created_at)
+SELECT :saga_id, seq, kind, name, payload, created_at FROM saga_events
+WHERE saga_id = :source_id AND seq <= :upto
+
+-- name: heartbeat
+-- :served is a JSON array of [name, version] pairs (version '' for unversioned)
+INSERT INTO saga_workers (worker_id, served, lease_seconds, last_seen)
+VALUES (:worker_id, :served, :lease_seconds, :now)
+ON CONFLICT (worker_id) DO UPDATE SET
+    served = excluded.served, lease_seconds = excluded.lease_seconds,
+    last_seen = excluded.last_seen
+
+-- name: forget_worker
+DELETE FROM saga_workers WHERE worker_id = :worker_id
+
+-- name: list_stranded
+-- sagas not ended whose (name, version) no live worker (seen within 3 of its leases) serves
+SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
+       created_at, updated_at, wait_token, event_count, object_key, parent_id,
+       nullif(version, '')
+FROM saga_instances s
+WHERE s.status IN ('PENDING', 'RUNNING', 'SUSPENDED', 'PARKED', 'COMPENSATING')
+  AND NOT EXISTS (
+        SELECT 1 FROM saga_workers w, json_each(w.served) v
+        WHERE w.last_seen + :live_leases * w.lease_seconds >= :now
+          AND json_extract(v.value, '$[0]') = s.name AND json_extract(v.value, '$[1]') = s.version)
+ORDER BY created_at DESC, saga_id DESC
+LIMIT :limit
+
+-- name: count_stranded
+SELECT count(*) FROM saga_instances s
+WHERE s.status IN ('PENDING', 'RUNNING', 'SUSPENDED', 'PARKED', 'COMPENSATING')
+  AND NOT EXISTS (
+        SELECT 1 FROM saga_workers w, json_each(w.served) v
+        WHERE w.last_seen + :live_leases * w.lease_seconds >= :now
+          AND json_extract(v.value, '$[0]') = s.name AND json_extract(v.value, '$[1]') = s.version)

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 from ...errors import EventsArrived, LeaseLost, StoreError
 from ..base import (
+    LIVE_LEASES,
     NEVER,
     AdminChange,
     ClaimedSaga,
@@ -44,15 +45,20 @@ from ..base import (
     NewSaga,
     SagaEvent,
     SagaFilter,
+    SagaFork,
     SagaRecord,
     SagaStatus,
     SagaUpdate,
+    Served,
     StateWrite,
     audit_key,
+    claim_keys,
     entry_from_row,
     event_from_row,
+    prunable_statuses,
     record_from_row,
     saga_scope,
+    served_keys,
 )
 from ..retrying import DEFAULT_RETRY_DEADLINE, Backoff
 from ..sqlfile import load_migrations, load_queries
@@ -357,6 +363,7 @@ class SqliteStore:
                     "now": now,
                     "object_key": new.object_key,
                     "parent_id": new.parent_id,
+                    "version": new.version,
                 },
             )
             created = cur.rowcount == 1
@@ -477,10 +484,11 @@ class SqliteStore:
         return count
 
     async def claim(
-        self, owner: str, names: Sequence[str], lease_seconds: float, limit: int
+        self, owner: str, names: Sequence[str | Served], lease_seconds: float, limit: int
     ) -> list[ClaimedSaga]:
         if not names or limit <= 0:
             return []
+        wanted = json.dumps(claim_keys(names))
 
         def op(conn: sqlite3.Connection) -> list[ClaimedSaga]:
             now = time.time()
@@ -488,7 +496,7 @@ class SqliteStore:
             candidates = dict(
                 conn.execute(
                     Q["claim_candidates"],
-                    {"now": now, "names": json.dumps(list(names)), "limit": limit},
+                    {"now": now, "names": wanted, "limit": limit},
                 ).fetchall()
             )
             if not candidates:
@@ -519,6 +527,40 @@ class SqliteStore:
 
         result: list[ClaimedSaga] = await self._write(op)
         return result
+
+    async def heartbeat(
+        self, worker_id: str, served: Sequence[Served], lease_seconds: float
+    ) -> None:
+        params = {
+            "worker_id": worker_id,
+            "served": json.dumps(served_keys(served)),
+            "lease_seconds": lease_seconds,
+        }
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(Q["heartbeat"], {**params, "now": time.time()})
+
+        await self._write(op)
+
+    async def forget_worker(self, worker_id: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(Q["forget_worker"], {"worker_id": worker_id})
+
+        await self._write(op)
+
+    async def list_stranded(self, limit: int = 50) -> list[SagaRecord]:
+        def fn(conn: sqlite3.Connection) -> list[SagaRecord]:
+            params = {"now": time.time(), "live_leases": LIVE_LEASES, "limit": limit}
+            return [record_from_row(r) for r in conn.execute(Q["list_stranded"], params)]
+
+        return await self._read(fn)
+
+    async def count_stranded(self) -> int:
+        def fn(conn: sqlite3.Connection) -> int:
+            params = {"now": time.time(), "live_leases": LIVE_LEASES}
+            return int(conn.execute(Q["count_stranded"], params).fetchone()[0])
+
+        return await self._read(fn)
 
     async def release(self, owner: str, saga_ids: Sequence[str]) -> None:
         if not saga_ids:
@@ -589,6 +631,42 @@ class SqliteStore:
         result: SagaRecord | None = await self._write(op)
         return result
 
+    async def fork_saga(self, fork: SagaFork) -> SagaRecord | None:
+        new = fork.new
+
+        def op(conn: sqlite3.Connection) -> SagaRecord | None:
+            # everything is checked before the first write: a statement failing halfway would
+            # leave the rest of the batch's transaction standing (see _commit)
+            taken = conn.execute(Q["get_saga"], {"saga_id": new.saga_id}).fetchone()
+            if taken is not None:
+                audits = conn.execute(Q["audit_entries"], {"saga_id": new.saga_id}).fetchall()
+                made = any(audit_key(entry_from_row(r)) == fork.key for r in audits)
+                return record_from_row(taken) if made else None
+            if conn.execute(Q["saga_fence"], {"saga_id": fork.source_id}).fetchone() is None:
+                return None
+            now = time.time()
+            copied = {
+                "saga_id": new.saga_id,
+                "source_id": fork.source_id,
+                "upto": fork.events_upto,
+            }
+            saga = {"name": new.name, "input": new.input, "now": now, "version": new.version}
+            conn.execute(Q["insert_fork"], {**copied, **saga})
+            conn.execute(Q["copy_events"], copied)
+            for entry in (*fork.entries, replace(fork.audit, seq=-1)):
+                conn.execute(Q["upsert_entry"], _entry_params(entry))
+            for write in fork.state:
+                if write.value is not None:
+                    params = {"scope": write.scope, "key": write.key, "value": write.value}
+                    conn.execute(Q["set_state"], {**params, "now": now})
+            seq = conn.execute(Q["next_audit_seq"], {"saga_id": fork.source_id}).fetchone()[0]
+            conn.execute(Q["upsert_entry"], _entry_params(replace(fork.source_audit, seq=seq)))
+            row = conn.execute(Q["get_saga"], {"saga_id": new.saga_id}).fetchone()
+            return record_from_row(row)
+
+        result: SagaRecord | None = await self._write(op)
+        return result
+
     async def delete_saga(self, saga_id: str) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
             params = {"saga_id": saga_id}
@@ -601,6 +679,51 @@ class SqliteStore:
 
         deleted: bool = await self._write(op)
         return deleted
+
+    async def prune(
+        self, ended_before: float, statuses: Sequence[str] | None = None, limit: int = 500
+    ) -> list[str]:
+        if limit <= 0:
+            return []
+        wanted = json.dumps(prunable_statuses(statuses))
+        params: dict[str, Any] = {"statuses": wanted, "ended_before": ended_before}
+
+        # the search reads beside the writer (it may scan many ended sagas); the writer, which
+        # runs on the event loop, then only deletes those still prunable, each by its key
+        def search(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(Q["prunable"], {**params, "limit": limit}).fetchall()
+            return [row[0] for row in rows]
+
+        candidates = await self._read(search)
+        if not candidates:
+            return []
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            found = conn.execute(
+                Q["prune_sagas"], {**params, "saga_ids": json.dumps(candidates)}
+            ).fetchall()
+            ids = [row[0] for row in found]
+            if ids:
+                listed = {"saga_ids": json.dumps(ids)}
+                conn.execute(Q["prune_journals"], listed)
+                conn.execute(Q["prune_events"], listed)
+                scopes = json.dumps([saga_scope(saga_id) for saga_id in ids])
+                conn.execute(Q["prune_state"], {"scopes": scopes})
+            return ids
+
+        deleted: list[str] = await self._write(op)
+        return deleted
+
+    async def count_prunable(
+        self, ended_before: float, statuses: Sequence[str] | None = None
+    ) -> int:
+        params = {"statuses": json.dumps(prunable_statuses(statuses)), "ended_before": ended_before}
+
+        def fn(conn: sqlite3.Connection) -> int:
+            count: int = conn.execute(Q["count_prunable"], params).fetchone()[0]
+            return count
+
+        return await self._read(fn)
 
 
 def _applied_already(conn: sqlite3.Connection, change: AdminChange) -> SagaRecord | None:

@@ -1,0 +1,412 @@
+"""Workflow versions (issue 16): each saga records the version that started it, workers claim
+only the versions they registered, several versions run side by side, sagas no live worker
+serves are reported as stranded, and a version-4 database with sagas in flight is upgraded."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Awaitable, Callable
+from dataclasses import astuple, replace
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from pydantic import BaseModel
+
+from sagakit import (
+    BaseStep,
+    Engine,
+    SagaBuilder,
+    SagaConflictError,
+    SagaContext,
+    SagaStatus,
+    create_saga_long_workflow,
+    create_saga_virtual_object,
+    create_saga_workflow,
+    saga_step,
+    saga_workflow,
+)
+from sagakit.stores.base import JournalEntry, SagaRecord
+from sagakit.stores.postgres.sql import MIGRATIONS as PG_MIGRATIONS
+from sagakit.stores.sqlite.store import MIGRATIONS as SQLITE_MIGRATIONS
+from sagakit.stores.sqlite.store import _split_statements
+
+from .conftest import make_engine, make_store_url
+
+ran: list[str] = []
+
+
+@saga_step("ReserveV1")
+async def reserve_v1(ctx: SagaContext, inp: dict[str, Any]) -> dict[str, Any]:
+    ran.append("reserve-v1")
+    return {"reserved": inp["item"]}
+
+
+@saga_step("ShipV1")
+async def ship_v1(ctx: SagaContext, inp: dict[str, Any]) -> dict[str, Any]:
+    ran.append("ship-v1")
+    return {"shipped": inp["reserved"]}
+
+
+@saga_step("ReserveV2")
+async def reserve_v2(ctx: SagaContext, inp: dict[str, Any]) -> dict[str, Any]:
+    ran.append("reserve-v2")
+    return {"reserved": inp["item"], "warehouse": "B"}
+
+
+@saga_workflow("Checkout", version="1")
+async def checkout_v1(saga: SagaContext, inp: dict[str, Any]) -> dict[str, Any]:
+    reserved = await reserve_v1(saga, inp)
+    if inp.get("wait"):
+        await saga.wait_for_signal("go")
+    shipped = await ship_v1(saga, reserved)
+    return {"code": "v1", **shipped}
+
+
+@saga_workflow("Checkout", version="2")
+async def checkout_v2(saga: SagaContext, inp: dict[str, Any]) -> dict[str, Any]:
+    reserved = await reserve_v2(saga, inp)
+    if inp.get("wait"):
+        await saga.wait_for_signal("go")
+    return {"code": "v2", **reserved}
+
+
+async def plain(saga: SagaContext, inp: dict[str, Any]) -> dict[str, Any]:
+    reserved = await reserve_v1(saga, inp)
+    if inp.get("wait"):
+        await saga.wait_for_signal("go")
+    return {"code": "plain", **reserved}
+
+
+class NoteIn(BaseModel):
+    text: str
+
+
+class Note(BaseStep[NoteIn, NoteIn]):
+    async def execute(self, inp: NoteIn) -> NoteIn:
+        return inp
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait until ``check()`` holds (a background worker's tick), failing after a generous
+    while: the test asserts that it happens, not how fast."""
+    for _ in range(600):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+@pytest.fixture(autouse=True)
+def _clear_ran() -> None:
+    ran.clear()
+
+
+# -- definitions ------------------------------------------------------------------------------
+
+
+def test_every_kind_of_definition_takes_a_version() -> None:
+    assert checkout_v1.version == "1" and checkout_v2.version == "2"
+    assert create_saga_workflow("P", plain).version is None
+    assert create_saga_workflow("P", plain, version="7").version == "7"
+
+    long_wf = create_saga_long_workflow("Approval", version="3")
+
+    @long_wf.main()
+    async def main(saga: SagaContext, inp: dict[str, Any]) -> str:
+        return "ok"
+
+    assert long_wf.version == "3"
+
+    obj = create_saga_virtual_object("Cart", version="4")
+
+    @obj.handler()
+    async def add(saga: SagaContext, o: Any, inp: dict[str, Any]) -> None:
+        return None
+
+    assert obj.version == "4"
+    assert [w.version for w in obj.workflows] == ["4"]
+    with pytest.raises(ValueError, match="non-empty string"):
+        create_saga_workflow("P", plain, version="")
+
+
+def test_two_definitions_at_one_version_conflict() -> None:
+    other_v1 = create_saga_workflow("Checkout", plain, version="1")
+    engine = Engine("memory://")
+    engine.register(checkout_v1, checkout_v2)  # side by side: no conflict
+    with pytest.raises(SagaConflictError, match="at version '1'"):
+        engine.register(other_v1)
+    assert engine.served == [("Checkout", "1"), ("Checkout", "2")]
+
+
+# -- side by side -------------------------------------------------------------------------------
+
+
+async def test_v1_and_v2_side_by_side_in_one_engine(engine: Engine) -> None:
+    engine.register(checkout_v1, checkout_v2)
+    assert await engine.run(checkout_v1, {"item": "a"}, "s1") == {"code": "v1", "shipped": "a"}
+    assert await engine.run(checkout_v2, {"item": "b"}, "s2") == {
+        "code": "v2",
+        "reserved": "b",
+        "warehouse": "B",
+    }
+    await engine.run(checkout_v1, {"item": "d"}, "s4")  # starting v1 again changes nothing
+    # a start by name starts the version registered last
+    assert (await engine.run("Checkout", {"item": "c"}, "s3"))["code"] == "v2"
+    versions = {s: (await engine.get(s)).version for s in ("s1", "s2", "s3", "s4")}
+    assert versions == {"s1": "1", "s2": "2", "s3": "2", "s4": "1"}
+    listed = {s.saga_id: s.version for s in await engine.list(name="Checkout")}
+    assert listed == versions
+
+
+async def test_a_suspended_saga_resumes_on_the_code_of_its_own_version(engine: Engine) -> None:
+    engine.register(checkout_v1, checkout_v2)
+    await engine.start(checkout_v1, {"item": "a", "wait": True}, "old")
+    await engine.settle("old")
+    await engine.start(checkout_v2, {"item": "b", "wait": True}, "new")
+    await engine.settle("new")
+    for saga_id in ("old", "new"):
+        await engine.signal(saga_id, "go")
+    assert (await engine.handle("old").result(timeout=60))["code"] == "v1"
+    assert (await engine.handle("new").result(timeout=60))["code"] == "v2"
+    assert [s.name for s in (await engine.get("old")).steps if s.kind == "step"] == [
+        "ReserveV1",
+        "ShipV1",
+    ]
+
+
+async def test_app_version_is_the_version_of_definitions_that_name_none(
+    shared_store_url: str,
+) -> None:
+    wf = create_saga_workflow("Plain", plain)
+    async with make_engine(shared_store_url, app_version="2024.06") as engine:
+        engine.register(wf, checkout_v2)
+        assert engine.served == [("Plain", "2024.06"), ("Checkout", "2")]
+        await engine.run(wf, {"item": "a"}, "p1")
+        await engine.run(checkout_v2, {"item": "a"}, "c1")  # its own version wins
+        assert (await engine.get("p1")).version == "2024.06"
+        assert (await engine.get("c1")).version == "2"
+        await engine.start(wf, {"item": "b", "wait": True}, "p2")
+        await engine.settle("p2")
+    # an unversioned engine does not serve the sagas of app version 2024.06
+    async with make_engine(shared_store_url) as unversioned:
+        unversioned.register(wf)
+        assert unversioned.served == [("Plain", None)]
+        await unversioned.signal("p2", "go")
+        assert await unversioned.run_due() == []
+        assert [s.saga_id for s in await unversioned.admin.stranded()] == ["p2"]
+        await unversioned.run(wf, {"item": "c"}, "p3")
+        assert (await unversioned.get("p3")).version is None
+
+
+async def test_builder_definitions_are_registered_at_a_version(engine: Engine) -> None:
+    builder = SagaBuilder()
+    builder.add_step(step=Note())
+    definition = builder.build()
+    engine.register("orders", definition, version="5")
+    engine.register("orders", definition, version="5")  # the same again: nothing
+    assert ("orders", "5") in engine.served
+    await engine.run("orders", {"text": "hi"}, "o1")
+    assert (await engine.get("o1")).version == "5"
+    with pytest.raises(TypeError, match="declarative definition"):
+        engine.register(checkout_v1, version="9")  # type: ignore[call-overload]
+
+
+# -- deploying a new version beside sagas of the old one ----------------------------------------
+
+
+async def test_a_worker_of_v2_leaves_v1_sagas_stranded_until_a_v1_worker_runs_them(
+    shared_store_url: str,
+) -> None:
+    async with make_engine(shared_store_url) as old:
+        old.register(checkout_v1)
+        await old.start(checkout_v1, {"item": "a", "wait": True}, "v1-saga")
+        await old.settle("v1-saga")
+        assert (await old.get("v1-saga")).status == SagaStatus.SUSPENDED
+        assert await old.admin.stranded() == []  # its worker is live
+    assert ran == ["reserve-v1"]
+
+    # code v2 deployed: an engine that registers only v2
+    async with make_engine(shared_store_url) as new:
+        new.register(checkout_v2)
+        await new.signal("v1-saga", "go")  # due now: a v1 worker would run it at once
+        assert await new.run_due() == []
+        assert await new.recover(wait=True) == 0
+        await new.run(checkout_v2, {"item": "b"}, "v2-saga")
+        snapshot = await new.get("v1-saga")
+        assert (snapshot.status, snapshot.owner, snapshot.version) == (
+            SagaStatus.SUSPENDED,
+            None,
+            "1",
+        )
+
+        async def v2_worker_is_live() -> bool:
+            return await new.admin.count_stranded() == 1
+
+        await eventually(v2_worker_is_live, "the v2 worker's heartbeat")
+        stranded = await new.admin.stranded()
+        assert [(s.saga_id, s.name, s.version) for s in stranded] == [("v1-saga", "Checkout", "1")]
+
+        # an engine serving v1 comes back: it runs the saga to its end, on v1 code
+        async with make_engine(shared_store_url) as v1_again:
+            v1_again.register(checkout_v1)
+            result = await v1_again.handle("v1-saga").result(timeout=60)
+            assert result == {"code": "v1", "shipped": "a"}
+
+            async def none_stranded() -> bool:
+                return await new.admin.count_stranded() == 0
+
+            await eventually(none_stranded, "the v1 saga no longer stranded")
+    assert ran == ["reserve-v1", "reserve-v2", "ship-v1"]
+
+
+async def test_a_closed_worker_no_longer_serves_its_versions(shared_store_url: str) -> None:
+    async with make_engine(shared_store_url) as client:
+        client.register(checkout_v1)
+        await client.start(checkout_v1, {"item": "a", "wait": True}, "waiting")
+        await client.settle("waiting")
+
+        async def served() -> bool:
+            return await client.admin.count_stranded() == 0
+
+        await eventually(served, "the worker's own heartbeat")
+        async with make_engine(shared_store_url, worker=False) as reader:
+            assert await reader.admin.stranded() == []
+    async with make_engine(shared_store_url, worker=False) as reader:
+        # the only worker closed (and deleted its heartbeat); a client engine serves nothing
+        assert [s.saga_id for s in await reader.admin.stranded()] == ["waiting"]
+        assert await reader.admin.count_stranded() == 1
+
+
+async def test_long_workflow_handlers_of_the_saga_s_own_version(engine: Engine) -> None:
+    def approval(version: str) -> Any:
+        wf = create_saga_long_workflow("Approval", version=version)
+
+        @wf.main()
+        async def main(saga: SagaContext, inp: dict[str, Any]) -> str:
+            return str(await saga.wait_for_signal("done"))
+
+        @wf.handler()
+        async def which(ctx: Any, inp: Any) -> str:
+            return f"handler v{version}"
+
+        return wf
+
+    v1, v2 = approval("1"), approval("2")
+    engine.register(v1, v2)
+    await engine.start(v1, {}, "a1")
+    await engine.settle("a1")
+    await engine.start(v2, {}, "a2")
+    await engine.settle("a2")
+    assert await engine.call("a1", "which") == "handler v1"
+    assert await engine.call("a2", "which") == "handler v2"
+
+
+# -- upgrading a version-4 database with sagas in flight --------------------------------------
+
+
+async def _sagas_in_flight() -> tuple[list[SagaRecord], list[JournalEntry]]:
+    """Sagas as the code of schema version 4 left them: one suspended in a wait, one whose
+    worker died after its first step (journal and row, read from a real run)."""
+    wf = create_saga_workflow("Plain", plain)
+    async with make_engine("memory://") as scratch:
+        scratch.register(wf)
+        await scratch.start(wf, {"item": "w", "wait": True}, "suspended")
+        await scratch.settle("suspended")
+        await scratch.run(wf, {"item": "d"}, "died")
+        store = scratch._store_or_raise()
+        records = [r for r in [await store.load_saga(s) for s in ("suspended", "died")] if r]
+        journal = [e for r in records for e in await store.load_journal(r.saga_id)]
+    # "died": its first step is journaled, the saga is RUNNING under a dead worker's lease
+    died = records[1]
+    records[1] = replace(
+        died, status="RUNNING", output=None, error=None, owner="dead-worker", lease_expires_at=0.0
+    )
+    return records, journal
+
+
+_V4_ROW = (
+    "saga_id, name, status, input, output, error, owner, fence, lease_expires_at, created_at, "
+    "updated_at, wait_token, event_count, object_key, parent_id"
+)
+_V4_ENTRY = (
+    "saga_id, seq, kind, name, status, attempts, output, compensation, error, started_at, "
+    "finished_at"
+)
+
+
+def _version_4_sqlite(path: Path, records: list[SagaRecord], journal: list[JournalEntry]) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE saga_schema_version (version INTEGER NOT NULL)")
+    for version, script in SQLITE_MIGRATIONS:
+        if version <= 4:
+            for statement in _split_statements(script):
+                conn.execute(statement)
+            conn.execute("INSERT INTO saga_schema_version VALUES (?)", (version,))
+    for r in records:
+        conn.execute(f"INSERT INTO saga_instances ({_V4_ROW}) VALUES ({', '.join('?' * 15)})",
+                     astuple(r)[:15])  # fmt: skip
+    for e in journal:
+        conn.execute(f"INSERT INTO saga_journal ({_V4_ENTRY}) VALUES ({', '.join('?' * 11)})",
+                     astuple(e))  # fmt: skip
+    conn.commit()
+    conn.close()
+
+
+async def _version_4_postgres(
+    url: str, records: list[SagaRecord], journal: list[JournalEntry]
+) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CREATE TABLE saga_schema_version (version integer NOT NULL)")
+        for version, script in PG_MIGRATIONS:
+            if version <= 4:
+                await conn.execute(script)
+                await conn.execute("INSERT INTO saga_schema_version VALUES ($1)", version)
+        marks = ", ".join(f"${i}" for i in range(1, 16))
+        for r in records:
+            await conn.execute(
+                f"INSERT INTO saga_instances ({_V4_ROW}) VALUES ({marks})", *astuple(r)[:15]
+            )
+        marks = ", ".join(f"${i}" for i in range(1, 12))
+        for e in journal:
+            await conn.execute(
+                f"INSERT INTO saga_journal ({_V4_ENTRY}) VALUES ({marks})", *astuple(e)
+            )
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_version_4_database_with_sagas_in_flight_is_upgraded(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    records, journal = await _sagas_in_flight()
+    ran.clear()
+    url = make_store_url(kind, tmp_path, request, shared=True)
+    if kind == "sqlite":
+        _version_4_sqlite(tmp_path / "t.db", records, journal)
+    else:
+        await _version_4_postgres(url, records, journal)
+    wf = create_saga_workflow("Plain", plain)
+    async with make_engine(url) as engine:  # migrates to version 5
+        engine.register(wf)
+        # sagas from before versions are unversioned, and an unversioned worker serves them
+        assert (await engine.get("suspended")).version is None
+        assert await engine.handle("died").result(timeout=60) == {
+            "code": "plain",
+            "reserved": "d",
+        }
+        assert ran == []  # its step was journaled before the upgrade: not run again
+        await engine.signal("suspended", "go")
+        assert (await engine.handle("suspended").result(timeout=60))["reserved"] == "w"
+        await engine.run(wf, {"item": "n"}, "new")
+        assert await engine.admin.stranded() == []
+    if kind == "sqlite":
+        conn = sqlite3.connect(tmp_path / "t.db")
+        assert conn.execute("SELECT max(version) FROM saga_schema_version").fetchone()[0] == 5
+        rows = conn.execute("SELECT saga_id, version FROM saga_instances ORDER BY 1").fetchall()
+        conn.close()
+        assert rows == [("died", ""), ("new", ""), ("suspended", "")]
