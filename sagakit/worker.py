@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -19,11 +20,31 @@ from .workflows import SagaWorkflow
 log = logging.getLogger("sagakit.worker")
 
 
-def load_workflows(spec: str) -> list[SagaWorkflow[Any, Any]]:
-    """Import ``module:attribute`` and return the workflows it names.
+@dataclass(frozen=True, slots=True)
+class LoadedApp:
+    """What ``--app module:attribute`` names: its workflows (every registered version of an
+    Engine's) and the version of those that name none (an Engine's ``app_version``)."""
 
-    The attribute may be an :class:`Engine` (its registered workflows), one workflow, or an
-    iterable of workflows.
+    workflows: list[SagaWorkflow[Any, Any]]
+    app_version: str | None = None
+
+    def engine(self, url: str, **options: Any) -> Engine:
+        """An engine on ``url`` serving exactly what the app serves (its versions included)."""
+        engine = Engine(url, app_version=self.app_version, **options)
+        engine.register(*self.workflows)
+        return engine
+
+
+def load_workflows(spec: str) -> list[SagaWorkflow[Any, Any]]:
+    """Import ``module:attribute`` and return the workflows it names (see :func:`load_app`)."""
+    return load_app(spec).workflows
+
+
+def load_app(spec: str) -> LoadedApp:
+    """Import ``module:attribute`` and return what it names.
+
+    The attribute may be an :class:`Engine` (every version of its registered workflows, and its
+    ``app_version``), one workflow, or an iterable of workflows.
     """
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
@@ -40,8 +61,10 @@ def load_workflows(spec: str) -> list[SagaWorkflow[Any, Any]]:
         target = getattr(module, attribute)
     except AttributeError as exc:
         raise SagaError(f"module {module_name!r} has no attribute {attribute!r}") from exc
+    app_version: str | None = None
     if isinstance(target, Engine):
-        found = list(target.workflows.values())
+        found = target.definitions
+        app_version = target.app_version
     elif isinstance(target, SagaWorkflow):
         found = [target]
     elif isinstance(target, Iterable) and not isinstance(target, str | bytes):
@@ -53,12 +76,12 @@ def load_workflows(spec: str) -> list[SagaWorkflow[Any, Any]]:
             f"{spec} must be an Engine, a saga workflow, or a list of saga workflows; "
             f"got {type(target).__name__}"
         )
-    return found
+    return LoadedApp(found, app_version)
 
 
 async def run_worker(
     url: str,
-    workflows: list[SagaWorkflow[Any, Any]],
+    workflows: list[SagaWorkflow[Any, Any]] | LoadedApp,
     *,
     concurrency: int = 100,
     lease: timedelta = timedelta(seconds=30),
@@ -70,8 +93,8 @@ async def run_worker(
     running sagas finish their current step (for up to ``grace``) and are released, within
     ``shutdown_timeout`` more even when the database does not answer (what is not released
     by then is taken over by another worker when its lease expires)."""
-    engine = Engine(url, lease=lease, poll_interval=poll_interval, max_concurrency=concurrency)
-    engine.register(*workflows)
+    app = workflows if isinstance(workflows, LoadedApp) else LoadedApp(workflows)
+    engine = app.engine(url, lease=lease, poll_interval=poll_interval, max_concurrency=concurrency)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -32,6 +32,7 @@ from sagakit.stores.base import JournalEntry, SagaRecord
 from sagakit.stores.postgres.sql import MIGRATIONS as PG_MIGRATIONS
 from sagakit.stores.sqlite.store import MIGRATIONS as SQLITE_MIGRATIONS
 from sagakit.stores.sqlite.store import _split_statements
+from sagakit.worker import load_app
 
 from .conftest import make_engine, make_store_url
 
@@ -410,3 +411,26 @@ async def test_a_version_4_database_with_sagas_in_flight_is_upgraded(
         rows = conn.execute("SELECT saga_id, version FROM saga_instances ORDER BY 1").fetchall()
         conn.close()
         assert rows == [("died", ""), ("new", ""), ("suspended", "")]
+
+
+def test_a_worker_app_engine_serves_every_version_and_its_app_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sagakit worker --app module:engine` (and replay, fork) serve what the app's engine
+    serves: each registered version, and its app_version for definitions that name none."""
+    (tmp_path / "versioned_app.py").write_text(
+        "from sagakit import Engine, saga_workflow\n"
+        "@saga_workflow('Pay', version='1')\n"
+        "async def pay_v1(saga, inp): return 1\n"
+        "@saga_workflow('Pay', version='2')\n"
+        "async def pay_v2(saga, inp): return 2\n"
+        "@saga_workflow('Ship')\n"
+        "async def ship(saga, inp): return 'shipped'\n"
+        "engine = Engine('memory://', app_version='2024.06')\n"
+        "engine.register(pay_v1, pay_v2, ship)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    loaded = load_app("versioned_app:engine")
+    assert loaded.app_version == "2024.06"
+    served = loaded.engine("memory://").served
+    assert sorted(served) == [("Pay", "1"), ("Pay", "2"), ("Ship", "2024.06")]

@@ -47,10 +47,10 @@ def fork_command(
     check_readable(url)
     engine = Engine(url, worker=False)
     if app is not None:
-        from ..worker import load_workflows
+        from ..worker import load_app
 
         try:
-            engine.register(*load_workflows(app))
+            engine = load_app(app).engine(url, worker=False)
         except SagaError as exc:
             raise click.ClickException(str(exc)) from exc
 

@@ -88,11 +88,11 @@ def worker_command(
     Start as many workers as you like, on as many machines: they share the work through the
     database, and a saga whose worker dies is taken over when its lease expires.
     """
-    from ..worker import load_workflows, run_worker
+    from ..worker import load_app, run_worker
 
     url = db_url(db)
     try:
-        workflows = load_workflows(app)
+        workflows = load_app(app)
     except SagaError as exc:
         raise click.ClickException(str(exc)) from exc
     run(

@@ -124,17 +124,19 @@ def replay_command(
 
     Default: the sagas of the app's workflows that have not ended (what the new code will
     replay after the deploy)."""
-    from ..worker import load_workflows
+    from ..worker import load_app
 
     url = db_url(db)
     check_readable(url)
     try:
-        code = load_workflows(app)
+        loaded = load_app(app)
     except SagaError as exc:
         raise click.ClickException(str(exc)) from exc
-    by_name: dict[str, list[SagaWorkflow[Any, Any]]] = {}
-    for workflow in code:
-        by_name.setdefault(workflow.name, []).append(workflow)
+    # each definition under the version a worker of the app serves it at
+    by_name: dict[str, list[tuple[str | None, SagaWorkflow[Any, Any]]]] = {}
+    for workflow in loaded.workflows:
+        served = workflow.version or loaded.app_version
+        by_name.setdefault(workflow.name, []).append((served, workflow))
     unknown = [name for name in workflows if name not in by_name]
     if unknown:
         raise click.ClickException(
@@ -168,7 +170,7 @@ def replay_command(
 
 async def _replay_all(
     url: str,
-    by_name: dict[str, list[SagaWorkflow[Any, Any]]],
+    by_name: dict[str, list[tuple[str | None, SagaWorkflow[Any, Any]]]],
     names: Sequence[str],
     statuses: Sequence[str | None],
     since: float | None,
@@ -219,13 +221,13 @@ async def _select(
 
 
 async def _replay_one(
-    store: Store, record: SagaRecord, candidates: list[SagaWorkflow[Any, Any]]
+    store: Store, record: SagaRecord, candidates: list[tuple[str | None, SagaWorkflow[Any, Any]]]
 ) -> str | None:
     """None when the code accepts the saga's journal, else the line that says why not."""
     workflow = _definition(record, candidates)
     label = f"{record.saga_id} ({_label(record)}, {record.status})"
     if workflow is None:
-        served = ", ".join(sorted(str(getattr(w, "version", None)) for w in candidates))
+        served = ", ".join(sorted(str(version) for version, _ in candidates))
         return f"NOT SERVED {label}: the app registers {record.name} versions {served} only"
     try:
         history = await read_history(store, record.saga_id)
@@ -243,21 +245,18 @@ async def _replay_one(
 
 
 def _definition(
-    record: SagaRecord, candidates: list[SagaWorkflow[Any, Any]]
+    record: SagaRecord, candidates: list[tuple[str | None, SagaWorkflow[Any, Any]]]
 ) -> SagaWorkflow[Any, Any] | None:
-    """The definition a worker of the app would run this saga with: the one of its version,
-    or the only one when versions are not recorded."""
-    version = getattr(record, "version", None)
-    for workflow in candidates:
-        if getattr(workflow, "version", None) == version:
+    """The definition a worker of the app would run this saga with: the one it serves at the
+    saga's version (None: no worker of the app would claim the saga)."""
+    for served, workflow in candidates:
+        if served == record.version:
             return workflow
-    unversioned = version is None or all(getattr(w, "version", None) is None for w in candidates)
-    return candidates[0] if unversioned and len(candidates) == 1 else None
+    return None
 
 
 def _label(record: SagaRecord) -> str:
-    version = getattr(record, "version", None)
-    return record.name if version is None else f"{record.name} v{version}"
+    return record.name if record.version is None else f"{record.name} v{record.version}"
 
 
 REPLAY_COMMANDS = (export_command, replay_command)

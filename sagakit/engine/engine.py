@@ -260,6 +260,12 @@ class Engine(RunningMixin, TalkMixin):
         return workflow.version or self.app_version
 
     @property
+    def definitions(self) -> list[SagaWorkflow[Any, Any]]:
+        """Every registered workflow, each version of it (``workflows`` has the one a start by
+        name takes)."""
+        return list(self._versions.values())
+
+    @property
     def served(self) -> list[tuple[str, str | None]]:
         """Every ``(workflow name, version)`` this engine has registered: the sagas its worker
         claims (``None``: unversioned)."""
