@@ -2,6 +2,7 @@
 
     python -m benchmarks.throughput --store sqlite|postgres [--scenario noop|io|compensation|
         recovery|signals|all] [--sagas N] [--concurrency C] [--steps K] [--fail-rate F] [--url URL]
+        [--prefill N]
 
 For one run it prints: sagas/s and steps/s at C concurrent sagas; p50/p95/p99 of one saga's
 latency (start to result) at that load and alone; CPU ms per saga (this process: the engine and
@@ -18,6 +19,10 @@ good, the others are compensated), ``recovery`` (N sagas interrupted by a SIGKIL
 process in their second step, then drained by one fresh engine), ``signals`` (N sagas suspended
 on a signal: the worker's RSS while they wait, then the latency from each signal to its saga
 going on; see benchmarks/signals.py).
+
+With ``--prefill N`` a load scenario is measured on the store as it is, then again after N
+finished sagas were inserted into it, in the same run (claims too, and the sagas run by a
+background worker); see benchmarks/growth.py.
 """
 
 from __future__ import annotations
@@ -101,8 +106,10 @@ async def run_load(
     delay: float,
     fail_rate: float,
     tag: str,
+    run_here: bool = True,
 ) -> dict[str, float]:
-    """Run ``sagas`` sagas, ``concurrency`` at a time; return the figures."""
+    """Run ``sagas`` sagas, ``concurrency`` at a time; return the figures. With
+    ``run_here=False`` each is only stored, and run by the engine's background worker."""
     latencies: list[float] = []
     queue = iter(range(sagas))
     fail_every = round(1 / fail_rate) if fail_rate > 0 else 0
@@ -112,7 +119,8 @@ async def run_load(
         inp = {"steps": steps, "delay": delay, "fail_at": fail_at}
         began = time.perf_counter()
         with contextlib.suppress(SagaCompensatedError):
-            await engine.run(bench, inp, saga_id=f"{tag}-{i}")
+            handle = await engine.start(bench, inp, saga_id=f"{tag}-{i}", run_here=run_here)
+            await handle.result()
         latencies.append(time.perf_counter() - began)
 
     async def lane() -> None:
@@ -381,6 +389,10 @@ async def main(args: argparse.Namespace) -> None:
                 await scenario_recovery(url, args)
             elif scenario == "signals":
                 await scenario_signals(url, args)
+            elif args.prefill:
+                from benchmarks.growth import scenario_growth
+
+                await scenario_growth(url, args, scenario)
             else:
                 await scenario_load(url, args, scenario)
         print("durability in force:", await durability(url))
@@ -414,6 +426,16 @@ if __name__ == "__main__":
     parser.add_argument("--recovery-sagas", type=int, default=10000)
     parser.add_argument("--signal-sagas", type=int, default=10000)
     parser.add_argument("--signal-concurrency", type=int, default=4)
+    parser.add_argument(
+        "--prefill",
+        type=int,
+        default=0,
+        help="noop/io/compensation: measure on the store as it is, then again after inserting "
+        "this many finished sagas (a month of them) in the same run; print the ratios",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="with --prefill: measurements of each store"
+    )
     parser.add_argument(
         "--observers",
         choices=["default", "none"],
