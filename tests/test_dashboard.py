@@ -28,7 +28,7 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
-from sagakit import Engine, SagaStatus
+from sagakit import Engine, SagaContext, SagaStatus, create_saga_workflow, saga_workflow
 from sagakit.dashboard import Dashboard
 from sagakit.dashboard.actions import (
     ActionInputError,
@@ -226,6 +226,7 @@ def test_index_pages_with_the_cursor(dashboard: Dashboard) -> None:
         ("limit=0", "limit must be"),
         ("limit=abc", "limit must be"),
         ("cursor=bogus", "cursor"),
+        ("stranded=1&status=PARKED", "takes no other filter"),
     ],
 )
 def test_a_bad_filter_is_a_plain_400(dashboard: Dashboard, query: str, message: str) -> None:
@@ -488,6 +489,95 @@ def test_a_form_that_is_not_a_form_is_refused(dashboard: Dashboard) -> None:
     finally:
         conn.close()
     assert snapshot(dashboard, "park-compensate").status == SagaStatus.PARKED
+
+
+# -- versions and stranded sagas -----------------------------------------------------------------
+
+
+@saga_workflow("Refund", version="1")
+async def refund_v1(saga: SagaContext, inp: dict[str, Any]) -> str:
+    return str(await saga.wait_for_signal("go"))
+
+
+@saga_workflow("Refund", version="2")
+async def refund_v2(saga: SagaContext, inp: dict[str, Any]) -> str:
+    return str(await saga.wait_for_signal("go"))
+
+
+async def _note(saga: SagaContext, inp: dict[str, Any]) -> str:
+    return "noted"
+
+
+note = create_saga_workflow("Note", _note)  # unversioned
+
+
+def _stranded_count(reply: Reply) -> int:
+    found = re.search(r'id="stranded-count"[^>]*><span class="n">(\d+)', reply.body)
+    assert found, "no stranded count on the page"
+    return int(found.group(1))
+
+
+async def test_stranded_sagas_are_counted_and_listed_until_a_worker_serves_them(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'versions.db'}"
+
+    def engine(*workflows: Any) -> Engine:
+        started = Engine(url, poll_interval=timedelta(milliseconds=20))
+        started.register(*workflows)
+        return started
+
+    async with engine(refund_v1) as v1:  # the old deployment; it closes, its heartbeat goes
+        await v1.start(refund_v1, {}, saga_id="old-1")
+        await v1.settle("old-1")
+    async with engine(refund_v2, note) as v2:  # the new deployment, live from here on
+        await v2.start(refund_v2, {}, saga_id="new-2")
+        await v2.settle("new-2")
+        await v2.run(note, {}, "plain-3")
+        with Dashboard(url, port=0) as dash:
+
+            async def get(path: str) -> Reply:
+                reply = await asyncio.to_thread(call, dash, "GET", path)
+                assert reply.status == 200, reply.text()
+                return reply
+
+            async def stranded_becomes(n: int, what: str) -> Reply:
+                for _ in range(600):  # the workers' heartbeats are background ticks
+                    reply = await get("/")
+                    if _stranded_count(reply) == n:
+                        return reply
+                    await asyncio.sleep(0.05)
+                raise AssertionError(f"never happened: {what}")
+
+            index = await stranded_becomes(1, "the v2 worker's heartbeat")
+            assert 'href="/?stranded=1" id="stranded-count"' in index.body
+            assert re.search(r'data-status="ALL"><span class="n">3<', index.body)  # not counted
+            versions = dict(
+                re.findall(r'<tr data-saga="([^"]*)">.*?<td class="version mono">([^<]*)</td>',
+                           index.body)
+            )  # fmt: skip
+            assert versions == {"old-1": "1", "new-2": "2", "plain-3": ""}
+
+            listing = await get("/?stranded=1")
+            assert "Stranded sagas" in listing.text()
+            assert re.findall(r'<tr data-saga="([^"]*)"', listing.body) == ["old-1"]
+            assert "no live worker serves Refund version 1" in " ".join(listing.text().split())
+            tile = re.search(r'class="([^"]*)" href="/\?stranded=1"', listing.body)
+            assert tile and "active" in tile.group(1).split()
+            assert _stranded_count(listing) == 1
+
+            page = await get(saga_url("old-1"))
+            assert '<span class="mono" id="version">1</span>' in page.body
+            plain = await get(saga_url("plain-3"))
+            assert '<span class="muted" id="version">unversioned</span>' in plain.body
+
+            # a worker that serves version 1 comes back: the saga, still waiting, is served
+            async with engine(refund_v1):
+                await stranded_becomes(0, "the v1 worker's heartbeat")
+                listing = await get("/?stranded=1")
+                assert re.findall(r'<tr data-saga="', listing.body) == []
+                assert "No stranded sagas" in listing.text()
+                assert (await v2.get("old-1")).status == SagaStatus.SUSPENDED
 
 
 # -- pieces --------------------------------------------------------------------------------------

@@ -327,7 +327,7 @@ def _screenshot_saga(page: Page, base: str, folder: Path, procs: Processes) -> N
     expect(chart.locator("g.audit-mark")).to_have_count(2)
     # the charge before the retry, the charge after it, the release
     expect(chart.locator("g.failure-mark")).to_have_count(3)
-    expect(page.locator("button[data-action]")).to_have_count(2)  # retry, skip
+    expect(page.locator("button[data-action]")).to_have_count(3)  # retry, skip, fork
 
     # the README's picture: the page down to the end of the journal
     bottom = page.locator("table.journal").bounding_box()

@@ -81,6 +81,8 @@ color:var(--muted)}
 .c-PARKED{border-left-color:#e16f24}.c-COMPENSATING{border-left-color:#d4a72c}
 .c-COMPLETED{border-left-color:#2da44e}.c-COMPENSATED{border-left-color:#d4a72c}
 .c-FAILED{border-left-color:#cf222e}.c-CANCELLED{border-left-color:#8250df}
+.c-STRANDED{border-left-color:#bc4c00;border-style:dashed solid dashed solid}
+.count.c-STRANDED:not(.zero) .n{color:#bc4c00}
 form.filters{display:flex;flex-wrap:wrap;gap:10px;align-items:end;background:var(--bg);
 border:1px solid var(--line);border-radius:8px;padding:10px 12px;margin-bottom:12px}
 label{display:flex;flex-direction:column;font-size:12px;color:var(--muted);gap:3px}
@@ -162,10 +164,13 @@ class ListFilters:
     created_before: str = ""
     limit: int = 50
     cursor: str = ""
+    #: list the stranded sagas (no live worker serves their version) instead
+    stranded: bool = False
 
     def query(self, **changes: str) -> str:
         """The query string of these filters (without the cursor unless given)."""
         values = {
+            "stranded": "1" if self.stranded else "",
             "status": self.status,
             "name": self.name,
             "created_after": self.created_after,
@@ -254,10 +259,13 @@ def _layout(
 # -- the list page -----------------------------------------------------------------------------
 
 
-def _counts(counts: Mapping[str, int], active: str) -> str:
+def _counts(
+    counts: Mapping[str, int], active: str, stranded: int | None, stranded_view: bool
+) -> str:
     total = sum(counts.values())
+    all_active = " active" if not active and not stranded_view else ""
     cells = [
-        f'<a class="count c-ALL{" active" if not active else ""}" href="/" data-status="ALL">'
+        f'<a class="count c-ALL{all_active}" href="/" data-status="ALL">'
         f'<span class="n">{total:,}</span><span class="label">ALL</span></a>'
     ]
     for status, n in counts.items():
@@ -267,6 +275,15 @@ def _counts(counts: Mapping[str, int], active: str) -> str:
             f'<a class="{css}" href="/?{e(urlencode({"status": status}))}" '
             f'data-status="{e(status)}"><span class="n">{n:,}</span>'
             f'<span class="label">{e(status)}</span></a>'
+        )
+    if stranded is not None:
+        # not a status (a stranded saga is SUSPENDED, PARKED, ...): marked apart, not in ALL
+        css = "count c-STRANDED" + (" zero" if stranded == 0 else "")
+        css += " active" if stranded_view else ""
+        cells.append(
+            f'<a class="{css}" href="/?stranded=1" id="stranded-count" '
+            'title="sagas not ended whose workflow version no live worker serves">'
+            f'<span class="n">{stranded:,}</span><span class="label">STRANDED</span></a>'
         )
     return f'<nav class="counts" aria-label="sagas by status">{"".join(cells)}</nav>'
 
@@ -304,25 +321,37 @@ def render_index(
     next_cursor: str | None,
     filters: ListFilters,
     refresh: int | None = None,
+    stranded: int | None = None,
 ) -> str:
-    """The front page: counts by status, the filter form, one page of sagas and the pager."""
+    """The front page: counts by status (and ``stranded``, the count of sagas no live worker
+    serves, when given), the filter form, one page of sagas and the pager. With
+    ``filters.stranded``, ``sagas`` are the stranded ones and each row names the workflow
+    version that no live worker serves."""
     rows = []
     for saga in sagas:
         took = format_duration(saga.updated_at - saga.created_at)
         if not saga.status.is_terminal:
             took = "—"
+        why = f'<td class="why">{_unserved(saga)}</td>' if filters.stranded else ""
         rows.append(
             f'<tr data-saga="{e(saga.saga_id)}">'
             f'<td><a class="mono" href="{e(saga_path(saga.saga_id))}">{e(saga.saga_id)}</a></td>'
-            f"<td>{e(saga.name)}</td><td>{_badge(saga.status)}</td>"
+            f'<td>{e(saga.name)}</td><td class="version mono">{e(saga.version or "")}</td>'
+            f"<td>{_badge(saga.status)}</td>"
             f"<td>{_time(saga.created_at)}</td><td>{_time(saga.updated_at)}</td>"
-            f'<td class="num">{e(took)}</td></tr>'
+            f'<td class="num">{e(took)}</td>{why}</tr>'
         )
     if rows:
         table = (
-            '<table class="sagas"><thead><tr><th>Saga</th><th>Workflow</th><th>Status</th>'
-            "<th>Created</th><th>Updated</th><th>Duration</th></tr></thead>"
+            '<table class="sagas"><thead><tr><th>Saga</th><th>Workflow</th><th>Version</th>'
+            "<th>Status</th><th>Created</th><th>Updated</th><th>Duration</th>"
+            f"{'<th>Why stranded</th>' if filters.stranded else ''}</tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>"
+        )
+    elif filters.stranded:
+        table = (
+            '<p class="muted empty" id="none-stranded">No stranded sagas: a live worker serves '
+            "the workflow version of every saga that has not ended.</p>"
         )
     else:
         table = '<p class="muted empty">No saga matches these filters.</p>'
@@ -340,13 +369,39 @@ def render_index(
             f'<a href="/{e(filters.query(cursor=filters.cursor, refresh="5"))}">'
             "auto-refresh every 5 s</a>"
         )
+    title = "Stranded sagas" if filters.stranded else "Sagas"
+    intro = _stranded_intro(len(sagas), stranded, filters.limit) if filters.stranded else ""
     body = (
-        f'<h1>Sagas <span class="small muted" style="margin-left:auto">{toggle}</span></h1>'
-        f"{_counts(counts, filters.status.upper())}"
-        f"{_filters(filters, counts.keys())}{table}"
+        f'<h1>{title} <span class="small muted" style="margin-left:auto">{toggle}</span></h1>'
+        f"{_counts(counts, filters.status.upper(), stranded, filters.stranded)}"
+        f"{_filters(filters, counts.keys())}{intro}{table}"
         f'<div class="pager">{"".join(pager)}</div>'
     )
-    return _layout("Sagas", body, db=db, read_only=read_only, refresh=refresh)
+    return _layout(title, body, db=db, read_only=read_only, refresh=refresh)
+
+
+def _unserved(saga: SagaSnapshot) -> str:
+    version = (
+        f"version <code>{e(saga.version)}</code>" if saga.version else "the unversioned definition"
+    )
+    return f"no live worker serves <code>{e(saga.name)}</code> {version}"
+
+
+def _stranded_intro(shown: int, total: int | None, limit: int) -> str:
+    more = ""
+    if total is not None and total > shown:
+        more = (
+            f" Showing the newest {shown:,} of {total:,}; "
+            f'<a href="/?{e(urlencode({"stranded": "1", "limit": "500"}))}">show up to 500</a>.'
+            if limit < 500
+            else f" Showing the newest {shown:,} of {total:,}."
+        )
+    return (
+        '<p class="small muted" id="stranded-help">These sagas have not ended, and no live '
+        "worker (one whose heartbeat is younger than 3 of its leases) serves their workflow "
+        "at their version, so nothing runs them. Deploy (or keep running) a worker that "
+        f"registers that version, and they go on.{more}</p>"
+    )
 
 
 # -- the saga page -----------------------------------------------------------------------------
@@ -355,6 +410,12 @@ def render_index(
 def _meta(saga: SagaSnapshot) -> str:
     items: list[tuple[str, str]] = [
         ("workflow", e(saga.name)),
+        (
+            "version",
+            f'<span class="mono" id="version">{e(saga.version)}</span>'
+            if saga.version
+            else '<span class="muted" id="version">unversioned</span>',
+        ),
         ("created", _time(saga.created_at)),
         ("updated", _time(saga.updated_at)),
     ]

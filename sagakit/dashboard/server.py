@@ -308,13 +308,25 @@ class _Handler(BaseHTTPRequestHandler):
             created_before=query.get("created_before", "").strip(),
             limit=limit,
             cursor=query.get("cursor", "").strip(),
+            stranded=query.get("stranded", "").strip() not in ("", "0"),
         )
+        if filters.stranded and filters.query(stranded="", limit="", cursor=filters.cursor):
+            raise HttpError(
+                400,
+                "Bad filter",
+                "The stranded list shows every stranded saga (newest first, up to the page "
+                "size); it takes no other filter and no cursor.",
+                back=("/?stranded=1", "all stranded sagas"),
+            )
         after = _parse_time(filters.created_after, "created from")
         before = _parse_time(filters.created_before, "created before")
         admin = self.dashboard.engine.admin
 
-        async def load() -> tuple[dict[str, int], SagaPage]:
+        async def load() -> tuple[dict[str, int], int, SagaPage]:
             counts = await admin.count_by_status()
+            stranded = await admin.count_stranded()
+            if filters.stranded:
+                return counts, stranded, SagaPage(await admin.stranded(filters.limit), None)
             page = await admin.list_sagas(
                 status=filters.status.upper() or None,
                 name=filters.name or None,
@@ -323,9 +335,9 @@ class _Handler(BaseHTTPRequestHandler):
                 limit=filters.limit,
                 cursor=filters.cursor or None,
             )
-            return counts, page
+            return counts, stranded, page
 
-        counts, page = self.dashboard.call(load())
+        counts, stranded, page = self.dashboard.call(load())
         html = render_index(
             db=self.dashboard.db_url,
             read_only=self.dashboard.read_only,
@@ -334,6 +346,7 @@ class _Handler(BaseHTTPRequestHandler):
             next_cursor=page.next_cursor,
             filters=filters,
             refresh=_refresh(query),
+            stranded=stranded,
         )
         return Response(200, html.encode())
 
