@@ -4,6 +4,7 @@
 * :mod:`.actions`: ``retry``, ``skip``, ``compensate``, ``cancel``, ``resume`` (steer sagas
   through ``engine.admin``), with :mod:`.follow` for their ``--wait``;
 * :mod:`.processes`: ``demo``, ``worker``, ``dashboard`` (run until told to stop);
+* :mod:`.migrate`: ``migrate`` (upgrade the schema, deliberately);
 * :mod:`.common`: ``--db`` and the other shared options and helpers.
 
 Errors that sagakit raises on purpose (:class:`~sagakit.SagaError`) become one line on stderr and
@@ -22,6 +23,7 @@ from .. import __version__
 from .actions import ACTION_COMMANDS
 from .common import DEFAULT_DB, db_url
 from .fork import fork_command
+from .migrate import migrate_command
 from .processes import dashboard_command, demo, worker_command
 from .prune import prune_command
 from .read import list_command, show_command, stats_command
@@ -56,6 +58,7 @@ for _command in (
     *ACTION_COMMANDS,
     fork_command,
     prune_command,
+    migrate_command,
     worker_command,
     dashboard_command,
     *REPLAY_COMMANDS,

@@ -22,6 +22,7 @@ import click
 from ..admin import SagaAdmin
 from ..engine import Engine
 from ..errors import SagaError, StoreError
+from ..stores import open_store
 from ..stores.base import SagaStatus
 from ..stores.sqlite.store import path_from_url
 
@@ -95,10 +96,12 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 @contextlib.asynccontextmanager
-async def open_admin(url: str) -> AsyncIterator[SagaAdmin]:
+async def open_admin(url: str, *, read_only: bool = False) -> AsyncIterator[SagaAdmin]:
     """The admin API on ``url``, through an engine that runs no sagas itself: the commands look
-    at and steer sagas, the workers run them."""
-    async with Engine(url, worker=False) as engine:
+    at and steer sagas, the workers run them. None of them migrates (an older schema is refused
+    naming ``sagakit migrate``); ``read_only`` (list, show, stats) writes nothing at all."""
+    store = open_store(url, migrate=False, read_only=read_only)
+    async with Engine(store=store, worker=False) as engine:
         yield engine.admin
 
 

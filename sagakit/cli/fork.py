@@ -45,12 +45,13 @@ def fork_command(
     left as it is. Prints the new saga's id."""
     url = db_url(db)
     check_readable(url)
-    engine = Engine(url, worker=False)
+    # an action writes rows but never migrates: an older schema is refused naming `sagakit migrate`
+    engine = Engine(url, worker=False, migrate=False)
     if app is not None:
         from ..worker import load_app
 
         try:
-            engine = load_app(app).engine(url, worker=False)
+            engine = load_app(app).engine(url, worker=False, migrate=False)
         except SagaError as exc:
             raise click.ClickException(str(exc)) from exc
 

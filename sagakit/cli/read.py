@@ -103,7 +103,7 @@ def list_command(
         return
 
     async def fetch() -> SagaPage:
-        async with open_admin(url) as admin:
+        async with open_admin(url, read_only=True) as admin:
             return await admin.list_sagas(
                 status=status,
                 name=name,
@@ -144,7 +144,7 @@ def list_command(
 
 def _list_stranded(url: str, limit: int, as_json: bool) -> None:
     async def fetch() -> list[SagaSnapshot]:
-        async with open_admin(url) as admin:
+        async with open_admin(url, read_only=True) as admin:
             return await admin.stranded(limit)
 
     sagas = run(fetch())
@@ -174,7 +174,7 @@ def show_command(saga_id: str, db: str, as_json: bool) -> None:
     check_readable(url)
 
     async def fetch() -> SagaSnapshot:
-        async with open_admin(url) as admin:
+        async with open_admin(url, read_only=True) as admin:
             return await admin.get_saga(saga_id)
 
     try:
@@ -199,7 +199,7 @@ def stats_command(db: str, as_json: bool) -> None:
     check_readable(url)
 
     async def fetch() -> tuple[dict[str, int], int]:
-        async with open_admin(url) as admin:
+        async with open_admin(url, read_only=True) as admin:
             return await admin.count_by_status(), await admin.count_stranded()
 
     counts, stranded = run(fetch())

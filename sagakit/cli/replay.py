@@ -28,8 +28,8 @@ _IN_FLIGHT = tuple(s.value for s in SagaStatus if not s.is_terminal)
 
 @asynccontextmanager
 async def _reading(url: str) -> AsyncIterator[Store]:
-    """The store at ``url``, for reading (the commands here never write through it)."""
-    store = open_store(url)
+    """The store at ``url``, opened read-only: the commands here never write."""
+    store = open_store(url, read_only=True)
     await store.open()
     try:
         yield store

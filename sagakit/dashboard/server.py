@@ -41,6 +41,7 @@ from ..errors import (
     SagaValidationError,
     StoreError,
 )
+from ..stores import open_store
 from ..stores.sqlite.store import path_from_url
 from .actions import ActionInputError, parse_action, perform, token_matches
 from .pages import Flash, ListFilters, render_error, render_index, render_saga, saga_path
@@ -521,7 +522,9 @@ class Dashboard:
         thread.start()
         self._loop, self._loop_thread = loop, thread
         try:
-            engine = Engine(self.db_url, worker=False)
+            # the page never migrates; without a token it writes nothing at all
+            store = open_store(self.db_url, migrate=False, read_only=self.read_only)
+            engine = Engine(store=store, worker=False)
             self.call(engine.__aenter__(), timeout=60.0)
             self._engine = engine
             try:

@@ -122,6 +122,11 @@ class Engine(RunningMixin, TalkMixin):
             an operator) with their journals, events and published state once they ended
             longer ago than this, in small batches in the background (see
             :mod:`sagakit.engine.retention`); ``None`` (the default) keeps them forever.
+        migrate: what opening does with the database's schema. ``None`` (the default): create
+            it in an empty database, upgrade an older SQLite file, and refuse an older
+            PostgreSQL schema with a StoreError naming ``sagakit migrate`` (upgrades of a shared
+            database are deliberate); ``True``: create or upgrade; ``False``: never write the
+            schema (an empty or older database is refused). Ignored with ``store``.
     """
 
     def __init__(
@@ -139,6 +144,7 @@ class Engine(RunningMixin, TalkMixin):
         services: ServicesFactory | None = None,
         app_version: str | None = None,
         retention: timedelta | None = None,
+        migrate: bool | None = None,
     ):
         if lease <= timedelta(0):
             raise ValueError(f"lease must be positive, got {lease}")
@@ -178,6 +184,7 @@ class Engine(RunningMixin, TalkMixin):
         self._admin: SagaAdmin | None = None
         self.retention = check_retention(retention)
         self._pruner: asyncio.Task[None] | None = None
+        self.migrate = migrate
 
     # -- registration ------------------------------------------------------------------------
 
@@ -296,7 +303,7 @@ class Engine(RunningMixin, TalkMixin):
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Engine:
-        store = self._store_arg or open_store(self.url)
+        store = self._store_arg or open_store(self.url, migrate=self.migrate)
         await store.open()
         self._store = store
         self._wakeup = asyncio.Event()

@@ -11,15 +11,19 @@ from .sqlite import SqliteStore
 __all__ = ["MemoryStore", "SqliteStore", "Store", "open_store"]
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, migrate: bool | None = None, read_only: bool = False) -> Store:
     """The store for a URL: ``sqlite:///file.db``, ``postgresql://user@host/db``, ``memory://``
-    (or ``memory://name``)."""
+    (or ``memory://name``).
+
+    ``migrate`` chooses what opening does with an empty or older schema, ``read_only`` opens
+    without writing anything (see :mod:`sagakit.stores.schema`; the memory store has no
+    schema and ignores both)."""
     if url.startswith("sqlite:"):
-        return SqliteStore(url)
+        return SqliteStore(url, migrate=migrate, read_only=read_only)
     if url.startswith("memory:"):
         return MemoryStore(url)
     if url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, migrate=migrate, read_only=read_only)
     raise StoreError(f"unknown store URL {url!r}: use sqlite:///path.db, or memory:// for tests")

@@ -1,11 +1,20 @@
 -- Every statement the PostgreSQL store runs. Parameters are positional ($1), as asyncpg wants.
 -- Batched statements take one array per column and unnest them: one round trip, one commit.
 
--- name: lock_schema
-SELECT pg_advisory_xact_lock(7261001)
+-- name: try_lock_schema
+-- a session lock, not a transaction's: scripts that run outside a transaction (CREATE INDEX
+-- CONCURRENTLY) are serialised by it too. Tried, never waited for (see _lock_schema)
+SELECT pg_try_advisory_lock(7261001)
+
+-- name: unlock_schema
+SELECT pg_advisory_unlock(7261001)
 
 -- name: schema_version_table
 CREATE TABLE IF NOT EXISTS saga_schema_version (version integer NOT NULL)
+
+-- name: schema_version_exists
+-- whether sagakit's version table is there, asked without creating it (readers never write)
+SELECT to_regclass('saga_schema_version') IS NOT NULL
 
 -- name: schema_version
 SELECT coalesce(max(version), 0) FROM saga_schema_version

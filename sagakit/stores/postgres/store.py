@@ -63,6 +63,7 @@ from ..base import (
     served_keys,
 )
 from ..retrying import DEFAULT_RETRY_DEADLINE, Backoff, retry
+from ..schema import runs_outside_transaction, should_migrate
 from .batch import (
     Append,
     Batch,
@@ -73,7 +74,7 @@ from .batch import (
     write_creates,
     write_object_create,
 )
-from .sql import MIGRATIONS, SCHEMA_VERSION, Q
+from .sql import MIGRATION_NAMES, MIGRATIONS, SCHEMA_VERSION, Q
 
 log = logging.getLogger("sagakit.store.postgres")
 
@@ -82,6 +83,8 @@ MAX_BATCH = 2000
 #: how long one statement may run before its connection is taken for dead (seconds)
 DEFAULT_COMMAND_TIMEOUT = 10.0
 _CONNECT_TIMEOUT = 10.0
+#: how long one migration script may run (an index built on a large table takes minutes)
+_MIGRATION_TIMEOUT = 3600.0
 #: the session settings of the store's own connections (see PostgresStore._connect)
 _SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off"}
 
@@ -118,6 +121,12 @@ class PostgresStore:
         command_timeout: how long one statement may take before its connection is taken for
             dead and the statement retried on a new one (seconds): a connection that went
             silent (a network partition, a blackhole) is noticed instead of hanging.
+        migrate: what open does with the schema (see :mod:`sagakit.stores.schema`): ``None``
+            (the default) creates it in an empty database and refuses an older one (run
+            ``sagakit migrate``); ``True`` creates or upgrades; ``False`` never writes it.
+        read_only: open without writing anything (``sagakit list``, the dashboard without a
+            token; a role with only SELECT works): the schema must be current, and every
+            transaction of the store is read-only.
 
     ``on_work`` is called when another process announces work (NOTIFY); the engine sets it.
     """
@@ -129,6 +138,8 @@ class PostgresStore:
         read_pool_size: int = 4,
         retry_deadline: float = DEFAULT_RETRY_DEADLINE,
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        migrate: bool | None = None,
+        read_only: bool = False,
     ):
         if retry_deadline <= 0 or command_timeout <= 0:
             raise StoreError(
@@ -139,6 +150,10 @@ class PostgresStore:
         self.read_pool_size = read_pool_size
         self.retry_deadline = retry_deadline
         self.command_timeout = command_timeout
+        self.migrate = migrate
+        self.read_only = read_only
+        #: the migration scripts the last open applied (``sagakit migrate`` prints them)
+        self.applied_migrations: list[str] = []
         self.on_work: Callable[[], None] | None = None
         self._writer: asyncpg.Connection | None = None
         self._pool: asyncpg.Pool | None = None
@@ -167,10 +182,14 @@ class PostgresStore:
                 max_size=self.read_pool_size,
                 timeout=_CONNECT_TIMEOUT,
                 command_timeout=self.command_timeout,
+                server_settings=self._read_only_settings(),
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             await self.close()
             raise StoreError(f"cannot open PostgreSQL store {_redact(self.url)}: {exc}") from exc
+        except StoreError:  # the schema was refused
+            await self.close()
+            raise
         self._closing = False
         self._wakeup = asyncio.Event()
         self._writer_task = asyncio.create_task(self._writer_loop(), name="sagakit-pg-writer")
@@ -253,6 +272,7 @@ class PostgresStore:
         settings = dict(
             _SERVER_SETTINGS,
             idle_in_transaction_session_timeout=str(int(self.command_timeout * 1000)),
+            **self._read_only_settings(),
         )
         conn: asyncpg.Connection = await asyncpg.connect(
             self.url,
@@ -262,21 +282,96 @@ class PostgresStore:
         )
         return conn
 
+    def _read_only_settings(self) -> dict[str, str]:
+        # the server itself then refuses any write of a reader's connections
+        return {"default_transaction_read_only": "on"} if self.read_only else {}
+
+    async def _schema_version(self, conn: asyncpg.Connection) -> int:
+        """The database's schema version, 0 without sagakit's tables (reads only)."""
+        if not await conn.fetchval(Q["schema_version_exists"]):
+            return 0
+        return int(await conn.fetchval(Q["schema_version"]))
+
+    async def pending_migrations(self) -> list[tuple[str, str]]:
+        """The migration scripts (file name, text) the database lacks, read without writing
+        (``sagakit migrate --dry-run``)."""
+        try:
+            conn = await self._connect()
+            try:
+                current = await self._schema_version(conn)
+            finally:
+                await conn.close()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"cannot open PostgreSQL store {_redact(self.url)}: {exc}") from exc
+        return [(MIGRATION_NAMES[v], script) for v, script in MIGRATIONS if v > current]
+
     async def _migrate(self, conn: asyncpg.Connection) -> None:
-        # the advisory lock serialises two processes that start on an empty database at once
-        async with conn.transaction():
-            await conn.execute(Q["lock_schema"])
+        def decide(current: int) -> bool:
+            return should_migrate(
+                current,
+                SCHEMA_VERSION,
+                migrate=self.migrate,
+                read_only=self.read_only,
+                embedded=False,
+                where=f"the database {_redact(self.url)}",
+                command=f"sagakit migrate --db {_redact(self.url)}",
+            )
+
+        # a database with a current schema is opened without a lock or a write
+        current = await self._schema_version(conn)
+        if current == SCHEMA_VERSION:
+            return
+        if self.read_only or self.migrate is False or current > SCHEMA_VERSION:
+            decide(current)  # refuses
+            return
+        # the advisory lock serialises processes that create or migrate at once; the version is
+        # read again under it, as another may have migrated (or be halfway) meanwhile
+        await self._lock_schema(conn)
+        try:
             await conn.execute(Q["schema_version_table"])
-            current = await conn.fetchval(Q["schema_version"])
-            if current > SCHEMA_VERSION:
+            current = await self._schema_version(conn)
+            applied: list[str] = []
+            if decide(current):
+                pending = [(v, script) for v, script in MIGRATIONS if v > current]
+                for group in _transaction_groups(pending):
+                    await self._apply(conn, group)
+                    for version, _ in group:
+                        applied.append(MIGRATION_NAMES[version])
+                        log.info("applied migration %s", MIGRATION_NAMES[version])
+            self.applied_migrations = applied
+        finally:
+            await conn.execute(Q["unlock_schema"])
+
+    async def _lock_schema(self, conn: asyncpg.Connection) -> None:
+        # Polled, not waited for in pg_advisory_lock: a waiting statement holds a snapshot, and
+        # a CREATE INDEX CONCURRENTLY run by the lock's holder waits for every such snapshot to
+        # go, a deadlock. Between two tries this connection holds nothing.
+        loop = asyncio.get_running_loop()
+        gives_up = loop.time() + _MIGRATION_TIMEOUT
+        delay = 0.01
+        while not await conn.fetchval(Q["try_lock_schema"]):
+            if loop.time() > gives_up:
                 raise StoreError(
-                    f"the database has sagakit schema version {current}, newer than this "
-                    f"sagakit knows ({SCHEMA_VERSION}); upgrade sagakit"
+                    f"another process has been migrating {_redact(self.url)} for over "
+                    f"{_MIGRATION_TIMEOUT:.0f}s (it holds the schema's advisory lock); look for "
+                    "a stuck `sagakit migrate`"
                 )
-            for version, script in MIGRATIONS:
-                if version > current:
-                    await conn.execute(script)
-                    await conn.execute(Q["set_schema_version"], version)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def _apply(self, conn: asyncpg.Connection, group: list[tuple[int, str]]) -> None:
+        if len(group) == 1 and runs_outside_transaction(group[0][1]):
+            # CREATE INDEX CONCURRENTLY cannot run in a transaction: the script is one
+            # statement, idempotent (IF NOT EXISTS), so a crash before the version row is
+            # written only makes the next migrate run it again
+            version, script = group[0]
+            await conn.execute(script, timeout=_MIGRATION_TIMEOUT)
+            await conn.execute(Q["set_schema_version"], version)
+            return
+        async with conn.transaction():
+            for version, script in group:
+                await conn.execute(script, timeout=_MIGRATION_TIMEOUT)
+                await conn.execute(Q["set_schema_version"], version)
 
     # -- the writer --------------------------------------------------------------------------
 
@@ -763,6 +858,19 @@ def _fail(futures: Sequence[asyncio.Future[Any]], error: BaseException) -> None:
 
 def _set_event(event: asyncio.Event, *_args: object) -> None:
     event.set()
+
+
+def _transaction_groups(pending: list[tuple[int, str]]) -> list[list[tuple[int, str]]]:
+    """The pending migrations in the transactions they run in: consecutive scripts together
+    (nobody sees the schema halfway through them), a no-transaction script on its own."""
+    groups: list[list[tuple[int, str]]] = []
+    for version, script in pending:
+        alone = runs_outside_transaction(script)
+        if alone or not groups or runs_outside_transaction(groups[-1][-1][1]):
+            groups.append([(version, script)])
+        else:
+            groups[-1].append((version, script))
+    return groups
 
 
 def _redact(url: str) -> str:

@@ -3,6 +3,10 @@
 -- name: schema_version_table
 CREATE TABLE IF NOT EXISTS saga_schema_version (version INTEGER NOT NULL)
 
+-- name: schema_version_exists
+-- whether the file has sagakit's version table, asked without creating it (readers never write)
+SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'saga_schema_version'
+
 -- name: schema_version
 SELECT max(version) FROM saga_schema_version
 

@@ -61,12 +61,14 @@ from ..base import (
     served_keys,
 )
 from ..retrying import DEFAULT_RETRY_DEADLINE, Backoff
+from ..schema import migration_names, should_migrate
 from ..sqlfile import load_migrations, load_queries
 
 log = logging.getLogger("sagakit.store.sqlite")
 
 Q = load_queries(__package__ or "sagakit.stores.sqlite", "queries.sql")
 MIGRATIONS = load_migrations("sagakit.stores.sqlite.migrations")
+MIGRATION_NAMES = migration_names("sagakit.stores.sqlite.migrations")
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 T = TypeVar("T")
@@ -108,6 +110,11 @@ class SqliteStore:
             power cut (never on a process crash). Benchmarks report which one was in force.
         retry_deadline: how long a write waits for a file that another process keeps locked
             before it fails with StoreError (seconds; see :mod:`sagakit.stores.retrying`).
+        migrate: what open does with the schema (see :mod:`sagakit.stores.schema`): ``None``
+            (the default) creates it in an empty file and upgrades an older one; ``True`` the
+            same; ``False`` never writes it (an empty or older file is refused).
+        read_only: open without writing anything (``sagakit list``, the dashboard without a
+            token): the schema must be current, and the connections refuse writes.
     """
 
     def __init__(
@@ -116,6 +123,8 @@ class SqliteStore:
         *,
         synchronous: str = "FULL",
         retry_deadline: float = DEFAULT_RETRY_DEADLINE,
+        migrate: bool | None = None,
+        read_only: bool = False,
     ):
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise StoreError(f"synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")
@@ -123,6 +132,10 @@ class SqliteStore:
         self.on_work: Callable[[], None] | None = None
         self.path = path_from_url(url)
         self.synchronous = synchronous.upper()
+        self.migrate = migrate
+        self.read_only = read_only
+        #: the migration scripts the last open applied (``sagakit migrate`` prints them)
+        self.applied_migrations: list[str] = []
         self._writer_conn: sqlite3.Connection | None = None
         self._reader_conn: sqlite3.Connection | None = None
         self._write_exec: ThreadPoolExecutor | None = None
@@ -150,6 +163,8 @@ class SqliteStore:
             raise StoreError(
                 f"cannot open {self.path!r}: the folder {str(parent)!r} does not exist"
             )
+        if self.read_only or self.migrate is False:
+            self._check_exists()
         loop = asyncio.get_running_loop()
         self._write_exec = ThreadPoolExecutor(1, thread_name_prefix="sagakit-sqlite-writer")
         self._read_exec = ThreadPoolExecutor(1, thread_name_prefix="sagakit-sqlite-reader")
@@ -161,6 +176,9 @@ class SqliteStore:
         except sqlite3.Error as exc:
             await self.close()
             raise StoreError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
+        except StoreError:  # the schema was refused
+            await self.close()
+            raise
         # from now on the writer runs on the loop: it must never wait for a lock
         self._writer_conn.execute("PRAGMA busy_timeout = 0")
         self._closing = False
@@ -201,29 +219,77 @@ class SqliteStore:
         # synchronous is one of three fixed words, checked in __init__: no injection possible
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
+        if self.read_only:  # SQLite itself then refuses any write through this connection
+            conn.execute("PRAGMA query_only = ON")
         return conn
+
+    def _schema_version(self, conn: sqlite3.Connection) -> int:
+        """The file's schema version, 0 for a file without sagakit's tables (reads only)."""
+        if conn.execute(Q["schema_version_exists"]).fetchone() is None:
+            return 0
+        return int(conn.execute(Q["schema_version"]).fetchone()[0] or 0)
+
+    def _check_exists(self) -> None:
+        if not Path(self.path).is_file():
+            # connecting would create the file: a mistyped URL must not leave one behind
+            raise StoreError(
+                f"no SQLite database at {self.path!r} (the file does not exist): check the URL, "
+                f"or create it with `sagakit migrate --db {self.url}`"
+            )
+
+    async def pending_migrations(self) -> list[tuple[str, str]]:
+        """The migration scripts (file name, text) this file lacks, read without writing
+        (``sagakit migrate --dry-run``); every script for a file that does not exist yet."""
+        return await asyncio.to_thread(self._pending_scripts)
+
+    def _pending_scripts(self) -> list[tuple[str, str]]:
+        current = 0
+        if Path(self.path).is_file():
+            conn = sqlite3.connect(f"{Path(self.path).resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                current = self._schema_version(conn)
+            finally:
+                conn.close()
+        return [(MIGRATION_NAMES[v], script) for v, script in MIGRATIONS if v > current]
 
     def _migrate(self) -> None:
         conn = self._writer_conn
         assert conn is not None
+
+        def decide(current: int) -> bool:
+            return should_migrate(
+                current,
+                SCHEMA_VERSION,
+                migrate=self.migrate,
+                read_only=self.read_only,
+                embedded=True,
+                where=repr(self.path),
+                command=f"sagakit migrate --db {self.url}",
+            )
+
+        # a file with a current schema is opened without taking the write lock or writing
+        if not decide(self._schema_version(conn)):
+            return
         self._begin_immediate(conn)
         try:
             conn.execute(Q["schema_version_table"])
-            current = conn.execute(Q["schema_version"]).fetchone()[0] or 0
-            if current > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path!r} has sagakit schema version {current}, newer than this "
-                    f"sagakit knows ({SCHEMA_VERSION}); upgrade sagakit"
-                )
-            for version, script in MIGRATIONS:
-                if version > current:
-                    for statement in _split_statements(script):
-                        conn.execute(statement)
-                    conn.execute(Q["set_schema_version"], {"version": version})
+            # another process may have migrated it while we waited for the lock
+            current = self._schema_version(conn)
+            applied = []
+            if decide(current):
+                for version, script in MIGRATIONS:
+                    if version > current:
+                        for statement in _split_statements(script):
+                            conn.execute(statement)
+                        conn.execute(Q["set_schema_version"], {"version": version})
+                        applied.append(MIGRATION_NAMES[version])
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self.applied_migrations = applied
+        for name in applied:
+            log.info("applied migration %s to %s", name, self.path)
 
     # -- the writer --------------------------------------------------------------------------
 
