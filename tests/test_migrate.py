@@ -388,3 +388,51 @@ async def test_the_dashboard_refuses_an_older_schema_and_does_not_migrate(
     with pytest.raises(StoreError, match="sagakit migrate --db"):
         await asyncio.to_thread(dashboard.start)
     assert await schema_version(url) == LATEST - 1
+
+
+async def test_a_worker_of_the_previous_release_runs_beside_a_migrated_database(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rolling upgrades: the database is on this release's schema; a worker of the previous
+    release (whose sagakit knows one schema version less) opens it as it is, writes no schema,
+    and runs sagas beside a worker of this release."""
+    async with make_engine(url, worker=False) as current:
+        current.register(hello)
+        assert await current.run(hello, None, saga_id="new-1") == "hello"
+    module = (
+        "sagakit.stores.sqlite.store"
+        if url.startswith("sqlite:")
+        else "sagakit.stores.postgres.store"
+    )
+    # the previous release: the same code, one migration fewer known
+    monkeypatch.setattr(f"{module}.SCHEMA_VERSION", LATEST - 1)
+    async with make_engine(url) as previous, make_engine(url) as this_one:
+        for engine in (previous, this_one):
+            engine.register(hello)
+        handles = [
+            await engine.start(hello, None, saga_id=f"{name}-{i}", run_here=False)
+            for i in range(5)
+            for name, engine in (("prev", previous), ("this", this_one))
+        ]
+        results = await asyncio.gather(*(h.result(timeout=60) for h in handles))
+        assert results == ["hello"] * len(handles)
+    assert await schema_version(url) == LATEST  # untouched by the older worker
+
+
+async def test_a_schema_two_releases_newer_is_refused(url: str) -> None:
+    async with make_engine(url) as engine:
+        engine.register(hello)
+    if url.startswith("sqlite:"):
+        conn = sqlite3.connect(_sqlite_path(url))
+        conn.execute("UPDATE saga_schema_version SET version = ?", (LATEST + 2,))
+        conn.commit()
+        conn.close()
+    else:
+        pg = await asyncpg.connect(url)
+        try:
+            await pg.execute("UPDATE saga_schema_version SET version = $1", LATEST + 2)
+        finally:
+            await pg.close()
+    with pytest.raises(StoreError, match="by more than one release; upgrade sagakit"):
+        async with make_engine(url):
+            pass

@@ -11,7 +11,11 @@ PostgreSQL stores (``migrate`` is ``Engine(migrate=...)``):
   application; refuse an older PostgreSQL schema, naming ``sagakit migrate``.
 * ``migrate=True``: create or upgrade.
 
-A schema newer than this sagakit knows is always refused.
+Rolling upgrades: the code of one release runs on the schema of the next, so that workers are
+upgraded one at a time while others run. A schema exactly one version newer than this sagakit
+knows is accepted as it is (never written); two or more versions newer is refused. That holds
+because every migration only expands the schema (new tables, new columns with defaults, new
+indexes); what a release stops using is dropped no earlier than the release after it.
 """
 
 from __future__ import annotations
@@ -53,12 +57,13 @@ def should_migrate(
     """Whether to apply the migrations after ``current`` (0: an empty database), or a
     StoreError saying what is wrong and what to do. ``where`` names the database in the
     sentence; ``command`` is the ``sagakit migrate --db ...`` line that upgrades it."""
-    if current > latest:
+    if current > latest + 1:
         raise StoreError(
             f"{where} has sagakit schema version {current}, newer than this sagakit knows "
-            f"({latest}); upgrade sagakit"
+            f"({latest}) by more than one release; upgrade sagakit"
         )
-    if current == latest:
+    if current >= latest:
+        # the next release's schema only expanded this one's: run on it as it is
         return False
     if read_only:
         if current == 0:
