@@ -71,7 +71,8 @@ async def empty_pg_database(url: str) -> None:
     """Delete every row of every table of this database, keeping its schema: a fresh store for
     each example of a hypothesis test on one database (CREATE DATABASE per example would cost
     a subprocess and a copy of the template each time)."""
-    conn = await asyncpg.connect(url)
+    # sagakit's tables are in its own schema (public in a database an earlier release made)
+    conn = await asyncpg.connect(url, server_settings={"search_path": "sagakit, public"})
     try:
         tables = await conn.fetch(
             "SELECT quote_ident(tablename) FROM pg_tables "

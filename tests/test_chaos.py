@@ -81,6 +81,9 @@ WORKERS = 4
 RESTART_AT = (0.15, 0.40, 0.65)
 DEADLINE = 200.0
 TERMINAL = ("COMPLETED", "COMPENSATED", "FAILED", "CANCELLED")
+#: the test's own connections see sagakit's tables in its schema; the ledger, made before
+#: that schema exists, lands in public
+TABLES = {"search_path": "sagakit, public"}
 
 pytestmark = pytest.mark.slow
 
@@ -141,7 +144,7 @@ class _Monitor:
         """How many sagas are in a terminal state; None while the server does not answer."""
         try:
             if self.conn is None or self.conn.is_closed():
-                self.conn = await asyncpg.connect(self.url, timeout=5)
+                self.conn = await asyncpg.connect(self.url, timeout=5, server_settings=TABLES)
             return int(
                 await self.conn.fetchval(
                     "SELECT count(*) FROM saga_instances WHERE status = ANY($1::text[])",
@@ -157,7 +160,7 @@ class _Monitor:
 
     async def stuck(self) -> str:
         """The sagas not ended yet (the first ten), for the message of a test that failed."""
-        conn = await asyncpg.connect(self.url, timeout=10)
+        conn = await asyncpg.connect(self.url, timeout=10, server_settings=TABLES)
         try:
             rows = await conn.fetch(
                 "SELECT saga_id, status, owner, fence, lease_expires_at FROM saga_instances "
@@ -247,7 +250,7 @@ def _op(kind: str, name: str, saga_id: str) -> Op:
 
 async def test_kill_the_workers(own_pg: PgServer, tmp_path: Path) -> None:
     url = own_pg.url
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(url, server_settings=TABLES)
     await conn.execute(LEDGER_DDL)
     rng = random.Random(20261122)
     plans: dict[str, tuple[int, int | None]] = {}
@@ -329,7 +332,7 @@ async def test_kill_the_workers(own_pg: PgServer, tmp_path: Path) -> None:
         for log in tmp_path.glob("worker-*.log")
     )
 
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(url, server_settings=TABLES)
     statuses = dict(await conn.fetch("SELECT saga_id, status FROM saga_instances"))
     ledger = await conn.fetch(
         "SELECT saga_id, step_index, action, step_key, pid, started, at FROM chaos_ledger "

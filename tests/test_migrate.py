@@ -28,6 +28,9 @@ from .conftest import make_engine, make_store_url
 from .test_cli import assert_clean_error, sagakit
 
 LATEST = SQLITE_MIGRATIONS[-1][0]
+#: where the tests' own connections find sagakit's tables: its schema, or public where a test
+#: built an earlier release's tables (there, CREATE lands in public: sagakit does not exist)
+TABLES = {"search_path": "sagakit, public"}
 assert PG_MIGRATIONS[-1][0] == LATEST
 
 
@@ -65,7 +68,7 @@ async def build_old_schema(url: str, version: int = LATEST - 1) -> None:
         conn.commit()
         conn.close()
         return
-    pg = await asyncpg.connect(url)
+    pg = await asyncpg.connect(url, server_settings=TABLES)
     try:
         await pg.execute("CREATE TABLE saga_schema_version (version integer NOT NULL)")
         for number, script in PG_MIGRATIONS:
@@ -92,7 +95,7 @@ async def schema_version(url: str) -> int | None:
             return found
         finally:
             conn.close()
-    pg = await asyncpg.connect(url)
+    pg = await asyncpg.connect(url, server_settings=TABLES)
     try:
         if not await pg.fetchval("SELECT to_regclass('saga_schema_version') IS NOT NULL"):
             return None
@@ -223,22 +226,22 @@ async def _reader_role(url: str) -> str:
     """A role that may only read sagakit's tables; the URL that connects as it."""
     role = f"reader_{uuid.uuid4().hex[:8]}"
     database = url.rsplit("/", 1)[1]
-    pg = await asyncpg.connect(url)
+    pg = await asyncpg.connect(url, server_settings=TABLES)
     try:
         await pg.execute(f"CREATE ROLE {role} LOGIN")
         await pg.execute(f"GRANT CONNECT ON DATABASE {database} TO {role}")
-        await pg.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
-        await pg.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+        await pg.execute(f"GRANT USAGE ON SCHEMA sagakit TO {role}")
+        await pg.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA sagakit TO {role}")
     finally:
         await pg.close()
     return url.replace("postgresql://postgres@", f"postgresql://{role}@", 1)
 
 
 async def _row_counts(url: str) -> dict[str, int]:
-    pg = await asyncpg.connect(url)
+    pg = await asyncpg.connect(url, server_settings=TABLES)
     try:
         tables = await pg.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'sagakit' ORDER BY 1"
         )
         return {t[0]: await pg.fetchval(f"SELECT count(*) FROM {t[0]}") for t in tables}
     finally:
@@ -271,7 +274,7 @@ async def test_readers_work_with_a_read_only_postgres_role_and_write_nothing(
 
     assert await _row_counts(pg_url) == before
     # the role really cannot write (so the commands above wrote nothing)
-    pg = await asyncpg.connect(reader)
+    pg = await asyncpg.connect(reader, server_settings=TABLES)
     try:
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await pg.execute("DELETE FROM saga_instances")
@@ -319,7 +322,7 @@ async def test_the_retention_index_is_built_concurrently_on_an_upgrade(pg_url: s
     result = sagakit("migrate", "--db", pg_url)
     assert result.returncode == 0, result.stderr
     assert f"applied {MIGRATION_NAMES[6]}" in result.stdout
-    pg = await asyncpg.connect(pg_url)
+    pg = await asyncpg.connect(pg_url, server_settings=TABLES)
     try:
         valid = await pg.fetchval(
             "SELECT indisvalid FROM pg_index WHERE indexrelid = 'saga_instances_ended'::regclass"
@@ -345,7 +348,7 @@ async def test_the_prune_queries_use_the_retention_index(url: str) -> None:
         finally:
             conn.close()
         return
-    pg = await asyncpg.connect(url)
+    pg = await asyncpg.connect(url, server_settings=TABLES)
     try:
         # as the store's own connections plan (see PostgresStore._connect)
         await pg.execute("SET enable_seqscan = off")
@@ -402,7 +405,7 @@ async def test_a_worker_of_the_previous_release_runs_beside_a_migrated_database(
     module = (
         "sagakit.stores.sqlite.store"
         if url.startswith("sqlite:")
-        else "sagakit.stores.postgres.store"
+        else "sagakit.stores.postgres.schema"
     )
     # the previous release: the same code, one migration fewer known
     monkeypatch.setattr(f"{module}.SCHEMA_VERSION", LATEST - 1)
@@ -428,7 +431,7 @@ async def test_a_schema_two_releases_newer_is_refused(url: str) -> None:
         conn.commit()
         conn.close()
     else:
-        pg = await asyncpg.connect(url)
+        pg = await asyncpg.connect(url, server_settings=TABLES)
         try:
             await pg.execute("UPDATE saga_schema_version SET version = $1", LATEST + 2)
         finally:

@@ -127,6 +127,9 @@ class Engine(RunningMixin, TalkMixin):
             PostgreSQL schema with a StoreError naming ``sagakit migrate`` (upgrades of a shared
             database are deliberate); ``True``: create or upgrade; ``False``: never write the
             schema (an empty or older database is refused). Ignored with ``store``.
+        schema: the PostgreSQL schema sagakit's tables live in (also ``?schema=name`` in the
+            URL). ``None`` (the default): ``sagakit``, or ``public`` for a database whose
+            tables an earlier release made there. PostgreSQL only; ignored with ``store``.
     """
 
     def __init__(
@@ -145,6 +148,7 @@ class Engine(RunningMixin, TalkMixin):
         app_version: str | None = None,
         retention: timedelta | None = None,
         migrate: bool | None = None,
+        schema: str | None = None,
     ):
         if lease <= timedelta(0):
             raise ValueError(f"lease must be positive, got {lease}")
@@ -185,6 +189,7 @@ class Engine(RunningMixin, TalkMixin):
         self.retention = check_retention(retention)
         self._pruner: asyncio.Task[None] | None = None
         self.migrate = migrate
+        self.schema = schema
 
     # -- registration ------------------------------------------------------------------------
 
@@ -303,7 +308,7 @@ class Engine(RunningMixin, TalkMixin):
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Engine:
-        store = self._store_arg or open_store(self.url, migrate=self.migrate)
+        store = self._store_arg or open_store(self.url, migrate=self.migrate, schema=self.schema)
         await store.open()
         self._store = store
         self._wakeup = asyncio.Event()

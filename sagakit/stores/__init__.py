@@ -11,13 +11,20 @@ from .sqlite import SqliteStore
 __all__ = ["MemoryStore", "SqliteStore", "Store", "open_store"]
 
 
-def open_store(url: str, *, migrate: bool | None = None, read_only: bool = False) -> Store:
+def open_store(
+    url: str, *, migrate: bool | None = None, read_only: bool = False, schema: str | None = None
+) -> Store:
     """The store for a URL: ``sqlite:///file.db``, ``postgresql://user@host/db``, ``memory://``
     (or ``memory://name``).
 
     ``migrate`` chooses what opening does with an empty or older schema, ``read_only`` opens
     without writing anything (see :mod:`sagakit.stores.schema`; the memory store has no
-    schema and ignores both)."""
+    schema and ignores both). ``schema`` names the PostgreSQL schema of sagakit's tables
+    (``sagakit`` by default; also ``?schema=name`` in the URL); other stores refuse it."""
+    if schema is not None and not url.startswith(("postgresql://", "postgres://")):
+        raise StoreError(
+            f"schema={schema!r} is for PostgreSQL stores; {url!r} is not one: leave it out"
+        )
     if url.startswith("sqlite:"):
         return SqliteStore(url, migrate=migrate, read_only=read_only)
     if url.startswith("memory:"):
@@ -25,5 +32,5 @@ def open_store(url: str, *, migrate: bool | None = None, read_only: bool = False
     if url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStore
 
-        return PostgresStore(url, migrate=migrate, read_only=read_only)
+        return PostgresStore(url, migrate=migrate, read_only=read_only, schema=schema)
     raise StoreError(f"unknown store URL {url!r}: use sqlite:///path.db, or memory:// for tests")

@@ -3,11 +3,23 @@
 
 -- name: try_lock_schema
 -- a session lock, not a transaction's: scripts that run outside a transaction (CREATE INDEX
--- CONCURRENTLY) are serialised by it too. Tried, never waited for (see _lock_schema)
-SELECT pg_try_advisory_lock(7261001)
+-- CONCURRENTLY) are serialised by it too. Tried, never waited for (see _lock_schema).
+-- Two int4 keys, sagakit's class and the schema's (schema.schema_lock_key): PostgreSQL keeps
+-- them apart from the single bigint keys applications use, and each sagakit schema of a
+-- database has its own lock
+SELECT pg_try_advisory_lock(7261001, $1::integer)
 
 -- name: unlock_schema
-SELECT pg_advisory_unlock(7261001)
+SELECT pg_advisory_unlock(7261001, $1::integer)
+
+-- name: create_schema
+-- $schema is replaced by the quoted schema name (an identifier cannot be a parameter)
+CREATE SCHEMA IF NOT EXISTS $schema
+
+-- name: tables_in_public
+-- an earlier release's deployment: its tables in public, and no schema of sagakit's own ($1)
+SELECT to_regclass('public.saga_schema_version') IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)
 
 -- name: schema_version_table
 CREATE TABLE IF NOT EXISTS saga_schema_version (version integer NOT NULL)
@@ -154,7 +166,12 @@ SELECT saga_id FROM ok
 SELECT fence FROM saga_instances WHERE saga_id = $1
 
 -- name: lock_object
-SELECT pg_advisory_xact_lock(7261002, hashtext($1))
+-- two int4 keys (see try_lock_schema); in public, the key earlier releases used, so that their
+-- workers and ours exclude each other during a rolling upgrade; elsewhere the schema is part
+-- of it, so that two sagakit schemas' objects of one key do not wait for each other
+SELECT pg_advisory_xact_lock(
+    7261002,
+    hashtext(CASE WHEN current_schema() = 'public' THEN $1 ELSE current_schema() || '/' || $1 END))
 
 -- name: create_object_saga
 -- under the object's lock: it runs now (owned) only if no earlier saga of its key is unfinished
@@ -211,7 +228,10 @@ WITH saga AS (
     SELECT $1, counted.event_count, $2, $3, $4, extract(epoch FROM clock_timestamp()), $7::text
     FROM counted
 ), woken AS (
-    SELECT pg_notify('sagakit_work', '') FROM counted WHERE counted.status = 'SUSPENDED'
+    -- the schema's channel (see notify_work)
+    SELECT pg_notify(CASE WHEN current_schema() = 'public' THEN 'sagakit_work'
+                          ELSE 'sagakit_work_' || current_schema() END, '')
+    FROM counted WHERE counted.status = 'SUSPENDED'
 )
 SELECT (SELECT status FROM saga) AS status,
        EXISTS (SELECT 1 FROM keyed) AS redelivered,
@@ -289,7 +309,10 @@ UPDATE saga_instances SET owner = NULL, lease_expires_at = 0
 WHERE owner = $1 AND saga_id = ANY($2::text[])
 
 -- name: notify_work
-SELECT pg_notify('sagakit_work', '')
+-- each schema's own channel (PostgresStore.channel), so that two sagakit schemas of one
+-- database do not wake each other; public keeps the channel of earlier releases
+SELECT pg_notify(CASE WHEN current_schema() = 'public' THEN 'sagakit_work'
+                          ELSE 'sagakit_work_' || current_schema() END, '')
 
 -- name: list_sagas
 -- newest first; $5/$6 continue a page after the saga with that created_at and saga_id

@@ -17,9 +17,14 @@ operator's change carries an action id kept in its audit entry. A claim takes it
 reads their journals in one transaction; if its answer is lost, the engine does not know it
 holds them and does not renew them, so they expire within one lease.
 
-Wake-ups: ``LISTEN sagakit_work`` on a dedicated connection; a start that leaves a saga PENDING
-and a release send ``NOTIFY``, so idle workers take new work at once; the engine's slow poll stays
-as the fallback.
+Schema: the tables live in a PostgreSQL schema of their own (``sagakit`` unless the URL's
+``?schema=name`` or ``schema=`` names another); every connection's ``search_path`` is that schema,
+so the statements stay unqualified. A database whose tables earlier releases made in ``public``
+(and that has no ``sagakit`` schema) keeps using ``public`` until an operator moves them.
+
+Wake-ups: ``LISTEN sagakit_work`` (``sagakit_work_<schema>`` outside ``public``) on a dedicated
+connection; a start that leaves a saga PENDING and a release send ``NOTIFY``, so idle workers
+take new work at once; the engine's slow poll stays as the fallback.
 """
 
 from __future__ import annotations
@@ -63,7 +68,6 @@ from ..base import (
     served_keys,
 )
 from ..retrying import DEFAULT_RETRY_DEADLINE, Backoff, retry
-from ..schema import runs_outside_transaction, should_migrate
 from .batch import (
     Append,
     Batch,
@@ -74,7 +78,15 @@ from .batch import (
     write_creates,
     write_object_create,
 )
-from .sql import MIGRATION_NAMES, MIGRATIONS, SCHEMA_VERSION, Q
+from .schema import (
+    DEFAULT_SCHEMA,
+    LEGACY_SCHEMA,
+    check_schema,
+    migrate_schema,
+    schema_version,
+    split_schema,
+)
+from .sql import MIGRATION_NAMES, MIGRATIONS, Q
 
 log = logging.getLogger("sagakit.store.postgres")
 
@@ -83,8 +95,6 @@ MAX_BATCH = 2000
 #: how long one statement may run before its connection is taken for dead (seconds)
 DEFAULT_COMMAND_TIMEOUT = 10.0
 _CONNECT_TIMEOUT = 10.0
-#: how long one migration script may run (an index built on a large table takes minutes)
-_MIGRATION_TIMEOUT = 3600.0
 #: the session settings of the store's own connections (see PostgresStore._connect)
 _SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off"}
 
@@ -127,6 +137,9 @@ class PostgresStore:
         read_only: open without writing anything (``sagakit list``, the dashboard without a
             token; a role with only SELECT works): the schema must be current, and every
             transaction of the store is read-only.
+        schema: the PostgreSQL schema the tables live in (also ``?schema=name`` in the URL);
+            ``None``: ``sagakit``, or ``public`` for a database whose tables an earlier release
+            made there. A plain lower-case identifier; created if missing.
 
     ``on_work`` is called when another process announces work (NOTIFY); the engine sets it.
     """
@@ -140,6 +153,7 @@ class PostgresStore:
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
         migrate: bool | None = None,
         read_only: bool = False,
+        schema: str | None = None,
     ):
         if retry_deadline <= 0 or command_timeout <= 0:
             raise StoreError(
@@ -147,6 +161,17 @@ class PostgresStore:
                 f"{retry_deadline!r} and {command_timeout!r}"
             )
         self.url = url
+        #: the URL asyncpg connects to: without ``?schema=``, which it would send the server
+        #: as a setting
+        self._dsn, asked = split_schema(url)
+        if schema is not None and asked is not None and schema != asked:
+            raise StoreError(
+                f"the URL asks for schema {asked!r} and schema= for {schema!r}: name one"
+            )
+        asked = schema if schema is not None else asked
+        #: whether the schema was asked for (else an earlier release's ``public`` is kept)
+        self._schema_asked = asked is not None
+        self.schema = check_schema(asked) if asked is not None else DEFAULT_SCHEMA
         self.read_pool_size = read_pool_size
         self.retry_deadline = retry_deadline
         self.command_timeout = command_timeout
@@ -174,15 +199,15 @@ class PostgresStore:
         if self._writer_task is not None:
             return
         try:
-            self._writer = await self._connect()
+            self._writer = await self._connect_first()
             await self._migrate(self._writer)
             self._pool = await asyncpg.create_pool(
-                self.url,
+                self._dsn,
                 min_size=1,
                 max_size=self.read_pool_size,
                 timeout=_CONNECT_TIMEOUT,
                 command_timeout=self.command_timeout,
-                server_settings=self._read_only_settings(),
+                server_settings=self._session_settings(),
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             await self.close()
@@ -272,33 +297,62 @@ class PostgresStore:
         settings = dict(
             _SERVER_SETTINGS,
             idle_in_transaction_session_timeout=str(int(self.command_timeout * 1000)),
-            **self._read_only_settings(),
+            **self._session_settings(),
         )
         conn: asyncpg.Connection = await asyncpg.connect(
-            self.url,
+            self._dsn,
             timeout=timeout or _CONNECT_TIMEOUT,
             command_timeout=self.command_timeout,
             server_settings=settings,
         )
         return conn
 
-    def _read_only_settings(self) -> dict[str, str]:
-        # the server itself then refuses any write of a reader's connections
-        return {"default_transaction_read_only": "on"} if self.read_only else {}
+    def _session_settings(self) -> dict[str, str]:
+        settings = {"search_path": f'"{self.schema}"'}
+        if self.read_only:
+            # the server itself then refuses any write of a reader's connections
+            settings["default_transaction_read_only"] = "on"
+        return settings
 
-    async def _schema_version(self, conn: asyncpg.Connection) -> int:
-        """The database's schema version, 0 without sagakit's tables (reads only)."""
-        if not await conn.fetchval(Q["schema_version_exists"]):
-            return 0
-        return int(await conn.fetchval(Q["schema_version"]))
+    @property
+    def channel(self) -> str:
+        """The NOTIFY channel of this schema's work (queries.sql names it alike): two sagakit
+        schemas in one database do not wake each other's workers."""
+        return CHANNEL if self.schema == LEGACY_SCHEMA else f"{CHANNEL}_{self.schema}"
+
+    async def _connect_first(self) -> asyncpg.Connection:
+        """The first connection of an open: it settles which schema the store uses."""
+        conn = await self._connect()
+        if self._schema_asked or self.schema == LEGACY_SCHEMA:
+            return conn
+        try:
+            in_public = await conn.fetchval(Q["tables_in_public"], DEFAULT_SCHEMA)
+        except BaseException:
+            conn.terminate()
+            raise
+        if in_public:
+            # an earlier release's deployment: moving its tables is the operator's decision
+            log.info(
+                "sagakit's tables are in schema public (made by an earlier release); using "
+                "it. To move them to schema %s, run CREATE SCHEMA %s and ALTER TABLE "
+                "public.<table> SET SCHEMA %s for each sagakit table (saga_*) with every "
+                "worker stopped",
+                DEFAULT_SCHEMA,
+                DEFAULT_SCHEMA,
+                DEFAULT_SCHEMA,
+            )
+            self.schema = LEGACY_SCHEMA
+            await conn.close()
+            conn = await self._connect()
+        return conn
 
     async def pending_migrations(self) -> list[tuple[str, str]]:
         """The migration scripts (file name, text) the database lacks, read without writing
         (``sagakit migrate --dry-run``)."""
         try:
-            conn = await self._connect()
+            conn = await self._connect_first()
             try:
-                current = await self._schema_version(conn)
+                current = await schema_version(conn)
             finally:
                 await conn.close()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -306,72 +360,15 @@ class PostgresStore:
         return [(MIGRATION_NAMES[v], script) for v, script in MIGRATIONS if v > current]
 
     async def _migrate(self, conn: asyncpg.Connection) -> None:
-        def decide(current: int) -> bool:
-            return should_migrate(
-                current,
-                SCHEMA_VERSION,
-                migrate=self.migrate,
-                read_only=self.read_only,
-                embedded=False,
-                where=f"the database {_redact(self.url)}",
-                command=f"sagakit migrate --db {_redact(self.url)}",
-            )
-
-        # a database with a current schema is opened without a lock or a write
-        current = await self._schema_version(conn)
-        if current == SCHEMA_VERSION:
-            return
-        if self.read_only or self.migrate is False or current > SCHEMA_VERSION:
-            decide(current)  # refuses
-            return
-        # the advisory lock serialises processes that create or migrate at once; the version is
-        # read again under it, as another may have migrated (or be halfway) meanwhile
-        await self._lock_schema(conn)
-        try:
-            await conn.execute(Q["schema_version_table"])
-            current = await self._schema_version(conn)
-            applied: list[str] = []
-            if decide(current):
-                pending = [(v, script) for v, script in MIGRATIONS if v > current]
-                for group in _transaction_groups(pending):
-                    await self._apply(conn, group)
-                    for version, _ in group:
-                        applied.append(MIGRATION_NAMES[version])
-                        log.info("applied migration %s", MIGRATION_NAMES[version])
-            self.applied_migrations = applied
-        finally:
-            await conn.execute(Q["unlock_schema"])
-
-    async def _lock_schema(self, conn: asyncpg.Connection) -> None:
-        # Polled, not waited for in pg_advisory_lock: a waiting statement holds a snapshot, and
-        # a CREATE INDEX CONCURRENTLY run by the lock's holder waits for every such snapshot to
-        # go, a deadlock. Between two tries this connection holds nothing.
-        loop = asyncio.get_running_loop()
-        gives_up = loop.time() + _MIGRATION_TIMEOUT
-        delay = 0.01
-        while not await conn.fetchval(Q["try_lock_schema"]):
-            if loop.time() > gives_up:
-                raise StoreError(
-                    f"another process has been migrating {_redact(self.url)} for over "
-                    f"{_MIGRATION_TIMEOUT:.0f}s (it holds the schema's advisory lock); look for "
-                    "a stuck `sagakit migrate`"
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
-
-    async def _apply(self, conn: asyncpg.Connection, group: list[tuple[int, str]]) -> None:
-        if len(group) == 1 and runs_outside_transaction(group[0][1]):
-            # CREATE INDEX CONCURRENTLY cannot run in a transaction: the script is one
-            # statement, idempotent (IF NOT EXISTS), so a crash before the version row is
-            # written only makes the next migrate run it again
-            version, script = group[0]
-            await conn.execute(script, timeout=_MIGRATION_TIMEOUT)
-            await conn.execute(Q["set_schema_version"], version)
-            return
-        async with conn.transaction():
-            for version, script in group:
-                await conn.execute(script, timeout=_MIGRATION_TIMEOUT)
-                await conn.execute(Q["set_schema_version"], version)
+        url = _redact(self.url)
+        self.applied_migrations = await migrate_schema(
+            conn,
+            self.schema,
+            migrate=self.migrate,
+            read_only=self.read_only,
+            where=f"the database {url}",
+            command=f"sagakit migrate --db {url}",
+        )
 
     # -- the writer --------------------------------------------------------------------------
 
@@ -512,7 +509,7 @@ class PostgresStore:
                 lost = asyncio.Event()
                 self._listener = await self._connect()
                 self._listener.add_termination_listener(functools.partial(_set_event, lost))
-                await self._listener.add_listener(CHANNEL, self._notified)
+                await self._listener.add_listener(self.channel, self._notified)
                 backoff = Backoff("LISTEN connection", None, first_delay=0.1)
                 self._notified()  # work may have been announced while we were not listening
                 await lost.wait()
@@ -858,19 +855,6 @@ def _fail(futures: Sequence[asyncio.Future[Any]], error: BaseException) -> None:
 
 def _set_event(event: asyncio.Event, *_args: object) -> None:
     event.set()
-
-
-def _transaction_groups(pending: list[tuple[int, str]]) -> list[list[tuple[int, str]]]:
-    """The pending migrations in the transactions they run in: consecutive scripts together
-    (nobody sees the schema halfway through them), a no-transaction script on its own."""
-    groups: list[list[tuple[int, str]]] = []
-    for version, script in pending:
-        alone = runs_outside_transaction(script)
-        if alone or not groups or runs_outside_transaction(groups[-1][-1][1]):
-            groups.append([(version, script)])
-        else:
-            groups[-1].append((version, script))
-    return groups
 
 
 def _redact(url: str) -> str:
