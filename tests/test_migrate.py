@@ -403,7 +403,7 @@ async def test_a_worker_of_the_previous_release_runs_beside_a_migrated_database(
         current.register(hello)
         assert await current.run(hello, None, saga_id="new-1") == "hello"
     module = (
-        "sagakit.stores.sqlite.store"
+        "sagakit.stores.sqlite.schema"
         if url.startswith("sqlite:")
         else "sagakit.stores.postgres.schema"
     )

@@ -35,14 +35,12 @@ import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import astuple, replace
 from typing import Any, TypeVar
 
 import asyncpg
 
 from ...errors import StoreError
 from ..base import (
-    LIVE_LEASES,
     AdminChange,
     ClaimedSaga,
     CreateResult,
@@ -58,16 +56,15 @@ from ..base import (
     SagaUpdate,
     Served,
     StateWrite,
-    audit_key,
     claim_keys,
     entry_from_row,
     event_from_row,
     prunable_statuses,
     record_from_row,
-    saga_scope,
     served_keys,
 )
 from ..retrying import DEFAULT_RETRY_DEADLINE, Backoff, retry
+from . import operations
 from .batch import (
     Append,
     Batch,
@@ -628,58 +625,24 @@ class PostgresStore:
         wanted = [name for name, _ in keys]
         versions = [version for _, version in keys]
 
-        async def fn(conn: asyncpg.Connection) -> list[ClaimedSaga]:
-            # one transaction: a connection lost before the commit took nothing; one lost
-            # after it leaves sagas this engine does not know it holds, which it never renews
-            async with conn.transaction():
-                rows = await conn.fetch(Q["claim"], owner, wanted, lease_seconds, limit, versions)
-                records = [record_from_row(tuple(r)[:-1]) for r in rows]
-                taken_over = {r["saga_id"]: bool(r["taken_over"]) for r in rows}
-                if not records:
-                    return []
-                journals: dict[str, list[JournalEntry]] = {r.saga_id: [] for r in records}
-                for row in await conn.fetch(Q["get_journals"], list(journals)):
-                    journals[row["saga_id"]].append(entry_from_row(tuple(row)))
-                events: dict[str, list[SagaEvent]] = {r.saga_id: [] for r in records}
-                with_events = [r.saga_id for r in records if r.event_count]
-                if with_events:
-                    for row in await conn.fetch(Q["get_events_of"], with_events):
-                        events[row["saga_id"]].append(event_from_row(tuple(row)))
-            return [
-                ClaimedSaga(r, journals[r.saga_id], taken_over[r.saga_id], events[r.saga_id])
-                for r in records
-            ]
-
-        return await self._call(fn)
+        return await self._call(
+            lambda conn: operations.claim(conn, owner, wanted, lease_seconds, limit, versions)
+        )
 
     async def heartbeat(
         self, worker_id: str, served: Sequence[Served], lease_seconds: float
     ) -> None:
         pairs = json.dumps(served_keys(served))
-
-        async def fn(conn: asyncpg.Connection) -> None:
-            await conn.execute(Q["heartbeat"], worker_id, pairs, lease_seconds)
-
-        await self._call(fn)
+        await self._call(lambda conn: operations.heartbeat(conn, worker_id, pairs, lease_seconds))
 
     async def forget_worker(self, worker_id: str) -> None:
-        async def fn(conn: asyncpg.Connection) -> None:
-            await conn.execute(Q["forget_worker"], worker_id)
-
-        await self._call(fn)
+        await self._call(lambda conn: operations.forget_worker(conn, worker_id))
 
     async def list_stranded(self, limit: int = 50) -> list[SagaRecord]:
-        async def fn(conn: asyncpg.Connection) -> list[SagaRecord]:
-            rows = await conn.fetch(Q["list_stranded"], float(LIVE_LEASES), limit)
-            return [record_from_row(tuple(r)) for r in rows]
-
-        return await self._read(fn)
+        return await self._read(lambda conn: operations.list_stranded(conn, limit))
 
     async def count_stranded(self) -> int:
-        async def fn(conn: asyncpg.Connection) -> int:
-            return int(await conn.fetchval(Q["count_stranded"], float(LIVE_LEASES)))
-
-        return await self._read(fn)
+        return await self._read(operations.count_stranded)
 
     async def release(self, owner: str, saga_ids: Sequence[str]) -> None:
         if not saga_ids:
@@ -722,91 +685,13 @@ class PostgresStore:
 
     async def administer(self, change: AdminChange) -> SagaRecord | None:
         terminal = SagaStatus(change.status).is_terminal
-
-        async def fn(conn: asyncpg.Connection) -> SagaRecord | None:
-            async with conn.transaction():
-                # the saga and every saga told (its parent, its children) are locked first, in
-                # one sorted pass: two actions on a parent and its child at once lock in the
-                # same order and never deadlock
-                for locked_id in sorted({change.saga_id, *(t[0] for t in change.tell)}):
-                    await conn.execute(Q["lock_saga"], locked_id)
-                row = await conn.fetchrow(
-                    Q["administer"],
-                    change.saga_id,
-                    change.status,
-                    change.output,
-                    change.error,
-                    0.0 if terminal else change.due_at,
-                    change.wait_token,
-                    change.expect_status,
-                    change.expect_fence,
-                )
-                if row is None:
-                    return await _applied_already(conn, change)
-                if change.delete:
-                    await conn.execute(Q["delete_entries"], change.saga_id, list(change.delete))
-                seq = await conn.fetchval(Q["next_audit_seq"], change.saga_id)
-                for entry in (*change.replace, replace(change.audit, seq=seq)):
-                    await conn.execute(Q["upsert_entry"], *astuple(entry))
-                for saga_id, kind, name, payload in change.tell:
-                    await conn.fetchrow(
-                        Q["deliver"], saga_id, kind, name, payload, None, True, None
-                    )
-                await conn.execute(Q["notify_work"])
-                return record_from_row(tuple(row))
-
-        return await self._call(fn)
+        return await self._call(lambda conn: operations.administer(conn, change, terminal))
 
     async def fork_saga(self, fork: SagaFork) -> SagaRecord | None:
-        new = fork.new
-
-        async def fn(conn: asyncpg.Connection) -> SagaRecord | None:
-            async with conn.transaction():
-                # the source first: its next audit number is ours until the commit
-                if await conn.fetchval(Q["lock_saga"], fork.source_id) is None:
-                    return None
-                inserted = await conn.fetchval(
-                    Q["insert_fork"],
-                    new.saga_id,
-                    new.name,
-                    new.input,
-                    fork.source_id,
-                    fork.events_upto,
-                    new.version,
-                )
-                if inserted is None:  # the id is taken: by this fork (a retry), or another
-                    audits = await conn.fetch(Q["audit_entries"], new.saga_id)
-                    if not any(audit_key(entry_from_row(tuple(r))) == fork.key for r in audits):
-                        return None
-                else:
-                    await conn.execute(
-                        Q["copy_events"], new.saga_id, fork.source_id, fork.events_upto
-                    )
-                    for entry in (*fork.entries, replace(fork.audit, seq=-1)):
-                        await conn.execute(Q["upsert_entry"], *astuple(entry))
-                    for write in fork.state:
-                        if write.value is not None:
-                            await conn.execute(Q["set_state"], write.scope, write.key, write.value)
-                    seq = await conn.fetchval(Q["next_audit_seq"], fork.source_id)
-                    audit = replace(fork.source_audit, seq=seq)
-                    await conn.execute(Q["upsert_entry"], *astuple(audit))
-                    await conn.execute(Q["notify_work"])
-                row = await conn.fetchrow(Q["get_saga"], new.saga_id)
-                return record_from_row(tuple(row))
-
-        return await self._call(fn)
+        return await self._call(lambda conn: operations.fork_saga(conn, fork))
 
     async def delete_saga(self, saga_id: str) -> bool:
-        async def fn(conn: asyncpg.Connection) -> bool:
-            async with conn.transaction():
-                # a retry after a lost answer finds nothing to delete: False, nothing written
-                if await conn.fetchval(Q["delete_saga"], saga_id) is None:
-                    return False
-                await conn.execute(Q["delete_saga_state"], saga_scope(saga_id))
-                return True
-
-        deleted: bool = await self._call(fn)
-        return deleted
+        return await self._call(lambda conn: operations.delete_saga(conn, saga_id))
 
     async def prune(
         self, ended_before: float, statuses: Sequence[str] | None = None, limit: int = 500
@@ -814,37 +699,15 @@ class PostgresStore:
         if limit <= 0:
             return []
         wanted = prunable_statuses(statuses)
-
         # one statement, on a pool connection rather than the writer's: the appends queued
         # behind the writer never wait for a delete of many journals
-        async def fn(conn: asyncpg.Connection) -> list[str]:
-            rows = await conn.fetch(Q["prune"], wanted, ended_before, limit, saga_scope(""))
-            return [row[0] for row in rows]
-
-        return await self._read(fn)
+        return await self._read(lambda conn: operations.prune(conn, wanted, ended_before, limit))
 
     async def count_prunable(
         self, ended_before: float, statuses: Sequence[str] | None = None
     ) -> int:
         wanted = prunable_statuses(statuses)
-
-        async def fn(conn: asyncpg.Connection) -> int:
-            count: int = await conn.fetchval(Q["count_prunable"], wanted, ended_before)
-            return count
-
-        return await self._read(fn)
-
-
-async def _applied_already(conn: asyncpg.Connection, change: AdminChange) -> SagaRecord | None:
-    """The saga, if ``change`` (by its key) was made already — by our own attempt whose
-    answer a dropped connection lost; else None."""
-    if change.key is None:
-        return None
-    audits = await conn.fetch(Q["audit_entries"], change.saga_id)
-    if not any(audit_key(entry_from_row(tuple(r))) == change.key for r in audits):
-        return None
-    row = await conn.fetchrow(Q["get_saga"], change.saga_id)
-    return None if row is None else record_from_row(tuple(row))
+        return await self._read(lambda conn: operations.count_prunable(conn, wanted, ended_before))
 
 
 def _fail(futures: Sequence[asyncio.Future[Any]], error: BaseException) -> None:

@@ -35,12 +35,10 @@ from typing import Any, TypeVar
 from ...errors import EventsArrived, LeaseLost, StoreError
 from ..base import (
     LIVE_LEASES,
-    NEVER,
     AdminChange,
     ClaimedSaga,
     CreateResult,
     Delivery,
-    DeliveryOutcome,
     JournalEntry,
     NewSaga,
     SagaEvent,
@@ -61,15 +59,16 @@ from ..base import (
     served_keys,
 )
 from ..retrying import DEFAULT_RETRY_DEADLINE, Backoff
-from ..schema import migration_names, should_migrate
-from ..sqlfile import load_migrations, load_queries
+from .schema import MIGRATION_NAMES as MIGRATION_NAMES
+from .schema import MIGRATIONS as MIGRATIONS
+from .schema import migrate_schema, pending_scripts, split_statements
+from .sql import Q as Q
+from .writes import applied_already, deliver_in, entry_params, update_params
 
 log = logging.getLogger("sagakit.store.sqlite")
 
-Q = load_queries(__package__ or "sagakit.stores.sqlite", "queries.sql")
-MIGRATIONS = load_migrations("sagakit.stores.sqlite.migrations")
-MIGRATION_NAMES = migration_names("sagakit.stores.sqlite.migrations")
-SCHEMA_VERSION = MIGRATIONS[-1][0]
+# tests import these from here, where they lived before schema.py and sql.py
+_split_statements = split_statements
 
 T = TypeVar("T")
 WriteOp = Callable[[sqlite3.Connection], Any]
@@ -223,12 +222,6 @@ class SqliteStore:
             conn.execute("PRAGMA query_only = ON")
         return conn
 
-    def _schema_version(self, conn: sqlite3.Connection) -> int:
-        """The file's schema version, 0 for a file without sagakit's tables (reads only)."""
-        if conn.execute(Q["schema_version_exists"]).fetchone() is None:
-            return 0
-        return int(conn.execute(Q["schema_version"]).fetchone()[0] or 0)
-
     def _check_exists(self) -> None:
         if not Path(self.path).is_file():
             # connecting would create the file: a mistyped URL must not leave one behind
@@ -240,53 +233,21 @@ class SqliteStore:
     async def pending_migrations(self) -> list[tuple[str, str]]:
         """The migration scripts (file name, text) this file lacks, read without writing
         (``sagakit migrate --dry-run``); every script for a file that does not exist yet."""
-        return await asyncio.to_thread(self._pending_scripts)
-
-    def _pending_scripts(self) -> list[tuple[str, str]]:
-        current = 0
-        if Path(self.path).is_file():
-            conn = sqlite3.connect(f"{Path(self.path).resolve().as_uri()}?mode=ro", uri=True)
-            try:
-                current = self._schema_version(conn)
-            finally:
-                conn.close()
-        return [(MIGRATION_NAMES[v], script) for v, script in MIGRATIONS if v > current]
+        return await asyncio.to_thread(pending_scripts, self.path)
 
     def _migrate(self) -> None:
         conn = self._writer_conn
         assert conn is not None
-
-        def decide(current: int) -> bool:
-            return should_migrate(
-                current,
-                SCHEMA_VERSION,
-                migrate=self.migrate,
-                read_only=self.read_only,
-                embedded=True,
-                where=repr(self.path),
-                command=f"sagakit migrate --db {self.url}",
-            )
-
-        # a file with a current schema is opened without taking the write lock or writing
-        if not decide(self._schema_version(conn)):
+        applied = migrate_schema(
+            conn,
+            migrate=self.migrate,
+            read_only=self.read_only,
+            where=repr(self.path),
+            command=f"sagakit migrate --db {self.url}",
+            begin=self._begin_immediate,
+        )
+        if applied is None:  # the schema was current
             return
-        self._begin_immediate(conn)
-        try:
-            conn.execute(Q["schema_version_table"])
-            # another process may have migrated it while we waited for the lock
-            current = self._schema_version(conn)
-            applied = []
-            if decide(current):
-                for version, script in MIGRATIONS:
-                    if version > current:
-                        for statement in _split_statements(script):
-                            conn.execute(statement)
-                        conn.execute(Q["set_schema_version"], {"version": version})
-                        applied.append(MIGRATION_NAMES[version])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         self.applied_migrations = applied
         for name in applied:
             log.info("applied migration %s to %s", name, self.path)
@@ -470,7 +431,7 @@ class SqliteStore:
                 cur = conn.execute(Q["touch_saga"], params)
             else:
                 cur = conn.execute(
-                    Q["update_saga_status"], _update_params(saga_id, fence, update, guard, now)
+                    Q["update_saga_status"], update_params(saga_id, fence, update, guard, now)
                 )
             if cur.rowcount != 1:
                 row = conn.execute(Q["saga_fence"], {"saga_id": saga_id}).fetchone()
@@ -478,7 +439,7 @@ class SqliteStore:
                     raise EventsArrived(saga_id)
                 raise LeaseLost(saga_id)
             if entry is not None:
-                conn.execute(Q["upsert_entry"], _entry_params(entry))
+                conn.execute(Q["upsert_entry"], entry_params(entry))
             for write in state:
                 if write.value is None:
                     conn.execute(Q["clear_state"], {"scope": write.scope, "key": write.key})
@@ -503,7 +464,9 @@ class SqliteStore:
         key: str | None = None,
     ) -> Delivery:
         def op(conn: sqlite3.Connection) -> Delivery:
-            return _deliver(conn, saga_id, kind, name, payload, token=token, unique=unique, key=key)
+            return deliver_in(
+                conn, saga_id, kind, name, payload, token=token, unique=unique, key=key
+            )
 
         result: Delivery = await self._write(op)
         return result
@@ -682,15 +645,15 @@ class SqliteStore:
                 },
             )
             if cur.rowcount != 1:
-                return _applied_already(conn, change)
+                return applied_already(conn, change)
             for seq in change.delete:
                 conn.execute(Q["delete_entry"], {"saga_id": change.saga_id, "seq": seq})
             for entry in change.replace:
-                conn.execute(Q["upsert_entry"], _entry_params(entry))
+                conn.execute(Q["upsert_entry"], entry_params(entry))
             seq = conn.execute(Q["next_audit_seq"], {"saga_id": change.saga_id}).fetchone()[0]
-            conn.execute(Q["upsert_entry"], _entry_params(replace(change.audit, seq=seq)))
+            conn.execute(Q["upsert_entry"], entry_params(replace(change.audit, seq=seq)))
             for saga_id, kind, name, payload in change.tell:
-                _deliver(conn, saga_id, kind, name, payload, token=None, unique=True)
+                deliver_in(conn, saga_id, kind, name, payload, token=None, unique=True)
             row = conn.execute(Q["get_saga"], {"saga_id": change.saga_id}).fetchone()
             return record_from_row(row)
 
@@ -720,13 +683,13 @@ class SqliteStore:
             conn.execute(Q["insert_fork"], {**copied, **saga})
             conn.execute(Q["copy_events"], copied)
             for entry in (*fork.entries, replace(fork.audit, seq=-1)):
-                conn.execute(Q["upsert_entry"], _entry_params(entry))
+                conn.execute(Q["upsert_entry"], entry_params(entry))
             for write in fork.state:
                 if write.value is not None:
                     params = {"scope": write.scope, "key": write.key, "value": write.value}
                     conn.execute(Q["set_state"], {**params, "now": now})
             seq = conn.execute(Q["next_audit_seq"], {"saga_id": fork.source_id}).fetchone()[0]
-            conn.execute(Q["upsert_entry"], _entry_params(replace(fork.source_audit, seq=seq)))
+            conn.execute(Q["upsert_entry"], entry_params(replace(fork.source_audit, seq=seq)))
             row = conn.execute(Q["get_saga"], {"saga_id": new.saga_id}).fetchone()
             return record_from_row(row)
 
@@ -792,105 +755,6 @@ class SqliteStore:
         return await self._read(fn)
 
 
-def _applied_already(conn: sqlite3.Connection, change: AdminChange) -> SagaRecord | None:
-    """The saga, if ``change`` (by its key) was made already; else None."""
-    if change.key is None:
-        return None
-    audits = conn.execute(Q["audit_entries"], {"saga_id": change.saga_id}).fetchall()
-    if not any(audit_key(entry_from_row(r)) == change.key for r in audits):
-        return None
-    row = conn.execute(Q["get_saga"], {"saga_id": change.saga_id}).fetchone()
-    return None if row is None else record_from_row(row)
-
-
-def _deliver(
-    conn: sqlite3.Connection,
-    saga_id: str,
-    kind: str,
-    name: str,
-    payload: str,
-    *,
-    token: str | None,
-    unique: bool,
-    key: str | None = None,
-) -> Delivery:
-    """``Store.deliver`` inside a write transaction."""
-    row = conn.execute(Q["saga_for_event"], {"saga_id": saga_id}).fetchone()
-    if row is None:
-        return Delivery(DeliveryOutcome.NOT_FOUND)
-    status, wait_token, count = row
-    redelivered = (
-        key is not None
-        and conn.execute(Q["find_delivery"], {"saga_id": saga_id, "key": key}).fetchone()
-    )
-    if redelivered:
-        return Delivery(DeliveryOutcome.DELIVERED, status)
-    if unique:
-        params = {"saga_id": saga_id, "kind": kind, "name": name}
-        found = conn.execute(Q["find_event"], params).fetchone()
-        if found is not None:
-            return Delivery(DeliveryOutcome.DUPLICATE, status, found[0])
-    if SagaStatus(status).is_terminal:
-        return Delivery(DeliveryOutcome.FINISHED, status)
-    if token is not None and wait_token != token:
-        return Delivery(DeliveryOutcome.STALE, status)
-    seq = count + 1
-    conn.execute(
-        Q["insert_event"],
-        {
-            "saga_id": saga_id,
-            "seq": seq,
-            "kind": kind,
-            "name": name,
-            "payload": payload,
-            "now": time.time(),
-            "key": key,
-        },
-    )
-    conn.execute(
-        Q["count_event"], {"saga_id": saga_id, "seq": seq, "consume_token": token is not None}
-    )
-    return Delivery(DeliveryOutcome.DELIVERED, status)
-
-
-def _update_params(
-    saga_id: str, fence: int, update: SagaUpdate, guard: int | None, now: float
-) -> dict[str, Any]:
-    status = None if update.status is None else SagaStatus(update.status)
-    suspended = status == SagaStatus.SUSPENDED
-    return {
-        "saga_id": saga_id,
-        "fence": fence,
-        "guard": guard,
-        "status": update.status,
-        "output": update.output,
-        "error": update.error,
-        "terminal": status is not None and status.is_terminal,
-        "suspended": suspended,
-        "parked": status == SagaStatus.PARKED,
-        "wake_at": NEVER if update.wake_at is None else update.wake_at,
-        "wait_token": update.wait_token,
-        "clear_wait": update.clear_wait,
-        "now": now,
-    }
-
-
-def _entry_params(entry: JournalEntry) -> dict[str, Any]:
-    return {
-        "saga_id": entry.saga_id,
-        "seq": entry.seq,
-        "kind": entry.kind,
-        "name": entry.name,
-        "status": entry.status,
-        "attempts": entry.attempts,
-        "output": entry.output,
-        "compensation": entry.compensation,
-        "error": entry.error,
-        "started_at": entry.started_at,
-        "finished_at": entry.finished_at,
-    }
-
-
 def _settle(
     batch: list[tuple[WriteOp, asyncio.Future[Any]]], outcome: list[tuple[bool, Any]] | Exception
 ) -> None:
@@ -912,21 +776,3 @@ def _settle(
             future.set_result(value)
         else:
             future.set_exception(value)
-
-
-def _split_statements(script: str) -> list[str]:
-    """Split a migration script on ``;`` line ends (our scripts hold no triggers or strings
-    with semicolons, which keeps this simple and exact)."""
-    statements: list[str] = []
-    current: list[str] = []
-    for line in script.splitlines():
-        if line.strip().startswith("--"):
-            continue
-        current.append(line)
-        if line.rstrip().endswith(";"):
-            statements.append("\n".join(current).strip().rstrip(";"))
-            current = []
-    tail = "\n".join(current).strip()
-    if tail:
-        statements.append(tail)
-    return [s for s in statements if s]

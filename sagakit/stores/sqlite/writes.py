@@ -1,0 +1,123 @@
+"""What the SQLite store's writes do inside the writer's transaction, apart from the store's
+own state: delivering an event, the parameters of a saga update and of a journal entry, and
+recognising an administrative change already made."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any
+
+from ..base import (
+    NEVER,
+    AdminChange,
+    Delivery,
+    DeliveryOutcome,
+    JournalEntry,
+    SagaRecord,
+    SagaStatus,
+    SagaUpdate,
+    audit_key,
+    entry_from_row,
+    record_from_row,
+)
+from .sql import Q
+
+
+def applied_already(conn: sqlite3.Connection, change: AdminChange) -> SagaRecord | None:
+    """The saga, if ``change`` (by its key) was made already; else None."""
+    if change.key is None:
+        return None
+    audits = conn.execute(Q["audit_entries"], {"saga_id": change.saga_id}).fetchall()
+    if not any(audit_key(entry_from_row(r)) == change.key for r in audits):
+        return None
+    row = conn.execute(Q["get_saga"], {"saga_id": change.saga_id}).fetchone()
+    return None if row is None else record_from_row(row)
+
+
+def deliver_in(
+    conn: sqlite3.Connection,
+    saga_id: str,
+    kind: str,
+    name: str,
+    payload: str,
+    *,
+    token: str | None,
+    unique: bool,
+    key: str | None = None,
+) -> Delivery:
+    """``Store.deliver`` inside a write transaction."""
+    row = conn.execute(Q["saga_for_event"], {"saga_id": saga_id}).fetchone()
+    if row is None:
+        return Delivery(DeliveryOutcome.NOT_FOUND)
+    status, wait_token, count = row
+    redelivered = (
+        key is not None
+        and conn.execute(Q["find_delivery"], {"saga_id": saga_id, "key": key}).fetchone()
+    )
+    if redelivered:
+        return Delivery(DeliveryOutcome.DELIVERED, status)
+    if unique:
+        params = {"saga_id": saga_id, "kind": kind, "name": name}
+        found = conn.execute(Q["find_event"], params).fetchone()
+        if found is not None:
+            return Delivery(DeliveryOutcome.DUPLICATE, status, found[0])
+    if SagaStatus(status).is_terminal:
+        return Delivery(DeliveryOutcome.FINISHED, status)
+    if token is not None and wait_token != token:
+        return Delivery(DeliveryOutcome.STALE, status)
+    seq = count + 1
+    conn.execute(
+        Q["insert_event"],
+        {
+            "saga_id": saga_id,
+            "seq": seq,
+            "kind": kind,
+            "name": name,
+            "payload": payload,
+            "now": time.time(),
+            "key": key,
+        },
+    )
+    conn.execute(
+        Q["count_event"], {"saga_id": saga_id, "seq": seq, "consume_token": token is not None}
+    )
+    return Delivery(DeliveryOutcome.DELIVERED, status)
+
+
+def update_params(
+    saga_id: str, fence: int, update: SagaUpdate, guard: int | None, now: float
+) -> dict[str, Any]:
+    status = None if update.status is None else SagaStatus(update.status)
+    suspended = status == SagaStatus.SUSPENDED
+    return {
+        "saga_id": saga_id,
+        "fence": fence,
+        "guard": guard,
+        "status": update.status,
+        "output": update.output,
+        "error": update.error,
+        "terminal": status is not None and status.is_terminal,
+        "suspended": suspended,
+        "parked": status == SagaStatus.PARKED,
+        "wake_at": NEVER if update.wake_at is None else update.wake_at,
+        "wait_token": update.wait_token,
+        "clear_wait": update.clear_wait,
+        "now": now,
+    }
+
+
+def entry_params(entry: JournalEntry) -> dict[str, Any]:
+    return {
+        "saga_id": entry.saga_id,
+        "seq": entry.seq,
+        "kind": entry.kind,
+        "name": entry.name,
+        "status": entry.status,
+        "attempts": entry.attempts,
+        "output": entry.output,
+        "compensation": entry.compensation,
+        "error": entry.error,
+        "started_at": entry.started_at,
+        "finished_at": entry.finished_at,
+    }
