@@ -1,12 +1,12 @@
 """The documents' whole-program examples run as written.
 
 Every ```python block of a guide in docs/migrating/ is a whole program, and so is every block
-of the README and of docs/changing-code.md that runs itself (``asyncio.run(...)``), except the
-files of a several-file example (a block whose first line names its file, ``# client.py``),
-which need a server, a worker or their sibling files beside them. Each is run here as it
-stands, in its own process and an empty folder (so on the default SQLite file there), and must
-exit with status 0. A guide shows a fragment that is not a whole program in a ```text block.
-(The README's fragments are not run yet.)
+of the README and of docs/changing-code.md, long-running.md and composition.md that runs
+itself (``asyncio.run(...)``), except the files of a several-file example (a block whose first
+line names its file, ``# client.py``), which need a server, a worker or their sibling files
+beside them. Each is run here as it stands, in its own process and an empty folder (so on the
+default SQLite file there), and must exit with status 0. A guide shows a fragment that is not
+a whole program in a ```text block. (The README's fragments are not run yet.)
 """
 
 from __future__ import annotations
@@ -38,7 +38,13 @@ def _examples() -> list[tuple[str, str]]:
     found = [block for guide in GUIDES for block in _blocks(guide)]
     found += [
         (where, code)
-        for document in (ROOT / "README.md", ROOT / "docs" / "changing-code.md")
+        for document in (
+            ROOT / "README.md",
+            *(
+                ROOT / "docs" / name
+                for name in ("changing-code.md", "long-running.md", "composition.md")
+            ),
+        )
         for where, code in _blocks(document)
         if "asyncio.run(" in code and not _FILE_OF_SEVERAL.match(code)
     ]
