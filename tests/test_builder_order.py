@@ -531,11 +531,11 @@ def assert_same_lines(out: str, expected: str) -> None:
 
 
 @pytest.mark.slow
-def test_the_readme_builder_example_runs_as_written(tmp_path: Path) -> None:
+def test_the_composition_docs_builder_example_runs_as_written(tmp_path: Path) -> None:
+    # the README's chapter on composition lives in docs/composition.md
     [example] = python_blocks(
-        REPO / "README.md",
-        "### The declarative front end: typed steps and a builder",
-        "## Running on PostgreSQL with several workers",
+        REPO / "docs" / "composition.md",
+        "## The declarative front end: typed steps and a builder",
     )
     out = run_example(example, tmp_path)
     committed, result = out.strip().splitlines()
