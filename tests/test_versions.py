@@ -1,17 +1,15 @@
 """Workflow versions (issue 16): each saga records the version that started it, workers claim
 only the versions they registered, several versions run side by side, sagas no live worker
-serves are reported as stranded, and a version-4 database with sagas in flight is upgraded."""
+serves are reported as stranded. Upgrading a database of every earlier schema version with
+sagas in flight: tests/test_upgrade_from_every_schema.py."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Awaitable, Callable
-from dataclasses import astuple, replace
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from pydantic import BaseModel
 
@@ -28,13 +26,9 @@ from sagakit import (
     saga_step,
     saga_workflow,
 )
-from sagakit.stores.base import JournalEntry, SagaRecord
-from sagakit.stores.postgres.sql import MIGRATIONS as PG_MIGRATIONS
-from sagakit.stores.sqlite.store import MIGRATIONS as SQLITE_MIGRATIONS
-from sagakit.stores.sqlite.store import _split_statements
 from sagakit.worker import load_app
 
-from .conftest import make_engine, make_store_url
+from .conftest import make_engine
 
 ran: list[str] = []
 
@@ -303,117 +297,6 @@ async def test_long_workflow_handlers_of_the_saga_s_own_version(engine: Engine) 
     await engine.settle("a2")
     assert await engine.call("a1", "which") == "handler v1"
     assert await engine.call("a2", "which") == "handler v2"
-
-
-# -- upgrading a version-4 database with sagas in flight --------------------------------------
-
-
-async def _sagas_in_flight() -> tuple[list[SagaRecord], list[JournalEntry]]:
-    """Sagas as the code of schema version 4 left them: one suspended in a wait, one whose
-    worker died after its first step (journal and row, read from a real run)."""
-    wf = create_saga_workflow("Plain", plain)
-    async with make_engine("memory://") as scratch:
-        scratch.register(wf)
-        await scratch.start(wf, {"item": "w", "wait": True}, "suspended")
-        await scratch.settle("suspended")
-        await scratch.run(wf, {"item": "d"}, "died")
-        store = scratch._store_or_raise()
-        records = [r for r in [await store.load_saga(s) for s in ("suspended", "died")] if r]
-        journal = [e for r in records for e in await store.load_journal(r.saga_id)]
-    # "died": its first step is journaled, the saga is RUNNING under a dead worker's lease
-    died = records[1]
-    records[1] = replace(
-        died, status="RUNNING", output=None, error=None, owner="dead-worker", lease_expires_at=0.0
-    )
-    return records, journal
-
-
-_V4_ROW = (
-    "saga_id, name, status, input, output, error, owner, fence, lease_expires_at, created_at, "
-    "updated_at, wait_token, event_count, object_key, parent_id"
-)
-_V4_ENTRY = (
-    "saga_id, seq, kind, name, status, attempts, output, compensation, error, started_at, "
-    "finished_at"
-)
-
-
-def _version_4_sqlite(path: Path, records: list[SagaRecord], journal: list[JournalEntry]) -> None:
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE saga_schema_version (version INTEGER NOT NULL)")
-    for version, script in SQLITE_MIGRATIONS:
-        if version <= 4:
-            for statement in _split_statements(script):
-                conn.execute(statement)
-            conn.execute("INSERT INTO saga_schema_version VALUES (?)", (version,))
-    for r in records:
-        conn.execute(f"INSERT INTO saga_instances ({_V4_ROW}) VALUES ({', '.join('?' * 15)})",
-                     astuple(r)[:15])  # fmt: skip
-    for e in journal:
-        conn.execute(f"INSERT INTO saga_journal ({_V4_ENTRY}) VALUES ({', '.join('?' * 11)})",
-                     astuple(e))  # fmt: skip
-    conn.commit()
-    conn.close()
-
-
-async def _version_4_postgres(
-    url: str, records: list[SagaRecord], journal: list[JournalEntry]
-) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute("CREATE TABLE saga_schema_version (version integer NOT NULL)")
-        for version, script in PG_MIGRATIONS:
-            if version <= 4:
-                await conn.execute(script)
-                await conn.execute("INSERT INTO saga_schema_version VALUES ($1)", version)
-        marks = ", ".join(f"${i}" for i in range(1, 16))
-        for r in records:
-            await conn.execute(
-                f"INSERT INTO saga_instances ({_V4_ROW}) VALUES ({marks})", *astuple(r)[:15]
-            )
-        marks = ", ".join(f"${i}" for i in range(1, 12))
-        for e in journal:
-            await conn.execute(
-                f"INSERT INTO saga_journal ({_V4_ENTRY}) VALUES ({marks})", *astuple(e)
-            )
-    finally:
-        await conn.close()
-
-
-@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
-async def test_a_version_4_database_with_sagas_in_flight_is_upgraded(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    records, journal = await _sagas_in_flight()
-    ran.clear()
-    url = make_store_url(kind, tmp_path, request, shared=True)
-    if kind == "sqlite":
-        _version_4_sqlite(tmp_path / "t.db", records, journal)
-    else:
-        await _version_4_postgres(url, records, journal)
-    wf = create_saga_workflow("Plain", plain)
-    # an embedded SQLite file is upgraded by default; a PostgreSQL schema only when asked
-    migrate = True if kind == "postgres" else None
-    async with make_engine(url, migrate=migrate) as engine:  # migrates to version 5 and on
-        engine.register(wf)
-        # sagas from before versions are unversioned, and an unversioned worker serves them
-        assert (await engine.get("suspended")).version is None
-        assert await engine.handle("died").result(timeout=60) == {
-            "code": "plain",
-            "reserved": "d",
-        }
-        assert ran == []  # its step was journaled before the upgrade: not run again
-        await engine.signal("suspended", "go")
-        assert (await engine.handle("suspended").result(timeout=60))["reserved"] == "w"
-        await engine.run(wf, {"item": "n"}, "new")
-        assert await engine.admin.stranded() == []
-    if kind == "sqlite":
-        conn = sqlite3.connect(tmp_path / "t.db")
-        latest = SQLITE_MIGRATIONS[-1][0]  # upgraded to the latest, 5 and what came after
-        assert conn.execute("SELECT max(version) FROM saga_schema_version").fetchone()[0] == latest
-        rows = conn.execute("SELECT saga_id, version FROM saga_instances ORDER BY 1").fetchall()
-        conn.close()
-        assert rows == [("died", ""), ("new", ""), ("suspended", "")]
 
 
 def test_a_worker_app_engine_serves_every_version_and_its_app_version(
