@@ -18,6 +18,8 @@ from .errors import (
     OutputNotSerializableError,
     PromiseAlreadyCompletedError,
     PromiseRejectedError,
+    QueueDeduplicatedError,
+    QueueNotFoundError,
     SagaCancelledError,
     SagaCompensatedError,
     SagaConflictError,
@@ -28,6 +30,7 @@ from .errors import (
     SagaStateError,
     SagaTimeoutError,
     SagaValidationError,
+    ScheduleNotFoundError,
     StepFailedError,
     StoreError,
     TerminalError,
@@ -45,6 +48,7 @@ from .objects import (
     SharedObjectContext,
     create_saga_virtual_object,
 )
+from .queues import Queue, RateLimit
 from .retry import ExponentialRetry, RetryPolicy
 from .services import ServiceScope, ServicesFactory
 from .steps import (
@@ -57,6 +61,8 @@ from .steps import (
     saga_step_strict,
 )
 from .stores.base import SagaStatus
+from .stores.queueing import QueueLimits, QueueState
+from .stores.scheduling import Schedule, ScheduleState
 from .workflows import SagaWorkflow, SagaWorkflowOptions, create_saga_workflow, saga_workflow
 
 __version__ = "0.1.0"
@@ -81,6 +87,12 @@ __all__ = [
     "OutputNotSerializableError",
     "PromiseAlreadyCompletedError",
     "PromiseRejectedError",
+    "Queue",
+    "QueueDeduplicatedError",
+    "QueueLimits",
+    "QueueNotFoundError",
+    "QueueState",
+    "RateLimit",
     "RetryPolicy",
     "SagaAdmin",
     "SagaBuilder",
@@ -107,6 +119,9 @@ __all__ = [
     "SagaVirtualObject",
     "SagaWorkflow",
     "SagaWorkflowOptions",
+    "Schedule",
+    "ScheduleNotFoundError",
+    "ScheduleState",
     "ServiceScope",
     "ServicesFactory",
     "SharedObjectContext",

@@ -46,6 +46,8 @@ from .errors import (
 )
 from .fork_plans import fork_plan
 from .operator_plans import RERUNNABLE, Plan, compensate_plan, retry_plan, skip_plan
+from .queue_admin import QueueAdmin
+from .schedule_admin import ScheduleAdmin
 from .stores.base import (
     AdminChange,
     EntryKind,
@@ -67,6 +69,7 @@ log = logging.getLogger("sagakit.admin")
 
 #: the statuses in the order a saga goes through them (for counts and menus)
 LIFECYCLE = (
+    SagaStatus.QUEUED,
     SagaStatus.PENDING,
     SagaStatus.RUNNING,
     SagaStatus.SUSPENDED,
@@ -101,8 +104,10 @@ class SagaPage:
         return len(self.sagas)
 
 
-class SagaAdmin:
-    """The operator's view of an engine's database (see the module docstring)."""
+class SagaAdmin(QueueAdmin, ScheduleAdmin):
+    """The operator's view of an engine's database (see the module docstring); its queues
+    in :class:`~sagakit.queue_admin.QueueAdmin`, its schedules in
+    :class:`~sagakit.schedule_admin.ScheduleAdmin`."""
 
     def __init__(self, engine: Engine):
         self._engine = engine
@@ -285,6 +290,7 @@ class SagaAdmin:
             return compensate_plan(record, by, reason)
 
         allowed = (
+            SagaStatus.QUEUED,
             SagaStatus.PENDING,
             SagaStatus.SUSPENDED,
             SagaStatus.PARKED,

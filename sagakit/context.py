@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from .composition import ChildSaga
 from .durations import as_seconds
 from .errors import SagaError
+from .queues import Queue, QueuedStart
 from .workflows import SagaWorkflow
 
 if TYPE_CHECKING:
@@ -85,6 +86,10 @@ class EngineDriver(RunDriver, Protocol):
 
     def send_object(
         self, obj: SagaVirtualObject, key: str, handler: str, inp: Any
+    ) -> Awaitable[str]: ...
+
+    def start_queued_child(
+        self, workflow: SagaWorkflow[Any, Any], inp: Any, saga_id: str | None, queued: Any
     ) -> Awaitable[str]: ...
 
 
@@ -241,7 +246,14 @@ class SagaContext:
     # -- child sagas -------------------------------------------------------------------------
 
     async def start_child(
-        self, workflow: SagaWorkflow[Any, OutT], inp: Any, saga_id: str | None = None
+        self,
+        workflow: SagaWorkflow[Any, OutT],
+        inp: Any,
+        saga_id: str | None = None,
+        *,
+        queue: Queue | str | None = None,
+        priority: int | None = None,
+        partition_key: str | None = None,
     ) -> ChildSaga[OutT]:
         """Start ``workflow`` as a separate durable saga, a child of this one; return its
         handle (``await child.result()`` waits for it durably).
@@ -250,6 +262,11 @@ class SagaContext:
         this saga does not undo a child that completed (use ``workflow.run_as_step`` for that).
         Its id is ``saga_id``, or one derived from this saga's, so that a replay finds the same
         child instead of starting another. Journaled: a replay returns the same handle.
+
+        With ``queue`` (a :class:`~sagakit.Queue` registered with the engine, or its name) the
+        child is enqueued (as ``engine.enqueue`` does, with ``priority`` and
+        ``partition_key``) and starts when its queue's limits allow: the way to limit one
+        step shared by many sagas (see docs/flow-control.md). sagakit's own engine only.
         """
         self._saga_only("start_child")
         if not isinstance(workflow, SagaWorkflow):
@@ -257,7 +274,17 @@ class SagaContext:
                 f"saga.start_child takes a saga workflow (made with @saga_workflow), got "
                 f"{workflow!r}"
             )
-        child_id = await self._driver.start_child(workflow, inp, saga_id)
+        if queue is None:
+            if priority is not None or partition_key is not None:
+                raise SagaError(
+                    "saga.start_child(priority=..., partition_key=...) needs queue=...: they "
+                    "say where the child waits in its queue"
+                )
+            child_id = await self._driver.start_child(workflow, inp, saga_id)
+        else:
+            driver = self._engine_driver("start_child(queue=...)")
+            queued = QueuedStart(queue, priority, partition_key)
+            child_id = await driver.start_queued_child(workflow, inp, saga_id, queued)
         return ChildSaga(self._driver, workflow, child_id)
 
     # -- durable calls -----------------------------------------------------------------------

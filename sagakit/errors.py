@@ -11,8 +11,11 @@ Every public error subclasses :class:`SagaError`::
     ├── CompensationFailedError       the rollback is incomplete: the saga is FAILED
     ├── NonDeterminismError           replay found a different operation than the journal holds
     ├── SagaNotFoundError
+    ├── QueueNotFoundError            no queue of that name was ever registered with the store
+    ├── ScheduleNotFoundError         no schedule of that name was ever declared in the store
     ├── UnknownWorkflowError
     ├── SagaConflictError             a saga id is already used by another workflow
+    │   └── QueueDeduplicatedError    an enqueue whose dedup_id a queued or running saga holds
     ├── SagaCancelledError            an operator cancelled the saga (no rollback)
     ├── SagaStateError                an admin action the saga's status does not allow
     ├── SagaDefinitionError           a declarative definition is refused (unknown StepRef, cycle)
@@ -177,6 +180,32 @@ class SagaNotFoundError(SagaError, LookupError):
         self.saga_id = saga_id
 
 
+class QueueNotFoundError(SagaError, LookupError):
+    """No queue of that name is in the store: no engine has registered it
+    (``engine.register(Queue(name, ...))``) and enqueued to it or started a worker since."""
+
+    def __init__(self, name: str, known: list[str]):
+        names = ", ".join(repr(k) for k in known) or "none yet"
+        super().__init__(
+            f"no queue named {name!r} in this database (queues: {names}); a queue appears "
+            "once an engine that registers it (engine.register(Queue(...))) has opened it"
+        )
+        self.name = name
+
+
+class ScheduleNotFoundError(SagaError, LookupError):
+    """No schedule of that name is in the store: no worker that declares it
+    (``engine.schedule(name, ...)``) has run since."""
+
+    def __init__(self, name: str, known: list[str]):
+        names = ", ".join(repr(k) for k in known) or "none yet"
+        super().__init__(
+            f"no schedule named {name!r} in this database (schedules: {names}); a schedule "
+            "appears once a worker that declares it (engine.schedule(...)) has run"
+        )
+        self.name = name
+
+
 #: the message of the error a saga gets when it runs past its deadline
 PAST_DEADLINE = "the saga ran past its deadline (SagaWorkflowOptions.deadline)"
 
@@ -240,6 +269,23 @@ class UnknownWorkflowError(SagaError, LookupError):
 class SagaConflictError(SagaError):
     """A saga id is already taken by a saga of another workflow; or an admin action found the
     saga changed between looking and acting (nothing was done)."""
+
+
+class QueueDeduplicatedError(SagaConflictError):
+    """An enqueue was refused (nothing written): a saga of the queue enqueued with the same
+    ``dedup_id`` has not ended yet. ``saga_id`` is that saga's (``engine.handle(saga_id)``
+    waits for it); once it ends, the same ``dedup_id`` may be enqueued again."""
+
+    def __init__(self, queue: str, dedup_id: str, saga_id: str, status: str):
+        super().__init__(
+            f"queue {queue!r} already has saga {saga_id!r} ({status}) with dedup_id "
+            f"{dedup_id!r}; nothing was enqueued. Wait for it with engine.handle({saga_id!r}), "
+            "or enqueue again once it has ended"
+        )
+        self.queue = queue
+        self.dedup_id = dedup_id
+        self.saga_id = saga_id
+        self.status = status
 
 
 class SagaCancelledError(SagaError):

@@ -21,6 +21,7 @@ from .engine.snapshots import AuditEntry, SagaSnapshot, StepSnapshot
 from .stores.base import SagaStatus
 
 __all__ = [
+    "describe_queue",
     "describe_retry",
     "format_duration",
     "format_error",
@@ -42,6 +43,7 @@ _STATUS_COLORS: dict[str, str] = {
     SagaStatus.COMPENSATING: "cyan",
     SagaStatus.SUSPENDED: "blue",
     SagaStatus.PENDING: "blue",
+    SagaStatus.QUEUED: "bright_blue",
 }
 
 #: journal kinds that record a value rather than run user code (the dashboard uses it too)
@@ -159,7 +161,30 @@ def _table(
 # -- one saga's timeline --------------------------------------------------------------------
 
 
-def _header(snapshot: SagaSnapshot, style: _Style, now: datetime) -> list[str]:
+def describe_queue(snapshot: SagaSnapshot, position: int | None = None) -> str:
+    """Where a queued saga stands: ``payments, position 3 in its partition (partition t1,
+    priority 5, dedup id d1)``; empty for a saga started without a queue."""
+    if not snapshot.queue:
+        return ""
+    text = snapshot.queue
+    if position is not None:
+        text += f", position {position}" + (" in its partition" if snapshot.partition_key else "")
+    details = ["next to start"] if position == 1 else []
+    details += [
+        f"{label} {value}"
+        for label, value in (
+            ("partition", snapshot.partition_key),
+            ("priority", snapshot.priority or None),
+            ("dedup id", snapshot.dedup_id),
+        )
+        if value is not None
+    ]
+    return text + (f" ({', '.join(details)})" if details else "")
+
+
+def _header(
+    snapshot: SagaSnapshot, style: _Style, now: datetime, position: int | None = None
+) -> list[str]:
     status = SagaStatus(snapshot.status)
     lines = [
         f"{style(snapshot.saga_id, bold=True)}  {snapshot.name}  {style.status(status)}",
@@ -172,6 +197,7 @@ def _header(snapshot: SagaSnapshot, style: _Style, now: datetime) -> list[str]:
         state = {
             SagaStatus.SUSPENDED: "suspended",
             SagaStatus.PARKED: "parked, waiting for an operator",
+            SagaStatus.QUEUED: "queued, waiting for its queue's limits to let it start",
         }.get(status, "saga still in progress")
         lines.append(f"  updated   +{format_duration(elapsed)} ({state})")
         if snapshot.owner:
@@ -183,6 +209,8 @@ def _header(snapshot: SagaSnapshot, style: _Style, now: datetime) -> list[str]:
         lines.append(f"  parent    {snapshot.parent_id}")
     if snapshot.object_key:
         lines.append(f"  object    {snapshot.object_key}")
+    if snapshot.queue:
+        lines.append(f"  queue     {describe_queue(snapshot, position)}")
     lines.append(f"  input     {_preview(snapshot.input, style.ellipsis)}")
     if status == SagaStatus.COMPLETED:
         lines.append(f"  output    {_preview(snapshot.output, style.ellipsis)}")
@@ -488,6 +516,7 @@ def render_timeline(
     color: bool = False,
     unicode: bool = True,
     now: datetime | None = None,
+    position: int | None = None,
 ) -> str:
     """A saga's header and its journal.
 
@@ -497,11 +526,11 @@ def render_timeline(
     in ``seq`` order: kind, name, status, attempts, duration, offset from the saga's creation,
     and the error of a failed entry (or the value an entry recorded). Operators' actions
     (``engine.admin``) follow, oldest first. ``now`` (default: the clock) is what "wakes in 3
-    min" counts from.
+    min" counts from; ``position`` a QUEUED saga's place in its queue.
     """
     style = _Style(color, unicode)
     now = now or datetime.now(UTC)
-    lines = _header(snapshot, style, now)
+    lines = _header(snapshot, style, now, position)
     lines.append("")
     lines.extend(_journal(snapshot, style, now))
     if snapshot.status in _MOVING and snapshot.steps:
@@ -516,17 +545,29 @@ def render_timeline(
 
 
 def render_saga_table(
-    snapshots: Sequence[SagaSnapshot], *, color: bool = False, unicode: bool = True
+    snapshots: Sequence[SagaSnapshot],
+    *,
+    color: bool = False,
+    unicode: bool = True,
+    positions: Mapping[str, int] | None = None,
 ) -> str:
-    """A table of sagas (id, workflow, status, created, updated), in the order given."""
+    """A table of sagas (id, workflow, status, created, updated), in the order given; and
+    their queue (``positions``: a QUEUED saga's place in it, by saga id) when one has one."""
     style = _Style(color, unicode)
     if not snapshots:
         return "no sagas"
-    head = ("SAGA ID", "WORKFLOW", "STATUS", "CREATED", "UPDATED")
-    rows = [
+    head: tuple[str, ...] = ("SAGA ID", "WORKFLOW", "STATUS", "CREATED", "UPDATED")
+    rows: list[tuple[str, ...]] = [
         (s.saga_id, s.name, str(s.status), format_time(s.created_at), format_time(s.updated_at))
         for s in snapshots
     ]
+    if any(s.queue for s in snapshots):
+        head += ("QUEUE",)
+        where = positions or {}
+        rows = [
+            (*row, _queue_cell(s, where.get(s.saga_id)))
+            for row, s in zip(rows, snapshots, strict=True)
+        ]
     pad = _table(head, rows)
     out = [style("  ".join(pad(head)).rstrip(), bold=True)]
     for row in rows:
@@ -535,6 +576,12 @@ def render_saga_table(
         out.append("  ".join(cells).rstrip())
     out.append(_plural(len(snapshots), "saga"))
     return "\n".join(out)
+
+
+def _queue_cell(snapshot: SagaSnapshot, position: int | None) -> str:
+    if not snapshot.queue:
+        return ""
+    return snapshot.queue + (f" #{position}" if position is not None else "")
 
 
 def render_status_counts(
@@ -595,6 +642,8 @@ def render_status_line(
             text += f"  last {last.kind} {last.name!r} {mark}"
     elif status == SagaStatus.PENDING:
         text += "  (waiting for a worker to take it)"
+    elif status == SagaStatus.QUEUED:
+        text += f"  (waiting in queue {snapshot.queue})"
     return f"{text}  +{format_duration(now - snapshot.created_at)}"
 
 

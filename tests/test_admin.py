@@ -795,7 +795,7 @@ async def test_compensate_is_refused_while_running_or_ended(engine: Engine) -> N
     assert "RUNNING" in message
     for allowed in ("PENDING", "SUSPENDED", "PARKED"):
         assert allowed in message
-    assert caught.value.allowed == ("PENDING", "SUSPENDED", "PARKED", "COMPLETED")
+    assert caught.value.allowed == ("QUEUED", "PENDING", "SUSPENDED", "PARKED", "COMPLETED")
     script.gates["A"].opened.set()
     assert await handle.result(timeout=WAIT) == ["A-out"]
     # a COMPLETED saga is rolled back (test_admin_rerun.py); one that ended otherwise is not

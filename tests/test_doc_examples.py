@@ -1,7 +1,8 @@
 """The documents' whole-program examples run as written.
 
 Every ```python block of a guide in docs/migrating/ is a whole program, and so is every block
-of the README and of docs/changing-code.md, long-running.md and composition.md that runs
+of the README and of docs/changing-code.md, long-running.md, composition.md and
+flow-control.md that runs
 itself (``asyncio.run(...)``), except the files of a several-file example (a block whose first
 line names its file, ``# client.py``), which need a server, a worker or their sibling files
 beside them. Each is run here as it stands, in its own process and an empty folder (so on the
@@ -42,7 +43,12 @@ def _examples() -> list[tuple[str, str]]:
             ROOT / "README.md",
             *(
                 ROOT / "docs" / name
-                for name in ("changing-code.md", "long-running.md", "composition.md")
+                for name in (
+                    "changing-code.md",
+                    "long-running.md",
+                    "composition.md",
+                    "flow-control.md",
+                )
             ),
         )
         for where, code in _blocks(document)

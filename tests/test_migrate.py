@@ -19,7 +19,7 @@ from sagakit.dashboard.server import Dashboard
 from sagakit.stores import open_store
 from sagakit.stores.postgres.sql import MIGRATIONS as PG_MIGRATIONS
 from sagakit.stores.postgres.sql import Q as PG_Q
-from sagakit.stores.schema import runs_outside_transaction
+from sagakit.stores.schema import runs_outside_transaction, split_statements
 from sagakit.stores.sqlite.store import MIGRATION_NAMES, _split_statements
 from sagakit.stores.sqlite.store import MIGRATIONS as SQLITE_MIGRATIONS
 from sagakit.stores.sqlite.store import Q as SQLITE_Q
@@ -330,6 +330,52 @@ async def test_the_retention_index_is_built_concurrently_on_an_upgrade(pg_url: s
     finally:
         await pg.close()
     assert valid is True
+
+
+async def test_an_index_an_interrupted_concurrent_build_left_invalid_is_built_again(
+    pg_url: str,
+) -> None:
+    """A CREATE INDEX CONCURRENTLY that fails (here: a unique index over duplicates; in life:
+    a cancelled or killed migrate) leaves an INVALID index that IF NOT EXISTS would take for
+    built. The next migrate drops it and builds it again."""
+    await build_old_schema(pg_url, version=6)
+    script = dict(PG_MIGRATIONS)[7]
+    statements = split_statements(script)
+    alters = [s for s in statements if s.startswith("ALTER TABLE")]
+    dedup = next(s for s in statements if "saga_instances_dedup" in s)
+    pg = await asyncpg.connect(pg_url, server_settings=TABLES)
+    try:
+        for statement in alters:  # the part of the interrupted run that got through
+            await pg.execute(statement)
+        for saga_id in ("one", "two"):
+            await pg.execute(
+                "INSERT INTO saga_instances (saga_id, name, status, input, created_at, "
+                "updated_at, queue, dedup_id) VALUES ($1, 'Hello', 'QUEUED', 'null', 0, 0, "
+                "'q', 'same')",
+                saga_id,
+            )
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await pg.execute(dedup)
+        invalid = "SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)"
+        assert await pg.fetchval(invalid, "saga_instances_dedup") is True
+        await pg.execute("DELETE FROM saga_instances WHERE saga_id = 'two'")
+    finally:
+        await pg.close()
+    result = sagakit("migrate", "--db", pg_url)
+    assert result.returncode == 0, result.stderr
+    pg = await asyncpg.connect(pg_url, server_settings=TABLES)
+    try:
+        assert await pg.fetchval(invalid, "saga_instances_dedup") is False
+        # and it is enforced: a second saga holding the id is refused
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await pg.execute(
+                "INSERT INTO saga_instances (saga_id, name, status, input, created_at, "
+                "updated_at, queue, dedup_id) VALUES ('three', 'Hello', 'QUEUED', 'null', 0, 0, "
+                "'q', 'same')"
+            )
+    finally:
+        await pg.close()
+    assert await schema_version(pg_url) == LATEST
 
 
 async def test_the_prune_queries_use_the_retention_index(url: str) -> None:

@@ -15,6 +15,7 @@ from sagakit.stores import open_store
 from sagakit.stores.postgres.schema import schema_lock_key
 from sagakit.stores.postgres.sql import MIGRATIONS, Q
 from sagakit.stores.postgres.store import PostgresStore
+from sagakit.stores.schema import runs_outside_transaction, split_statements
 
 from .conftest import make_engine
 from .test_cli import sagakit
@@ -106,7 +107,10 @@ async def build_public_schema(url: str) -> None:
     try:
         await conn.execute("CREATE TABLE saga_schema_version (version integer NOT NULL)")
         for number, script in MIGRATIONS:
-            await conn.execute(script)
+            # a no-transaction script (CREATE INDEX CONCURRENTLY) runs statement by statement
+            alone = runs_outside_transaction(script)
+            for statement in split_statements(script) if alone else [script]:
+                await conn.execute(statement)
             await conn.execute("INSERT INTO saga_schema_version VALUES ($1)", number)
     finally:
         await conn.close()

@@ -65,6 +65,11 @@ ALL = (
     | PROMISED_DECLARATIVE
     | PROMISED_OPERATIONS
     | {"SagaPage", "AuditEntry", "SagaCancelledError", "SagaStateError"}
+    # issue 17: flow control (queues, their limits as the store has them, the admin's errors)
+    | {"Queue", "RateLimit", "QueueDeduplicatedError", "QueueLimits", "QueueState"}
+    | {"QueueNotFoundError"}
+    # issue 17: cron schedules (engine.schedule), as declared and as the store has them
+    | {"Schedule", "ScheduleState", "ScheduleNotFoundError"}
     # issue 15: services (dependency injection) and typed clients
     | {"ServiceScope", "ServicesFactory", "WorkflowClient", "LongWorkflowClient", "ObjectClient"}
     | {
@@ -132,6 +137,7 @@ def test_every_public_error_subclasses_saga_error() -> None:
 
 def test_saga_statuses() -> None:
     assert [s.value for s in sagakit.SagaStatus] == [
+        "QUEUED",
         "PENDING",
         "RUNNING",
         "SUSPENDED",
@@ -210,6 +216,24 @@ def test_admin_signatures_of_issue_7() -> None:
     assert list(inspect.signature(admin.cancel).parameters)[1:3] == ["saga_id", "reason"]
     for action in (admin.retry_step, admin.compensate, admin.resume):
         assert list(inspect.signature(action).parameters)[1] == "saga_id"
+
+
+def test_queue_admin_signatures_of_issue_17() -> None:
+    admin = sagakit.SagaAdmin
+    assert list(inspect.signature(admin.queues).parameters)[1:] == []
+    limits = inspect.signature(admin.set_queue_limits).parameters
+    assert list(limits)[1:] == [
+        "name",
+        "concurrency",
+        "worker_concurrency",
+        "rate",
+        "paused",
+        "reason",
+        "by",
+    ]
+    assert all(limits[k].kind == inspect.Parameter.KEYWORD_ONLY for k in list(limits)[2:])
+    assert list(inspect.signature(admin.reset_queue_limits).parameters)[1] == "name"
+    assert list(inspect.signature(admin.queue_position).parameters)[1:] == ["saga_id"]
 
 
 def test_retry_policy_defaults() -> None:

@@ -5,6 +5,7 @@
   through ``engine.admin``), with :mod:`.follow` for their ``--wait``;
 * :mod:`.processes`: ``demo``, ``worker``, ``dashboard`` (run until told to stop);
 * :mod:`.migrate`: ``migrate`` (upgrade the schema, deliberately);
+* :mod:`.queues`: ``queues``, ``queue set``, ``queue reset`` (look at queues, change limits);
 * :mod:`.common`: ``--db`` and the other shared options and helpers.
 
 Errors that sagakit raises on purpose (:class:`~sagakit.SagaError`) become one line on stderr and
@@ -26,8 +27,10 @@ from .fork import fork_command
 from .migrate import migrate_command
 from .processes import dashboard_command, demo, worker_command
 from .prune import prune_command
+from .queues import QUEUE_COMMANDS
 from .read import list_command, show_command, stats_command
 from .replay import REPLAY_COMMANDS
+from .schedules import SCHEDULE_COMMANDS
 
 __all__ = ["DEFAULT_DB", "db_url", "main"]
 
@@ -58,9 +61,11 @@ for _command in (
     *ACTION_COMMANDS,
     fork_command,
     prune_command,
+    *QUEUE_COMMANDS,
     migrate_command,
     worker_command,
     dashboard_command,
     *REPLAY_COMMANDS,
+    *SCHEDULE_COMMANDS,
 ):
     main.add_command(_command)

@@ -336,12 +336,13 @@ SKIP = Action("skip", "skipped", (SagaStatus.PARKED, SagaStatus.FAILED))
 COMPENSATE = Action(
     "compensate",
     "rolling back",
-    (SagaStatus.PENDING, SagaStatus.SUSPENDED, SagaStatus.PARKED),
+    (SagaStatus.QUEUED, SagaStatus.PENDING, SagaStatus.SUSPENDED, SagaStatus.PARKED),
 )
 CANCEL = Action(
     "cancel",
     "cancelled",
     (
+        SagaStatus.QUEUED,
         SagaStatus.PENDING,
         SagaStatus.RUNNING,
         SagaStatus.SUSPENDED,
@@ -415,9 +416,9 @@ def skip_command(request: Request, output_json: str | None, forward: bool) -> No
 
 @action_command(COMPENSATE)
 def compensate_command(request: Request) -> None:
-    """Roll a PENDING, SUSPENDED, PARKED or COMPLETED saga back now: it stops going forward
-    (a COMPLETED one gives up its output) and the compensations of what it did run, newest
-    first."""
+    """Roll a QUEUED, PENDING, SUSPENDED, PARKED or COMPLETED saga back now: it stops going
+    forward (a COMPLETED one gives up its output; a QUEUED one never starts) and the
+    compensations of what it did run, newest first."""
 
     async def call(
         admin: SagaAdmin, saga_id: str, reason: str | None, by: str | None
@@ -430,7 +431,8 @@ def compensate_command(request: Request) -> None:
 @action_command(CANCEL, reason_required=True)
 def cancel_command(request: Request) -> None:
     """Stop a saga that has not ended, for good, without rolling it back (it becomes
-    CANCELLED); its child sagas that have not ended are rolled back. --reason is required."""
+    CANCELLED; a QUEUED one never starts); its child sagas that have not ended are rolled
+    back. --reason is required."""
 
     async def call(
         admin: SagaAdmin, saga_id: str, reason: str | None, by: str | None

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import click
 
-from ..admin import SagaPage
+from ..admin import SagaAdmin, SagaPage
 from ..engine import SagaSnapshot
 from ..errors import SagaNotFoundError
+from ..stores.base import SagaStatus
+from ..stores.queueing import QueueState
 from ..timeline import (
     render_saga_table,
     render_status_counts,
@@ -102,9 +107,9 @@ def list_command(
         _list_stranded(url, limit, as_json)
         return
 
-    async def fetch() -> SagaPage:
+    async def fetch() -> tuple[SagaPage, dict[str, int]]:
         async with open_admin(url, read_only=True) as admin:
-            return await admin.list_sagas(
+            page = await admin.list_sagas(
                 status=status,
                 name=name,
                 created_after=created_after,
@@ -112,10 +117,11 @@ def list_command(
                 limit=limit,
                 cursor=cursor,
             )
+            return page, await _positions(admin, page.sagas)
 
-    page = run(fetch())
+    page, positions = run(fetch())
     if as_json:
-        sagas = [snapshot_to_dict(s, with_steps=False) for s in page.sagas]
+        sagas = [_with_position(s, positions, with_steps=False) for s in page.sagas]
         dump_json({"sagas": sagas, "next_cursor": page.next_cursor})
         return
     if not page.sagas:
@@ -134,12 +140,34 @@ def list_command(
         click.echo(f"no sagas{where}{after} in {safe_url(url)}")
         return
     color = use_color()
-    click.echo(render_saga_table(page.sagas, color=color, unicode=use_unicode()), color=color)
+    table = render_saga_table(page.sagas, color=color, unicode=use_unicode(), positions=positions)
+    click.echo(table, color=color)
     if page.next_cursor:
         hint = next_page_command(
             status, name, created_after, created_before, limit, page.next_cursor
         )
         click.echo(f"more sagas match; next page: {hint}")
+
+
+async def _positions(admin: SagaAdmin, sagas: Sequence[SagaSnapshot]) -> dict[str, int]:
+    """The place of each QUEUED saga among ``sagas`` in its queue."""
+    found: dict[str, int] = {}
+    for saga in sagas:
+        if saga.status != SagaStatus.QUEUED:
+            continue
+        with contextlib.suppress(SagaNotFoundError):  # it was deleted since the listing
+            position = await admin.queue_position(saga.saga_id)
+            if position is not None:
+                found[saga.saga_id] = position
+    return found
+
+
+def _with_position(
+    saga: SagaSnapshot, positions: Mapping[str, int], *, with_steps: bool = True
+) -> dict[str, Any]:
+    data = snapshot_to_dict(saga, with_steps=with_steps)
+    data["queue_position"] = positions.get(saga.saga_id)
+    return data
 
 
 def _list_stranded(url: str, limit: int, as_json: bool) -> None:
@@ -173,36 +201,41 @@ def show_command(saga_id: str, db: str, as_json: bool) -> None:
     url = db_url(db)
     check_readable(url)
 
-    async def fetch() -> SagaSnapshot:
+    async def fetch() -> tuple[SagaSnapshot, dict[str, int]]:
         async with open_admin(url, read_only=True) as admin:
-            return await admin.get_saga(saga_id)
+            snapshot = await admin.get_saga(saga_id)
+            return snapshot, await _positions(admin, [snapshot])
 
     try:
-        snapshot = run(fetch())
+        snapshot, positions = run(fetch())
     except click.ClickException as exc:
         if isinstance(exc.__cause__, SagaNotFoundError):
             raise click.ClickException(f"no saga with id {saga_id!r} in {safe_url(url)}") from None
         raise
     if as_json:
-        dump_json(snapshot_to_dict(snapshot))
+        dump_json(_with_position(snapshot, positions))
         return
     color = use_color()
-    click.echo(render_timeline(snapshot, color=color, unicode=use_unicode()), color=color)
+    position = positions.get(snapshot.saga_id)
+    timeline = render_timeline(snapshot, color=color, unicode=use_unicode(), position=position)
+    click.echo(timeline, color=color)
 
 
 @click.command("stats")
 @db_option
 @json_option
 def stats_command(db: str, as_json: bool) -> None:
-    """Count the sagas in each status (every status, zeros included)."""
+    """Count the sagas in each status (every status, zeros included), and those waiting and
+    running in each queue."""
     url = db_url(db)
     check_readable(url)
 
-    async def fetch() -> tuple[dict[str, int], int]:
+    async def fetch() -> tuple[dict[str, int], int, list[QueueState]]:
         async with open_admin(url, read_only=True) as admin:
-            return await admin.count_by_status(), await admin.count_stranded()
+            counts = await admin.count_by_status()
+            return counts, await admin.count_stranded(), await admin.queues()
 
-    counts, stranded = run(fetch())
+    counts, stranded, queues = run(fetch())
     if as_json:
         dump_json(counts)
         return
@@ -210,3 +243,8 @@ def stats_command(db: str, as_json: bool) -> None:
     click.echo(render_status_counts(counts, color=color, unicode=use_unicode()), color=color)
     # not a status: sagas of any unended status whose version no live worker serves
     click.echo(f"stranded  {stranded}  (no live worker serves them: sagakit list --stranded)")
+    for queue in queues:
+        click.echo(
+            f"queue {queue.name}  queued {queue.queued}  running {queue.running}"
+            + ("  (paused)" if queue.limits.paused else "")
+        )

@@ -82,7 +82,7 @@ ACTIONS: dict[str, Action] = {
         Action(
             "compensate",
             "Compensate",
-            frozenset({S.PENDING, S.SUSPENDED, S.PARKED, S.COMPLETED}),
+            frozenset({S.QUEUED, S.PENDING, S.SUSPENDED, S.PARKED, S.COMPLETED}),
             "roll the saga back now: what it did is undone, newest first (a completed saga "
             "gives up its output)",
             "Rollback started",
@@ -91,7 +91,7 @@ ACTIONS: dict[str, Action] = {
         Action(
             "cancel",
             "Cancel",
-            frozenset({S.PENDING, S.RUNNING, S.SUSPENDED, S.PARKED, S.COMPENSATING}),
+            frozenset({S.QUEUED, S.PENDING, S.RUNNING, S.SUSPENDED, S.PARKED, S.COMPENSATING}),
             "stop the saga for good without rolling it back; its unfinished child sagas are "
             "rolled back (a reason is required)",
             "Saga cancelled",

@@ -324,6 +324,8 @@ def _open_row(snapshot: SagaSnapshot, since: float, now: float) -> _Row | None:
         note = f"wakes {format_time(snapshot.wake_at)}" if snapshot.wake_at else "for an event"
     elif status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING, SagaStatus.PENDING):
         label, note = status.value.lower(), "in progress"
+    elif status == SagaStatus.QUEUED:
+        label, note = "queued", f"waiting in queue {snapshot.queue}"
     else:
         return None
     start = min(since, now)

@@ -19,9 +19,11 @@ from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 from ..engine.snapshots import AuditEntry, SagaSnapshot, StepSnapshot
 from ..stores.base import SagaStatus
+from ..stores.queueing import QueueState
 from ..timeline import VALUE_KINDS, describe_retry, format_duration, format_error, format_time
 from .actions import Action, available_actions
 from .chart import render_timeline_svg
+from .queues import QUEUE_STYLE, render_queue_meta, render_queues_card
 
 __all__ = [
     "Flash",
@@ -248,7 +250,7 @@ def _layout(
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"{meta_refresh}<title>{e(title)} · sagakit</title>"
-        f"<style>{STYLE}</style></head><body>"
+        f"<style>{STYLE}{QUEUE_STYLE}</style></head><body>"
         '<header class="top"><a href="/">sagakit dashboard</a>'
         f'<span class="db" title="database">{e(redact_url(db))}</span>'
         f'<span class="mode">{e(mode)}</span></header>'
@@ -322,6 +324,8 @@ def render_index(
     filters: ListFilters,
     refresh: int | None = None,
     stranded: int | None = None,
+    queues: Sequence[QueueState] = (),
+    schedules: str = "",
 ) -> str:
     """The front page: counts by status (and ``stranded``, the count of sagas no live worker
     serves, when given), the filter form, one page of sagas and the pager. With
@@ -374,6 +378,8 @@ def render_index(
     body = (
         f'<h1>{title} <span class="small muted" style="margin-left:auto">{toggle}</span></h1>'
         f"{_counts(counts, filters.status.upper(), stranded, filters.stranded)}"
+        f"{render_queues_card(queues)}"
+        f"{schedules}"
         f"{_filters(filters, counts.keys())}{intro}{table}"
         f'<div class="pager">{"".join(pager)}</div>'
     )
@@ -621,8 +627,10 @@ def render_saga(
     flash: Flash | None = None,
     refresh: int | None = None,
     now: datetime | None = None,
+    position: int | None = None,
 ) -> str:
-    """One saga's page: header, error, timeline chart, actions, journal, payloads, audit."""
+    """One saga's page: header (with a queued saga's queue and ``position`` in it), error,
+    timeline chart, actions, journal, payloads, audit."""
     path = saga_path(saga.saga_id)
     if saga.status.is_terminal:
         toggle = ""
@@ -635,7 +643,7 @@ def render_saga(
         f'<h1><code class="saga-id">{e(saga.saga_id)}</code>'
         f'<span id="status">{_badge(saga.status)}</span>'
         f'<span class="small muted" style="margin-left:auto">{toggle}</span></h1>'
-        f"{_meta(saga)}{_error_summary(saga)}"
+        f"{_meta(saga)}{render_queue_meta(saga, position)}{_error_summary(saga)}"
         "<h2>Timeline</h2>"
         f'<div class="chart">{render_timeline_svg(saga, now=now)}</div>'
         f"{_actions(saga, read_only)}"

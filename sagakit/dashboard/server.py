@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..admin import SagaPage
-from ..engine import Engine
+from ..engine import Engine, SagaSnapshot
 from ..errors import (
     SagaConflictError,
     SagaError,
@@ -42,9 +42,11 @@ from ..errors import (
     StoreError,
 )
 from ..stores import open_store
+from ..stores.base import SagaStatus
 from ..stores.sqlite.store import path_from_url
 from .actions import ActionInputError, parse_action, perform, token_matches
 from .pages import Flash, ListFilters, render_error, render_index, render_saga, saga_path
+from .schedules import render_schedules_card, schedule_action
 
 __all__ = ["Dashboard", "serve_dashboard"]
 
@@ -241,6 +243,8 @@ class _Handler(BaseHTTPRequestHandler):
                 405, "Method not allowed", f"{method} is not used here.", headers={"Allow": "GET"}
             )
         if method == "POST":
+            if len(parts) == 3 and parts[0] == "schedules" and parts[1]:
+                return schedule_action(self, unquote(parts[1]), unquote(parts[2]))
             if len(parts) == 3 and parts[0] == "sagas" and parts[1]:
                 return self._action(unquote(parts[1]), unquote(parts[2]))
             if len(parts) == 2 and parts[0] == "sagas" and parts[1]:
@@ -339,6 +343,7 @@ class _Handler(BaseHTTPRequestHandler):
             return counts, stranded, page
 
         counts, stranded, page = self.dashboard.call(load())
+        queues = self.dashboard.call(admin.queues())
         html = render_index(
             db=self.dashboard.db_url,
             read_only=self.dashboard.read_only,
@@ -348,11 +353,16 @@ class _Handler(BaseHTTPRequestHandler):
             filters=filters,
             refresh=_refresh(query),
             stranded=stranded,
+            queues=queues,
+            schedules=render_schedules_card(
+                self.dashboard.call(admin.schedules()), self.dashboard.read_only
+            ),
         )
         return Response(200, html.encode())
 
     def _saga(self, saga_id: str, query: Mapping[str, str]) -> Response:
         snapshot = self.dashboard.call(self.dashboard.engine.admin.get_saga(saga_id))
+        position = self._queue_position(snapshot)
         flash = self.dashboard.pop_flash(query.get("flash", ""))
         html = render_saga(
             snapshot,
@@ -360,8 +370,17 @@ class _Handler(BaseHTTPRequestHandler):
             read_only=self.dashboard.read_only,
             flash=flash,
             refresh=_refresh(query) if not snapshot.status.is_terminal else None,
+            position=position,
         )
         return Response(200, html.encode())
+
+    def _queue_position(self, snapshot: SagaSnapshot) -> int | None:
+        if snapshot.status != SagaStatus.QUEUED:
+            return None
+        try:
+            return self.dashboard.call(self.dashboard.engine.admin.queue_position(snapshot.saga_id))
+        except SagaNotFoundError:  # deleted since it was read: the page shows what was read
+            return None
 
     # -- actions -----------------------------------------------------------------------------
 

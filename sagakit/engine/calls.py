@@ -31,6 +31,7 @@ from ..errors import (
 )
 from ..long_workflows import SagaLongWorkflow
 from ..objects import ObjectHandler, SagaVirtualObject, SharedObjectContext
+from ..queues import QueuedStart
 from ..services import RunServices
 from ..stores.base import EntryKind, EntryStatus, JournalEntry
 from ..workflows import SagaWorkflow
@@ -82,6 +83,8 @@ class CallsMixin(RunCore):
             inp: Any,
             saga_id: str | None,
             object_key: str | None = None,
+            *,
+            queued: QueuedStart | None = None,
         ) -> str: ...
 
         async def _child_result(

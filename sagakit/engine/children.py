@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import serde
 from ..errors import LeaseLost, StoreError, StoreUnavailable
+from ..queues import QueuedStart
 from ..stores.base import (
     EntryKind,
     EntryStatus,
@@ -37,7 +38,9 @@ from .snapshots import error_for
 
 #: what the engine gives a run to start a child: (workflow, input, child id, parent id, the
 #: virtual object key it is a call of, if it is one)
-ChildStarter = Callable[[SagaWorkflow[Any, Any], Any, str, str, str | None], Awaitable[None]]
+ChildStarter = Callable[
+    [SagaWorkflow[Any, Any], Any, str, str, str | None, QueuedStart | None], Awaitable[None]
+]
 
 #: the longest saga id the engine takes (see Engine)
 _MAX_ID = 200
@@ -105,6 +108,13 @@ class ChildrenMixin(RunCore):
     ) -> Awaitable[Any]:
         return self._child_result(self._take_seq(), child_id, workflow, timeout)
 
+    # -- the EngineDriver protocol -----------------------------------------------------------
+
+    def start_queued_child(
+        self, workflow: SagaWorkflow[Any, Any], inp: Any, saga_id: str | None, queued: QueuedStart
+    ) -> Awaitable[str]:
+        return self._start_child(self._take_seq(), workflow, inp, saga_id, queued=queued)
+
     # -- helpers -----------------------------------------------------------------------------
 
     async def _start_child(
@@ -114,6 +124,8 @@ class ChildrenMixin(RunCore):
         inp: Any,
         saga_id: str | None,
         object_key: str | None = None,
+        *,
+        queued: QueuedStart | None = None,
     ) -> str:
         entry = self._recorded(seq, EntryKind.CHILD, workflow.name)
         if entry is not None:
@@ -125,7 +137,7 @@ class ChildrenMixin(RunCore):
         assert self._children is not None, "the engine gives every run a way to start children"
         child_id = saga_id if saga_id is not None else default_child_id(self.saga_id, seq)
         await self._settle()  # what the parent did before is durable before the child exists
-        await self._children(workflow, inp, child_id, self.saga_id, object_key)
+        await self._children(workflow, inp, child_id, self.saga_id, object_key, queued)
         self._write_behind(self._entry(seq, EntryKind.CHILD, workflow.name, serde.dumps(child_id)))
         return child_id
 

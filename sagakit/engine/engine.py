@@ -8,9 +8,10 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .. import serde
@@ -18,6 +19,7 @@ from ..declarative import SagaDefinition
 from ..errors import (
     EngineNotStartedError,
     OutputNotSerializableError,
+    QueueDeduplicatedError,
     SagaConflictError,
     SagaError,
     SagaNotFoundError,
@@ -26,15 +28,19 @@ from ..errors import (
 )
 from ..objects import SagaVirtualObject
 from ..observability import default_observers
+from ..queues import Queue, QueuedStart
 from ..services import ServicesFactory
 from ..stores import open_store
 from ..stores.base import NewSaga, SagaFilter, SagaStatus, Store
+from ..stores.scheduling import Schedule
 from ..workflows import SagaWorkflow, check_version
 from .observe import Observer, Observers
 from .outcome import Outcome
+from .queueing import QueueingMixin, start_time
 from .retention import check_retention, start_pruning, stop_pruning
 from .run import SagaRun
 from .running import RunningMixin
+from .scheduling import SchedulingMixin
 from .snapshots import SagaSnapshot, error_for
 from .talk import TalkMixin
 
@@ -89,7 +95,7 @@ def _seconds(value: float | timedelta | None) -> float | None:
     return value
 
 
-class Engine(RunningMixin, TalkMixin):
+class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
     """Runs sagas durably on a store.
 
     Args:
@@ -175,6 +181,12 @@ class Engine(RunningMixin, TalkMixin):
         #: every registered (name, version): what this engine's worker claims
         self._versions: dict[tuple[str, str | None], SagaWorkflow[Any, Any]] = {}
         self._objects: dict[str, SagaVirtualObject] = {}
+        self._queues: dict[str, Queue] = {}
+        self._undeclared: set[str] = set()
+        self._schedules: dict[str, Schedule] = {}
+        self._undeclared_schedules: set[str] = set()
+        self._schedule_wake: asyncio.TimerHandle | None = None
+        self.schedule_clock = time.time
         self._object_versions: dict[tuple[str, str | None], SagaVirtualObject] = {}
         self._tasks: dict[str, asyncio.Task[Outcome | None]] = {}
         self._claimed: set[str] = set()
@@ -199,15 +211,16 @@ class Engine(RunningMixin, TalkMixin):
     ) -> None: ...
 
     @overload
-    def register(self, *workflows: SagaWorkflow[Any, Any] | SagaVirtualObject) -> None: ...
+    def register(self, *workflows: SagaWorkflow[Any, Any] | SagaVirtualObject | Queue) -> None: ...
 
     def register(
         self,
-        *workflows: SagaWorkflow[Any, Any] | SagaVirtualObject | str | SagaDefinition,
+        *workflows: SagaWorkflow[Any, Any] | SagaVirtualObject | Queue | str | SagaDefinition,
         version: str | None = None,
     ) -> None:
         """Make workflows (and virtual objects) startable by name and recoverable by this
-        engine's worker.
+        engine's worker, and queues (:class:`~sagakit.Queue`) known to ``enqueue`` (their
+        limits are written to the store, where every worker's claim reads them).
 
         ``register("create_order_v1", definition, version="2")`` registers a declarative
         :class:`~sagakit.SagaDefinition` (built with ``SagaBuilder``) as the workflow
@@ -232,6 +245,9 @@ class Engine(RunningMixin, TalkMixin):
                 "@saga_workflow(name, version=...)"
             )
         for workflow in workflows:
+            if isinstance(workflow, Queue):
+                self._register_queue(workflow)
+                continue
             if isinstance(workflow, SagaVirtualObject):
                 key = (workflow.name, workflow.version or self.app_version)
                 known_object = self._object_versions.get(key)
@@ -364,6 +380,8 @@ class Engine(RunningMixin, TalkMixin):
             self._background = None
         await stop_pruning(self._pruner)
         self._pruner = None
+        if self._schedule_wake is not None:
+            self._schedule_wake.cancel()
         unfinished = list(self._tasks)
         for task in list(self._tasks.values()):
             task.cancel()
@@ -410,11 +428,20 @@ class Engine(RunningMixin, TalkMixin):
         saga_id: str | None = None,
         *,
         run_here: bool = True,
+        delay: timedelta | None = None,
+        start_at: datetime | None = None,
     ) -> SagaHandle: ...
 
     @overload
     async def start(
-        self, workflow: str, inp: Any, saga_id: str | None = None, *, run_here: bool = True
+        self,
+        workflow: str,
+        inp: Any,
+        saga_id: str | None = None,
+        *,
+        run_here: bool = True,
+        delay: timedelta | None = None,
+        start_at: datetime | None = None,
     ) -> SagaHandle: ...
 
     async def start(
@@ -424,17 +451,31 @@ class Engine(RunningMixin, TalkMixin):
         saga_id: str | None = None,
         *,
         run_here: bool = True,
+        delay: timedelta | None = None,
+        start_at: datetime | None = None,
     ) -> SagaHandle:
         """Persist a saga and run it in this process (or only persist it, ``run_here=False``).
+
+        With ``delay`` (a timedelta from now) or ``start_at`` (a timezone-aware datetime) the
+        saga is persisted PENDING and a worker starts it then, not before (``run_here`` is
+        ignored: the start is a worker's).
 
         Idempotent: if ``saga_id`` exists already, return a handle to that saga and run nothing
         again. The input is validated before anything is written.
 
         Raises:
-            SagaValidationError: the input does not match the workflow's input type.
+            SagaValidationError: the input does not match the workflow's input type, or
+                ``delay``/``start_at`` are not what they should be.
             SagaConflictError: ``saga_id`` belongs to a saga of another workflow.
         """
-        return await self._start(self._resolve(workflow), inp, saga_id, run_here=run_here)
+        not_before = start_time(delay, start_at)
+        return await self._start(
+            self._resolve(workflow),
+            inp,
+            saga_id,
+            run_here=run_here and not_before is None,
+            not_before=not_before,
+        )
 
     async def _start(
         self,
@@ -445,6 +486,11 @@ class Engine(RunningMixin, TalkMixin):
         run_here: bool,
         object_key: str | None = None,
         parent_id: str | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        partition_key: str | None = None,
+        dedup_id: str | None = None,
+        not_before: float | None = None,
     ) -> SagaHandle:
         store = self._store_or_raise()
         saga_id = _check_saga_id(saga_id)
@@ -468,10 +514,17 @@ class Engine(RunningMixin, TalkMixin):
                 object_key=object_key,
                 parent_id=parent_id,
                 version=self.version_of(wf),
+                queue=queue,
+                priority=priority,
+                partition_key=partition_key,
+                dedup_id=dedup_id,
+                not_before=not_before,
             )
         )
         if not created.created:
             record = created.record
+            if record.saga_id != saga_id and queue is not None and dedup_id is not None:
+                raise QueueDeduplicatedError(queue, dedup_id, record.saga_id, record.status)
             _check_same_saga(saga_id, record.name, record.parent_id, wf.name, parent_id)
             return SagaHandle(self, saga_id)
         if created.record.owner == self.worker_id:
@@ -500,8 +553,21 @@ class Engine(RunningMixin, TalkMixin):
         child_id: str,
         parent_id: str,
         object_key: str | None = None,
+        queued: QueuedStart | None = None,
     ) -> None:
-        """Start a saga's child here (the parent's run calls this; see engine/children.py)."""
+        """Start a saga's child here (the parent's run calls this; see engine/children.py),
+        or enqueue it (``saga.start_child(..., queue=...)``)."""
+        if queued is not None:
+            await self._enqueue(
+                queued.queue,
+                self._resolve(wf),
+                inp,
+                child_id,
+                priority=queued.priority,
+                partition_key=queued.partition_key,
+                parent_id=parent_id,
+            )
+            return
         await self._start(
             self._resolve(wf),
             inp,

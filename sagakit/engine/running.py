@@ -20,6 +20,7 @@ from ..errors import (
     Suspended,
     UnknownWorkflowError,
 )
+from ..queues import QueuedStart
 from ..services import ServicesFactory, ServicesFailed
 from ..stores.base import ClaimedSaga, SagaStatus, Served, Store
 from ..stores.retrying import Backoff
@@ -61,6 +62,12 @@ class RunningMixin:
 
         def _store_or_raise(self) -> Store: ...
 
+        async def _declare_queues(self) -> None: ...
+
+        async def _fire_schedules_round(self) -> None: ...
+
+        def _next_queue_look(self) -> float | None: ...
+
         async def _start_child(
             self,
             wf: SagaWorkflow[Any, Any],
@@ -68,6 +75,7 @@ class RunningMixin:
             child_id: str,
             parent_id: str,
             object_key: str | None = None,
+            queued: QueuedStart | None = None,
         ) -> None: ...
 
     async def run_due(
@@ -148,6 +156,7 @@ class RunningMixin:
         store = self._store_or_raise()
         if limit <= 0 or not names or self._draining:
             return []
+        await self._declare_queues()
         claimed = await store.claim(self.worker_id, names, self.lease.total_seconds(), limit)
         launched = [(c.record.saga_id, self._run_claimed(c)) for c in claimed]
         return [(saga_id, task) for saga_id, task in launched if task is not None]
@@ -237,6 +246,8 @@ class RunningMixin:
                 await self._store_or_raise().release(self.worker_id, [run.saga_id])
             return None
         # the saga's new status is logged by the logging observer (sagakit.observability)
+        if run.record.queue is not None:
+            self._poke()  # it gave its queue's slot back: the next saga of the queue may start
         if outcome.status == SagaStatus.PARKED:
             return outcome
         if outcome.status == SagaStatus.SUSPENDED:
@@ -373,14 +384,20 @@ class RunningMixin:
     async def _claim_some(self) -> None:
         if self._draining or not self.is_worker:
             return
-        capacity = self.max_concurrency - len(self._claimed)
+        await self._fire_schedules_round()  # their sagas are claimed below, or by other workers
+        # every run here counts, the ones this process started as well as claimed ones
+        capacity = self.max_concurrency - len(self._tasks)
         if capacity <= 0 or not self._versions:
             return
+        await self._declare_queues()
         claimed = await self._store_or_raise().claim(
             self.worker_id, list(self._versions), self.lease.total_seconds(), capacity
         )
         for c in claimed:
             self._run_claimed(c)
+        retry_at = self._next_queue_look()
+        if retry_at is not None:
+            self._wake_at(retry_at)
 
 
 async def _stopped(tasks: list[tuple[str, asyncio.Task[Outcome | None]]]) -> None:

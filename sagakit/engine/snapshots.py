@@ -165,6 +165,12 @@ class SagaSnapshot:
     events: tuple[EventSnapshot, ...] = ()
     #: the version of the definition that started the saga (``None``: unversioned)
     version: str | None = None
+    #: the queue it was enqueued in (``engine.enqueue``; ``None``: started directly), its
+    #: priority there (0: none), partition (``None``: none) and deduplication id
+    queue: str | None = None
+    priority: int = 0
+    partition_key: str | None = None
+    dedup_id: str | None = None
 
     @property
     def retrying(self) -> tuple[StepSnapshot, ...]:
@@ -206,6 +212,10 @@ class SagaSnapshot:
             ),
             events=tuple(EventSnapshot.from_event(e) for e in events or ()),
             version=record.version,
+            queue=record.queue,
+            priority=record.priority,
+            partition_key=record.partition_key or None,
+            dedup_id=record.dedup_id,
         )
 
 

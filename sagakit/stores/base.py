@@ -33,10 +33,15 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
+from .queueing import QueueLimits, QueueState
+from .scheduling import Schedule, ScheduleState
+
 
 class SagaStatus(StrEnum):
     """Where a saga is in its life."""
 
+    #: enqueued (``engine.enqueue``): it waits until its queue's limits let it start
+    QUEUED = "QUEUED"
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     SUSPENDED = "SUSPENDED"
@@ -312,6 +317,16 @@ class NewSaga:
     parent_id: str | None = None
     #: the version of the workflow definition that starts it (``None``: unversioned)
     version: str | None = None
+    #: the queue it waits in (QUEUED, owner None) until the queue's limits let it start
+    queue: str | None = None
+    #: its place among the queue's sagas: smaller first, then in arrival order
+    priority: int = 0
+    #: the partition of the queue whose limits it counts against (a partitioned queue)
+    partition_key: str | None = None
+    #: no other saga of the queue with this id may be created until this one ends
+    dedup_id: str | None = None
+    #: epoch seconds before which no worker takes it (a delayed start); None: at once
+    not_before: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +348,11 @@ class SagaRecord:
     parent_id: str | None = None
     #: the version of the definition that started it (``None``: unversioned; stored as ``''``)
     version: str | None = None
+    #: the queue it was enqueued in (``None``: started directly)
+    queue: str | None = None
+    priority: int = 0
+    partition_key: str | None = None
+    dedup_id: str | None = None
 
 
 #: a worker counts as live while its last heartbeat is younger than this many of its leases
@@ -402,6 +422,10 @@ class Store(Protocol):
     #: set by the engine: a store that hears of new work from other processes (PostgreSQL's
     #: LISTEN/NOTIFY) calls it so that an idle worker looks at once instead of at its next poll
     on_work: Callable[[], None] | None
+    #: set by each claim: when a rate-limited queue with sagas waiting admits its next start
+    #: (epoch seconds, the store's clock), so that the worker looks again then; None: no queue
+    #: waits on its rate
+    queue_retry_at: float | None
 
     async def open(self) -> None:
         """Connect and create or upgrade the schema. Safe when several processes do it at once."""
@@ -414,7 +438,12 @@ class Store(Protocol):
         ...
 
     async def create_saga(self, new: NewSaga) -> CreateResult:
-        """Insert the saga unless its id exists; return the row that is there either way."""
+        """Insert the saga unless its id exists; return the row that is there either way.
+
+        With ``new.queue`` the saga is QUEUED with no owner; with ``new.not_before`` no worker
+        takes it before then (a PENDING or QUEUED saga, whatever ``new.owner`` says). With
+        ``new.dedup_id``, if a saga of the same queue with that id has not ended, nothing is
+        written and that saga is returned (``created`` False, another ``saga_id``)."""
         ...
 
     def append(
@@ -485,7 +514,10 @@ class Store(Protocol):
         self, owner: str, names: Sequence[str | Served], lease_seconds: float, limit: int
     ) -> list[ClaimedSaga]:
         """Take up to ``limit`` runnable sagas of these workflows whose lease expired, and
-        read their journals and events, in one transaction. An item of ``names`` is a
+        read their journals and events, in one transaction. A queued saga that is QUEUED, or
+        due again after a wait, is taken only as its queue's limits allow (see
+        :mod:`sagakit.stores.queueing`), read in the same transaction; sets
+        ``queue_retry_at``. An item of ``names`` is a
         workflow name (a saga of any version of it) or a ``(name, version)`` pair (only the
         sagas started at that version; ``None``: unversioned sagas)."""
         ...
@@ -561,4 +593,66 @@ class Store(Protocol):
     ) -> int:
         """How many sagas ``prune`` with these arguments would delete, over all its calls, as
         things stand now (writes nothing)."""
+        ...
+
+    async def declare_queue(self, name: str, limits: QueueLimits) -> None:
+        """Record the limits code declares for queue ``name`` (``engine.register(queue)``):
+        insert the queue, or replace its declared limits; an operator's override stays."""
+        ...
+
+    async def set_queue_override(
+        self, name: str, changes: dict[str, Any] | None
+    ) -> QueueState | None:
+        """Merge ``changes`` into an operator's override of queue ``name``'s limits, key by key
+        and in one transaction (two operators changing different limits at once both hold; a
+        ``None`` value lifts that limit); ``changes=None`` drops the override (the declared
+        limits hold again). Every worker's next claim obeys it. The queue as it is then, or
+        None if no such queue."""
+        ...
+
+    async def list_queues(self) -> list[QueueState]:
+        """Every declared queue with its limits and counts, by name."""
+        ...
+
+    async def queue_position(self, saga_id: str) -> int | None:
+        """1 for the QUEUED saga its queue (its partition) starts next, 2 after it...; None
+        when the saga is not QUEUED. Sagas due again after a wait are not counted."""
+        ...
+
+    async def declare_schedule(self, schedule: Schedule, now: float) -> None:
+        """Record a cron schedule declared in code (``engine.schedule``): insert it, firing
+        from ``now`` on, or replace its definition (an operator's pause and where it stands
+        stay; a new cron or time zone makes it fire from ``now`` on)."""
+        ...
+
+    async def due_schedules(self, names: Sequence[str], now: float) -> list[ScheduleState]:
+        """The schedules of ``names`` that are not paused and whose ``fire_from`` is at or
+        before ``now`` (a tick of theirs may be due), by name."""
+        ...
+
+    async def fire_schedule(
+        self,
+        name: str,
+        expect: float,
+        fire_from: float,
+        tick: float | None,
+        saga: NewSaga | None,
+    ) -> bool:
+        """Move schedule ``name`` forward, in one transaction: only if it is not paused and its
+        ``fire_from`` is still ``expect`` (what the caller read), set ``fire_from`` and (with
+        ``tick``) ``last_tick``, and create ``saga`` (as ``create_saga`` would; an id taken
+        already is left as it is). True if the schedule moved; False, writing nothing, if
+        another worker moved it first (or an operator paused it)."""
+        ...
+
+    async def list_schedules(self) -> list[ScheduleState]:
+        """Every schedule, by name."""
+        ...
+
+    async def set_schedule_paused(
+        self, name: str, paused: bool, now: float
+    ) -> ScheduleState | None:
+        """Pause or resume schedule ``name``. Resuming a paused schedule passes over the ticks
+        that fell while it was paused (``fire_from`` becomes at least ``now``). The schedule as
+        it is then, or None if there is no such schedule."""
         ...

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
+from typing import Any
 
 from ..errors import EventsArrived, LeaseLost
 from .base import (
@@ -37,10 +38,27 @@ from .base import (
     saga_scope,
     served_keys,
 )
+from .queueing import (
+    QueueLimits,
+    QueueLoad,
+    QueueState,
+    choose,
+    queued_order,
+    recent_by_partition,
+)
+from .scheduling import Schedule, ScheduleState
 
 _ACTIVE = frozenset({*RUNNABLE_STATUSES, SagaStatus.SUSPENDED.value})
 _ENDED = frozenset(s.value for s in SagaStatus if s.is_terminal)
 _CLAIMABLE = _ACTIVE
+#: a queued saga holds one of its queue's slots in these statuses
+_HOLDS_SLOT = frozenset({SagaStatus.RUNNING.value, SagaStatus.COMPENSATING.value})
+_STARTS_RUNNING = frozenset(
+    {SagaStatus.QUEUED.value, SagaStatus.PENDING.value, SagaStatus.SUSPENDED.value}
+)
+#: a queued saga in these statuses takes a slot before it runs (once it is due: a RUNNING one
+#: whose worker died gave its slot back when its lease expired)
+_NEEDS_SLOT = _STARTS_RUNNING | _HOLDS_SLOT
 
 
 class _Tables:
@@ -57,6 +75,12 @@ class _Tables:
         self.workers: dict[str, tuple[list[tuple[str, str]], float, float]] = {}
         #: the on_work callbacks of every store open on these tables (the "other processes")
         self.listeners: list[MemoryStore] = []
+        #: each queue's declared limits and an operator's override
+        self.queues: dict[str, tuple[QueueLimits, dict[str, Any]]] = {}
+        #: when each queued saga first left its queue (what a rate limit counts)
+        self.dequeued_at: dict[str, float] = {}
+        #: cron schedules by name (see stores/scheduling.py)
+        self.schedules: dict[str, ScheduleState] = {}
 
     def is_head(self, saga_id: str, object_key: str | None) -> bool:
         """No unfinished saga of the same object key arrived before this one."""
@@ -80,6 +104,7 @@ class MemoryStore:
     def __init__(self, url: str = "memory://"):
         self.url = url
         self.on_work: Callable[[], None] | None = None
+        self.queue_retry_at: float | None = None
         name = url.removeprefix("memory://")
         if name:
             self._t = _named.setdefault(name, _Tables())
@@ -98,24 +123,42 @@ class MemoryStore:
         existing = self._t.sagas.get(new.saga_id)
         if existing is not None:
             return CreateResult(False, existing)
+        if new.dedup_id is not None:
+            for other in self._t.sagas.values():
+                if (
+                    other.queue == new.queue
+                    and other.dedup_id == new.dedup_id
+                    and other.status not in _ENDED
+                ):
+                    return CreateResult(False, other)
         now = time.time()
         self._t.arrival[new.saga_id] = len(self._t.arrival) + 1
         owner = new.owner if self._t.is_head(new.saga_id, new.object_key) else None
+        if new.queue is not None or new.not_before is not None:
+            owner = None
+        if new.queue is not None:
+            status = SagaStatus.QUEUED
+        else:
+            status = SagaStatus.RUNNING if owner else SagaStatus.PENDING
         record = SagaRecord(
             saga_id=new.saga_id,
             name=new.name,
-            status=(SagaStatus.RUNNING if owner else SagaStatus.PENDING).value,
+            status=status.value,
             input=new.input,
             output=None,
             error=None,
             owner=owner,
             fence=1,
-            lease_expires_at=now + new.lease_seconds if owner else 0.0,
+            lease_expires_at=now + new.lease_seconds if owner else (new.not_before or 0.0),
             created_at=now,
             updated_at=now,
             object_key=new.object_key,
             parent_id=new.parent_id,
             version=new.version or None,
+            queue=new.queue,
+            priority=new.priority,
+            partition_key=new.partition_key or None,
+            dedup_id=new.dedup_id,
         )
         self._t.sagas[new.saga_id] = record
         self._t.journal[new.saga_id] = {}
@@ -234,6 +277,10 @@ class MemoryStore:
         keys = claim_keys(names)
         any_version = {name for name, version in keys if version is None}
         wanted = {key for key in keys if key[1] is not None}
+
+        def served(record: SagaRecord) -> bool:
+            return record.name in any_version or (record.name, record.version or "") in wanted
+
         claimed: list[ClaimedSaga] = []
         candidates = sorted(self._t.sagas.values(), key=lambda r: r.lease_expires_at)
         for record in candidates:
@@ -241,28 +288,204 @@ class MemoryStore:
                 break
             if (
                 record.status in _CLAIMABLE
-                and (record.name in any_version or (record.name, record.version or "") in wanted)
+                and record.queue is None
+                and served(record)
                 and record.lease_expires_at < now
                 and self._t.is_head(record.saga_id, record.object_key)
             ):
-                status = (
-                    SagaStatus.RUNNING.value
-                    if record.status in (SagaStatus.PENDING.value, SagaStatus.SUSPENDED.value)
-                    else record.status
-                )
-                taken = replace(
-                    record,
-                    owner=owner,
-                    fence=record.fence + 1,
-                    status=status,
-                    lease_expires_at=now + lease_seconds,
-                    updated_at=now,
-                )
-                self._t.sagas[record.saga_id] = taken
-                journal = await self.load_journal(record.saga_id)
-                events = list(self._t.events.get(record.saga_id, []))
-                claimed.append(ClaimedSaga(taken, journal, record.owner is not None, events))
+                claimed.append(self._take(record, owner, lease_seconds, now))
+        self.queue_retry_at = None
+        if len(claimed) < limit:
+            claimed += self._claim_queued(owner, served, lease_seconds, limit - len(claimed), now)
         return claimed
+
+    def _take(
+        self, record: SagaRecord, owner: str, lease_seconds: float, now: float
+    ) -> ClaimedSaga:
+        status = SagaStatus.RUNNING.value if record.status in _STARTS_RUNNING else record.status
+        if record.status == SagaStatus.QUEUED:
+            self._t.dequeued_at[record.saga_id] = now
+        taken = replace(
+            record,
+            owner=owner,
+            fence=record.fence + 1,
+            status=status,
+            lease_expires_at=now + lease_seconds,
+            updated_at=now,
+        )
+        self._t.sagas[record.saga_id] = taken
+        journal = sorted(self._t.journal[record.saga_id].values(), key=lambda e: e.seq)
+        events = list(self._t.events.get(record.saga_id, []))
+        return ClaimedSaga(taken, journal, record.owner is not None, events)
+
+    def _claim_queued(
+        self,
+        owner: str,
+        served: Callable[[SagaRecord], bool],
+        lease_seconds: float,
+        limit: int,
+        now: float,
+    ) -> list[ClaimedSaga]:
+        """Start queued sagas (and resume queued ones due again) as their queues allow."""
+        waiting: dict[str, list[SagaRecord]] = {}
+        for record in self._t.sagas.values():
+            if (
+                record.queue is not None
+                and record.status in _NEEDS_SLOT
+                and record.lease_expires_at < now
+                and served(record)
+            ):
+                waiting.setdefault(record.queue, []).append(record)
+        claimed: list[ClaimedSaga] = []
+        for queue, records in sorted(waiting.items()):
+            if len(claimed) >= limit:
+                break
+            load = self._load(queue, records, owner, now)
+            choice = choose(load, limit - len(claimed), now)
+            if choice.retry_at is not None:
+                self.queue_retry_at = min(self.queue_retry_at or choice.retry_at, choice.retry_at)
+            for saga_id in choice.saga_ids:
+                claimed.append(self._take(self._t.sagas[saga_id], owner, lease_seconds, now))
+        return claimed
+
+    def _load(self, queue: str, records: list[SagaRecord], owner: str, now: float) -> QueueLoad:
+        limits = self._state(queue).limits
+        rows = [
+            (
+                r.saga_id,
+                r.partition_key or "",
+                r.status,
+                r.priority,
+                r.created_at + self._t.arrival[r.saga_id] * 1e-9,
+                r.lease_expires_at,
+            )
+            for r in records
+        ]
+        load = QueueLoad(limits, queued_order(rows))
+        members = [r for r in self._t.sagas.values() if r.queue == queue]
+        for r in members:
+            if r.status in _HOLDS_SLOT and r.lease_expires_at >= now:
+                key = r.partition_key or ""
+                load.running[key] = load.running.get(key, 0) + 1
+                load.mine += r.owner == owner
+            started = self._t.dequeued_at.get(r.saga_id)
+            if started is not None:
+                key = r.partition_key or ""
+                load.last_start[key] = max(load.last_start.get(key, started), started)
+        if limits.rate_per is not None:
+            window = now - limits.rate_per
+            load.recent_starts = recent_by_partition(
+                [
+                    (r.partition_key or "", self._t.dequeued_at[r.saga_id])
+                    for r in members
+                    if self._t.dequeued_at.get(r.saga_id, -1.0) > window
+                ]
+            )
+        return load
+
+    async def declare_queue(self, name: str, limits: QueueLimits) -> None:
+        _, override = self._t.queues.get(name, (limits, {}))
+        self._t.queues[name] = (limits, override)
+
+    async def set_queue_override(
+        self, name: str, changes: dict[str, Any] | None
+    ) -> QueueState | None:
+        if name not in self._t.queues:
+            return None
+        declared, override = self._t.queues[name]
+        self._t.queues[name] = (declared, {} if changes is None else {**override, **changes})
+        self._notify_all()
+        return self._state(name)
+
+    async def list_queues(self) -> list[QueueState]:
+        return [self._state(name) for name in sorted(self._t.queues)]
+
+    def _state(self, name: str) -> QueueState:
+        declared, override = self._t.queues.get(name, (QueueLimits(), {}))
+        state = QueueState(name, declared, dict(override))
+        members = [r for r in self._t.sagas.values() if r.queue == name]
+        now = time.time()
+        queued = [r for r in members if r.status == SagaStatus.QUEUED]
+        limits = state.limits
+        window = now - limits.rate_per if limits.rate_per is not None else None
+        return replace(
+            state,
+            queued=len(queued),
+            delayed=sum(r.lease_expires_at > now for r in queued),
+            running=sum(r.status in _HOLDS_SLOT and r.lease_expires_at >= now for r in members),
+            recent_starts=0
+            if window is None
+            else sum(self._t.dequeued_at.get(r.saga_id, -1.0) > window for r in members),
+            oldest_queued_at=min((r.created_at for r in queued), default=None),
+        )
+
+    async def queue_position(self, saga_id: str) -> int | None:
+        record = self._t.sagas.get(saga_id)
+        if record is None or record.status != SagaStatus.QUEUED:
+            return None
+        ahead = [
+            r
+            for r in self._t.sagas.values()
+            if r.queue == record.queue
+            and r.partition_key == record.partition_key
+            and r.status == SagaStatus.QUEUED
+            and (r.priority, r.created_at, self._t.arrival[r.saga_id])
+            < (record.priority, record.created_at, self._t.arrival[saga_id])
+        ]
+        return len(ahead) + 1
+
+    # -- schedules (see scheduling.py) -------------------------------------------------------
+
+    async def declare_schedule(self, schedule: Schedule, now: float) -> None:
+        known = self._t.schedules.get(schedule.name)
+        if known is None:
+            known = ScheduleState(
+                **asdict(schedule),
+                paused=False,
+                last_tick=None,
+                fire_from=now,
+                created_at=now,
+                updated_at=now,
+            )
+        elif (known.cron, known.timezone) != (schedule.cron, schedule.timezone):
+            known = replace(known, fire_from=now)  # ticks of a new cron count from now
+        self._t.schedules[schedule.name] = replace(known, **asdict(schedule), updated_at=now)
+
+    async def due_schedules(self, names: Sequence[str], now: float) -> list[ScheduleState]:
+        found = [self._t.schedules.get(name) for name in sorted(names)]
+        return [s for s in found if s is not None and not s.paused and s.fire_from <= now]
+
+    async def fire_schedule(
+        self,
+        name: str,
+        expect: float,
+        fire_from: float,
+        tick: float | None,
+        saga: NewSaga | None,
+    ) -> bool:
+        known = self._t.schedules.get(name)
+        if known is None or known.paused or known.fire_from != expect:
+            return False
+        last = known.last_tick if tick is None else tick
+        self._t.schedules[name] = replace(known, fire_from=fire_from, last_tick=last)
+        if saga is not None:
+            await self.create_saga(saga)
+            self._notify_all()
+        return True
+
+    async def list_schedules(self) -> list[ScheduleState]:
+        return [self._t.schedules[name] for name in sorted(self._t.schedules)]
+
+    async def set_schedule_paused(
+        self, name: str, paused: bool, now: float
+    ) -> ScheduleState | None:
+        known = self._t.schedules.get(name)
+        if known is None:
+            return None
+        if known.paused and not paused:  # ticks that fell while paused are passed over
+            known = replace(known, fire_from=max(known.fire_from, now))
+        self._t.schedules[name] = replace(known, paused=paused, updated_at=now)
+        return self._t.schedules[name]
 
     async def heartbeat(
         self, worker_id: str, served: Sequence[Served], lease_seconds: float

@@ -25,7 +25,8 @@ from importlib import resources
 from ..errors import StoreError
 
 #: the first line that makes a PostgreSQL migration script run outside a transaction (for
-#: ``CREATE INDEX CONCURRENTLY``): such a script holds exactly one statement
+#: ``CREATE INDEX CONCURRENTLY``): its statements run one by one, each idempotent (``IF NOT
+#: EXISTS``), so that a run interrupted halfway is simply run again
 NO_TRANSACTION = "-- sagakit: no-transaction"
 
 
@@ -36,6 +37,24 @@ def migration_names(package: str) -> dict[int, str]:
         for item in resources.files(package).iterdir()
         if item.name.endswith(".sql") and item.name[:4].isdigit()
     }
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a migration script on ``;`` line ends (our scripts hold no triggers or strings
+    with semicolons, which keeps this simple and exact)."""
+    statements: list[str] = []
+    current: list[str] = []
+    for line in script.splitlines():
+        if line.strip().startswith("--"):
+            continue
+        current.append(line)
+        if line.rstrip().endswith(";"):
+            statements.append("\n".join(current).strip().rstrip(";"))
+            current = []
+    tail = "\n".join(current).strip()
+    if tail:
+        statements.append(tail)
+    return [s for s in statements if s]
 
 
 def runs_outside_transaction(script: str) -> bool:

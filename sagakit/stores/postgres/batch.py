@@ -29,6 +29,10 @@ from ..base import (
 )
 from .sql import Q
 
+#: a queued saga in these statuses holds no slot of its queue any more
+_GIVES_SLOT_BACK = frozenset(
+    s.value for s in SagaStatus if s.is_terminal or s in (SagaStatus.SUSPENDED, SagaStatus.PARKED)
+)
 #: the journal entry columns of append_one when a write has no entry
 _NO_ENTRY: tuple[Any, ...] = (None,) * 10
 
@@ -209,6 +213,12 @@ async def write_appends(conn: asyncpg.Connection, retry: bool, ops: list[Append]
         ]
         ok_rows = await conn.fetch(Q["append"], *args)
     accepted = {r["saga_id"] for r in ok_rows}
+    changed = {k[0]: r.status for k, r in zip(keys, status, strict=True)}
+    if any(
+        r["queue"] is not None and changed.get(r["saga_id"]) in _GIVES_SLOT_BACK for r in ok_rows
+    ):
+        # a queued saga gave its slot back: idle workers may start the next of its queue
+        await conn.execute(Q["notify_work"])
     for op in ops:
         if op.future.done():
             continue

@@ -29,6 +29,7 @@ from ..base import (
     record_from_row,
     saga_scope,
 )
+from . import queues
 from .sql import Q
 
 
@@ -160,15 +161,24 @@ async def claim(
     lease_seconds: float,
     limit: int,
     versions: list[str | None],
-) -> list[ClaimedSaga]:
+) -> tuple[list[ClaimedSaga], float | None]:
+    """Take due sagas, then queued ones as their queues allow; and when a rate-limited
+    queue admits its next start (see queues.claim_queued)."""
     # one transaction: a connection lost before the commit took nothing; one lost
     # after it leaves sagas this engine does not know it holds, which it never renews
+    retry_at: float | None = None
     async with conn.transaction():
         rows = await conn.fetch(Q["claim"], owner, wanted, lease_seconds, limit, versions)
         records = [record_from_row(tuple(r)[:-1]) for r in rows]
         taken_over = {r["saga_id"]: bool(r["taken_over"]) for r in rows}
+        if len(records) < limit:
+            queued, queued_taken_over, retry_at = await queues.claim_queued(
+                conn, owner, wanted, versions, lease_seconds, limit - len(records)
+            )
+            records += queued
+            taken_over.update((r.saga_id, r.saga_id in queued_taken_over) for r in queued)
         if not records:
-            return []
+            return [], retry_at
         journals: dict[str, list[JournalEntry]] = {r.saga_id: [] for r in records}
         for row in await conn.fetch(Q["get_journals"], list(journals)):
             journals[row["saga_id"]].append(entry_from_row(tuple(row)))
@@ -177,7 +187,8 @@ async def claim(
         if with_events:
             for row in await conn.fetch(Q["get_events_of"], with_events):
                 events[row["saga_id"]].append(event_from_row(tuple(row)))
-    return [
+    claimed = [
         ClaimedSaga(r, journals[r.saga_id], taken_over[r.saga_id], events[r.saga_id])
         for r in records
     ]
+    return claimed, retry_at

@@ -28,6 +28,15 @@ CREATE TABLE IF NOT EXISTS saga_schema_version (version integer NOT NULL)
 -- whether sagakit's version table is there, asked without creating it (readers never write)
 SELECT to_regclass('saga_schema_version') IS NOT NULL
 
+-- name: index_is_invalid
+-- an index of sagakit's schema that an interrupted CREATE INDEX CONCURRENTLY left behind
+SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)
+
+-- name: drop_index
+-- $index is replaced by the quoted name of an index of our own scripts (identifiers cannot be
+-- parameters)
+DROP INDEX CONCURRENTLY IF EXISTS $index
+
 -- name: schema_version
 SELECT coalesce(max(version), 0) FROM saga_schema_version
 
@@ -54,12 +63,12 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::te
 ON CONFLICT (saga_id) DO NOTHING
 RETURNING saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
           created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, '')
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id
 
 -- name: get_sagas
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
        created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, '')
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id
 FROM saga_instances WHERE saga_id = ANY($1::text[])
 
 -- name: append
@@ -90,7 +99,7 @@ WITH upd AS (
     FROM upd u
     WHERE s.saga_id = u.saga_id AND s.fence = u.fence
       AND (u.guard IS NULL OR s.event_count = u.guard)
-    RETURNING s.saga_id
+    RETURNING s.saga_id, s.queue
 ), entries AS (
     INSERT INTO saga_journal
         (saga_id, seq, kind, name, status, attempts, output, compensation, error,
@@ -120,7 +129,7 @@ WITH upd AS (
     DELETE FROM saga_state d USING writes w
     WHERE w.value IS NULL AND d.scope = w.scope AND d.key = w.key
 )
-SELECT saga_id FROM ok
+SELECT saga_id, queue FROM ok
 
 -- name: append_one
 -- append of one saga, at most one journal entry and no state writes (a saga alone, or a
@@ -146,7 +155,7 @@ WITH ok AS (
         updated_at = extract(epoch FROM clock_timestamp())
     WHERE s.saga_id = $1 AND s.fence = $2
       AND ($3::int8 IS NULL OR s.event_count = $3::int8)
-    RETURNING s.saga_id
+    RETURNING s.saga_id, s.queue
 ), entries AS (
     INSERT INTO saga_journal
         (saga_id, seq, kind, name, status, attempts, output, compensation, error,
@@ -160,7 +169,7 @@ WITH ok AS (
         compensation = excluded.compensation, error = excluded.error,
         started_at = excluded.started_at, finished_at = excluded.finished_at
 )
-SELECT saga_id FROM ok
+SELECT saga_id, queue FROM ok
 
 -- name: saga_fence
 SELECT fence FROM saga_instances WHERE saga_id = $1
@@ -253,7 +262,7 @@ SELECT key, value FROM saga_state WHERE scope = $1
 -- name: get_saga
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
        created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, '')
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id
 FROM saga_instances WHERE saga_id = $1
 
 -- name: get_journal
@@ -279,6 +288,8 @@ WITH clock AS (
     SELECT s.saga_id, s.owner AS previous_owner FROM saga_instances s, clock
     WHERE s.status IN ('PENDING', 'RUNNING', 'COMPENSATING', 'SUSPENDED')
       AND s.lease_expires_at < clock.now
+      -- not queued ones (the queue's claim takes them, as their queue's limits allow)
+      AND s.queue IS NULL
       AND s.name = ANY($2::text[])
       AND ($5::text[] IS NULL OR EXISTS (
             SELECT 1 FROM unnest($2::text[], $5::text[]) AS w(name, version)
@@ -301,7 +312,7 @@ FROM picked, clock
 WHERE s.saga_id = picked.saga_id
 RETURNING s.saga_id, s.name, s.status, s.input, s.output, s.error, s.owner, s.fence,
           s.lease_expires_at, s.created_at, s.updated_at, s.wait_token, s.event_count,
-          s.object_key, s.parent_id, nullif(s.version, ''),
+          s.object_key, s.parent_id, nullif(s.version, ''), s.queue, s.priority, nullif(s.partition_key, ''), s.dedup_id,
           picked.previous_owner IS NOT NULL AS taken_over
 
 -- name: release
@@ -318,7 +329,7 @@ SELECT pg_notify(CASE WHEN current_schema() = 'public' THEN 'sagakit_work'
 -- newest first; $5/$6 continue a page after the saga with that created_at and saga_id
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
        created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, '')
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id
 FROM saga_instances
 WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR name = $2)
   AND ($3::float8 IS NULL OR created_at >= $3) AND ($4::float8 IS NULL OR created_at < $4)
@@ -331,7 +342,7 @@ LIMIT $7
 -- the index on parent_id
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
        created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, '')
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id
 FROM saga_instances
 WHERE parent_id = $8
   AND ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR name = $2)
@@ -351,7 +362,7 @@ SET status = $2, output = $3, error = $4, owner = NULL, fence = fence + 1,
 WHERE saga_id = $1 AND status = $7 AND fence = $8
 RETURNING saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
           created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, '')
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id
 
 -- name: delete_entries
 DELETE FROM saga_journal WHERE saga_id = $1 AND seq = ANY($2::int4[])
@@ -463,7 +474,7 @@ DELETE FROM saga_workers WHERE worker_id = $1
 -- sagas not ended whose (name, version) no live worker (seen within $1 of its leases) serves
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
        created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, '')
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id
 FROM saga_instances s
 WHERE s.status IN ('PENDING', 'RUNNING', 'SUSPENDED', 'PARKED', 'COMPENSATING')
   AND NOT EXISTS (
@@ -480,3 +491,257 @@ WHERE s.status IN ('PENDING', 'RUNNING', 'SUSPENDED', 'PARKED', 'COMPENSATING')
         SELECT 1 FROM saga_workers w, jsonb_array_elements(w.served) v
         WHERE w.last_seen + $1 * w.lease_seconds >= extract(epoch FROM clock_timestamp())
           AND v ->> 0 = s.name AND v ->> 1 = s.version)
+
+-- name: create_queued_saga
+-- a saga that waits: QUEUED in its queue, or PENDING until its delayed start. Any conflict
+-- (its id, or its queue's deduplication id held by a saga that has not ended) inserts nothing
+WITH clock AS (
+    SELECT extract(epoch FROM clock_timestamp())::float8 AS now
+)
+INSERT INTO saga_instances
+    (saga_id, name, status, input, owner, fence, lease_expires_at, created_at, updated_at,
+     parent_id, version, queue, priority, partition_key, dedup_id)
+SELECT $1, $2, CASE WHEN $6::text IS NULL THEN 'PENDING' ELSE 'QUEUED' END, $3, NULL, 1,
+       coalesce($5::float8, 0), clock.now, clock.now, $4, $7, $6, $8, coalesce($9::text, ''),
+       $10
+FROM clock
+ON CONFLICT DO NOTHING
+RETURNING saga_id
+
+-- name: create_waiting_sagas
+-- create_queued_saga for a batch (one statement, one commit); each row's created_at is a
+-- microsecond after the one before it, so that the batch keeps its arrival order in the queue
+WITH clock AS (
+    SELECT extract(epoch FROM clock_timestamp())::float8 AS now
+)
+INSERT INTO saga_instances
+    (saga_id, name, status, input, owner, fence, lease_expires_at, created_at, updated_at,
+     parent_id, version, queue, priority, partition_key, dedup_id)
+SELECT n.saga_id, n.name, CASE WHEN n.queue IS NULL THEN 'PENDING' ELSE 'QUEUED' END, n.input,
+       NULL, 1, coalesce(n.not_before, 0), clock.now + (n.place - 1) * 1e-6,
+       clock.now + (n.place - 1) * 1e-6, n.parent_id, n.version, n.queue, n.priority,
+       coalesce(n.partition_key, ''), n.dedup_id
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[],
+            $7::text[], $8::int4[], $9::text[], $10::text[]) WITH ORDINALITY
+        AS n(saga_id, name, input, parent_id, not_before, queue, version, priority,
+             partition_key, dedup_id, place),
+     clock
+ORDER BY n.place
+ON CONFLICT DO NOTHING
+RETURNING saga_id
+
+-- name: dedup_holder
+-- the saga of the queue holding a deduplication id (one that has not ended)
+SELECT saga_id FROM saga_instances
+WHERE queue = $1 AND dedup_id = $2
+  AND status NOT IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED')
+
+-- name: declare_queue
+INSERT INTO saga_queues
+    (name, concurrency, worker_concurrency, rate_limit, rate_per, priority, partitioned,
+     updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, extract(epoch FROM clock_timestamp()))
+ON CONFLICT (name) DO UPDATE SET
+    concurrency = excluded.concurrency,
+    worker_concurrency = excluded.worker_concurrency,
+    rate_limit = excluded.rate_limit,
+    rate_per = excluded.rate_per,
+    priority = excluded.priority,
+    partitioned = excluded.partitioned,
+    updated_at = excluded.updated_at
+-- the declared limits did not change: no write (every worker declares on start)
+WHERE (saga_queues.concurrency, saga_queues.worker_concurrency, saga_queues.rate_limit,
+       saga_queues.rate_per, saga_queues.priority, saga_queues.partitioned)
+      IS DISTINCT FROM
+      (excluded.concurrency, excluded.worker_concurrency, excluded.rate_limit,
+       excluded.rate_per, excluded.priority, excluded.partitioned)
+
+-- name: set_queue_override
+-- merged key by key (a JSON null lifts that limit); $2 NULL drops the whole override
+UPDATE saga_queues
+SET override = CASE WHEN $2::jsonb IS NULL THEN NULL
+                    ELSE coalesce(override, '{}'::jsonb) || $2::jsonb END,
+    updated_at = extract(epoch FROM clock_timestamp())
+WHERE name = $1
+RETURNING name
+
+-- name: get_queues
+SELECT name, concurrency, worker_concurrency, rate_limit, rate_per, priority, partitioned,
+       override::text
+FROM saga_queues ORDER BY name
+
+-- name: lock_queue
+-- dequeues of one queue are serialised: the counts read after this cannot be changed by
+-- another worker's dequeue before this transaction commits; the limits are read fresh
+SELECT name, concurrency, worker_concurrency, rate_limit, rate_per, priority, partitioned,
+       override::text
+FROM saga_queues WHERE name = $1 FOR UPDATE
+
+-- name: queue_counts
+-- per queue: waiting (and of them delayed), holding slots, the oldest waiting
+SELECT queue,
+       count(*) FILTER (WHERE status = 'QUEUED'),
+       count(*) FILTER (WHERE status = 'QUEUED'
+                          AND lease_expires_at > extract(epoch FROM clock_timestamp())),
+       count(*) FILTER (WHERE status IN ('RUNNING', 'COMPENSATING')
+                          AND lease_expires_at >= extract(epoch FROM clock_timestamp())),
+       min(created_at) FILTER (WHERE status = 'QUEUED')
+FROM saga_instances
+WHERE queue IS NOT NULL AND status IN ('QUEUED', 'RUNNING', 'COMPENSATING')
+GROUP BY queue
+
+-- name: queue_recent_count
+SELECT count(*) FROM saga_instances
+WHERE queue = $1 AND dequeued_at > extract(epoch FROM clock_timestamp()) - $2::float8
+
+-- name: queued_next
+-- a queue that is not partitioned: its next sagas by priority, then arrival (the index order)
+-- $1 the queue, $2/$3 the served (name, version) pairs, $4 the most to read, $5 the store's
+-- clock (a parameter, so that the lease condition bounds the index scan)
+SELECT saga_id, partition_key, status, priority, created_at, lease_expires_at, false
+FROM saga_instances s
+WHERE s.queue = $1 AND s.partition_key = '' AND s.status = 'QUEUED'
+  AND s.lease_expires_at < $5::float8
+  AND s.name = ANY($2::text[])
+      AND ($3::text[] IS NULL OR EXISTS (
+            SELECT 1 FROM unnest($2::text[], $3::text[]) AS w(name, version)
+            WHERE w.name = s.name AND (w.version IS NULL OR w.version = s.version)))
+ORDER BY s.priority, s.created_at, s.saga_id
+LIMIT $4
+
+-- name: queued_next_by_partition
+-- a partitioned queue: the next sagas of each partition
+SELECT saga_id, partition_key, status, priority, created_at, lease_expires_at, false FROM (
+    SELECT s.saga_id, s.partition_key, s.status, s.priority, s.created_at, s.lease_expires_at,
+           row_number() OVER (PARTITION BY s.partition_key
+                              ORDER BY s.priority, s.created_at, s.saga_id) AS place
+    FROM saga_instances s
+    WHERE s.queue = $1 AND s.status = 'QUEUED'
+      AND s.lease_expires_at < $5::float8
+      AND s.name = ANY($2::text[])
+      AND ($3::text[] IS NULL OR EXISTS (
+            SELECT 1 FROM unnest($2::text[], $3::text[]) AS w(name, version)
+            WHERE w.name = s.name AND (w.version IS NULL OR w.version = s.version)))) ranked
+WHERE place <= $4
+
+-- name: queued_due_again
+-- started sagas of a queue that are due again (after a wait, or whose worker died): they need
+-- a slot to go on
+SELECT saga_id, partition_key, status, priority, created_at, lease_expires_at,
+       owner IS NOT NULL
+FROM saga_instances s
+WHERE s.status IN ('PENDING', 'SUSPENDED', 'RUNNING', 'COMPENSATING')
+  AND s.lease_expires_at < $5::float8
+  AND s.queue = $1
+  AND s.name = ANY($2::text[])
+      AND ($3::text[] IS NULL OR EXISTS (
+            SELECT 1 FROM unnest($2::text[], $3::text[]) AS w(name, version)
+            WHERE w.name = s.name AND (w.version IS NULL OR w.version = s.version)))
+ORDER BY s.lease_expires_at
+LIMIT $4
+
+-- name: queue_slots
+-- a slot is held while the saga runs under a live lease: one whose worker died gives it back
+-- when its lease expires, and takes one again, as its queue allows, when a worker takes it over
+SELECT partition_key, count(*), count(*) FILTER (WHERE owner = $2) FROM saga_instances
+WHERE queue = $1 AND status IN ('RUNNING', 'COMPENSATING')
+  AND lease_expires_at >= extract(epoch FROM clock_timestamp())
+GROUP BY partition_key
+
+-- name: partition_starts
+-- $3 the window's start (the claim's clock less the rate's period): a parameter, not an
+-- expression of clock_timestamp() (volatile), so that it bounds the index scan instead of
+-- filtering every start the queue ever made
+SELECT dequeued_at FROM saga_instances
+WHERE queue = $1 AND partition_key = $2
+  AND dequeued_at > $3::float8
+
+-- name: partition_last_start
+SELECT max(dequeued_at) FROM saga_instances
+WHERE queue = $1 AND partition_key = $2 AND dequeued_at IS NOT NULL
+
+-- name: store_clock
+SELECT extract(epoch FROM clock_timestamp())::float8
+
+-- name: claim_queued
+-- take the chosen queued sagas, each still waiting (an operator may have cancelled one since)
+WITH clock AS (
+    SELECT extract(epoch FROM clock_timestamp())::float8 AS now
+)
+UPDATE saga_instances s
+SET owner = $1,
+    fence = s.fence + 1,
+    status = CASE WHEN s.status IN ('QUEUED', 'PENDING', 'SUSPENDED') THEN 'RUNNING'
+                  ELSE s.status END,
+    dequeued_at = CASE WHEN s.status = 'QUEUED' THEN clock.now ELSE s.dequeued_at END,
+    lease_expires_at = clock.now + $3,
+    updated_at = clock.now
+FROM clock
+WHERE s.saga_id = ANY($2::text[])
+  AND s.status IN ('QUEUED', 'PENDING', 'SUSPENDED', 'RUNNING', 'COMPENSATING')
+  AND s.lease_expires_at < clock.now
+RETURNING s.saga_id, s.name, s.status, s.input, s.output, s.error, s.owner, s.fence,
+          s.lease_expires_at, s.created_at, s.updated_at, s.wait_token, s.event_count,
+          s.object_key, s.parent_id, nullif(s.version, ''), s.queue, s.priority,
+          nullif(s.partition_key, ''), s.dedup_id
+
+-- name: queue_position
+SELECT count(*) + 1 FROM saga_instances o, saga_instances s
+WHERE s.saga_id = $1 AND s.status = 'QUEUED'
+  AND o.queue = s.queue AND o.partition_key = s.partition_key AND o.status = 'QUEUED'
+  AND (o.priority, o.created_at, o.saga_id) < (s.priority, s.created_at, s.saga_id)
+
+-- name: is_queued
+SELECT 1 FROM saga_instances WHERE saga_id = $1 AND status = 'QUEUED'
+
+-- name: declare_schedule
+-- a new cron or time zone counts its ticks from now on; the same definition writes nothing
+INSERT INTO saga_schedules AS s
+    (name, cron, workflow, version, input, timezone, catch_up, queue, paused, last_tick,
+     fire_from, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, false, NULL, $9, $9, $9)
+ON CONFLICT (name) DO UPDATE SET
+    fire_from = CASE WHEN s.cron = excluded.cron AND s.timezone = excluded.timezone
+                     THEN s.fire_from ELSE excluded.fire_from END,
+    cron = excluded.cron,
+    workflow = excluded.workflow,
+    version = excluded.version,
+    input = excluded.input,
+    timezone = excluded.timezone,
+    catch_up = excluded.catch_up,
+    queue = excluded.queue,
+    updated_at = excluded.updated_at
+WHERE (s.cron, s.workflow, s.version, s.input, s.timezone, s.catch_up, s.queue)
+    IS DISTINCT FROM (excluded.cron, excluded.workflow, excluded.version, excluded.input,
+                      excluded.timezone, excluded.catch_up, excluded.queue)
+
+-- name: due_schedules
+SELECT name, cron, workflow, version, input, timezone, catch_up, queue, paused, last_tick,
+       fire_from, created_at, updated_at
+FROM saga_schedules
+WHERE name = ANY($1::text[]) AND NOT paused AND fire_from <= $2
+ORDER BY name
+
+-- name: move_schedule
+-- only from the fire_from the worker read: a worker that fired the tick first holds the row
+-- until it commits, and this one then finds fire_from moved and updates nothing
+UPDATE saga_schedules
+SET fire_from = $3, last_tick = coalesce($4, last_tick),
+    updated_at = extract(epoch FROM clock_timestamp())
+WHERE name = $1 AND NOT paused AND fire_from = $2
+RETURNING name
+
+-- name: list_schedules
+SELECT name, cron, workflow, version, input, timezone, catch_up, queue, paused, last_tick,
+       fire_from, created_at, updated_at
+FROM saga_schedules ORDER BY name
+
+-- name: pause_schedule
+-- resuming passes over the ticks that fell while the schedule was paused
+UPDATE saga_schedules
+SET fire_from = CASE WHEN paused AND NOT $2 THEN greatest(fire_from, $3) ELSE fire_from END,
+    paused = $2,
+    updated_at = $3
+WHERE name = $1
+RETURNING name, cron, workflow, version, input, timezone, catch_up, queue, paused, last_tick,
+          fire_from, created_at, updated_at

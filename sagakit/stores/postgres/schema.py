@@ -5,7 +5,8 @@ The tables live in a schema of their own (``sagakit`` unless the URL's ``?schema
 open does with an empty or older schema is decided by :mod:`sagakit.stores.schema`; here the
 migrations are applied: under the schema's advisory lock (the two-key form, which never meets
 an application's single-key locks nor another sagakit schema's), consecutive scripts in one
-transaction, a ``-- sagakit: no-transaction`` script (``CREATE INDEX CONCURRENTLY``) alone.
+transaction, a ``-- sagakit: no-transaction`` script (``CREATE INDEX CONCURRENTLY``) alone,
+statement by statement, rebuilding an index an interrupted concurrent build left INVALID.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from ...errors import StoreError
-from ..schema import runs_outside_transaction, should_migrate
+from ..schema import runs_outside_transaction, should_migrate, split_statements
 from .sql import MIGRATION_NAMES, MIGRATIONS, SCHEMA_VERSION, Q
 
 log = logging.getLogger("sagakit.store.postgres")
@@ -143,17 +144,41 @@ async def _lock_schema(conn: asyncpg.Connection, key: int, where: str) -> None:
 
 async def _apply(conn: asyncpg.Connection, group: list[tuple[int, str]]) -> None:
     if len(group) == 1 and runs_outside_transaction(group[0][1]):
-        # CREATE INDEX CONCURRENTLY cannot run in a transaction: the script is one statement,
-        # idempotent (IF NOT EXISTS), so a crash before the version row is written only makes
-        # the next migrate run it again
+        # CREATE INDEX CONCURRENTLY cannot run in a transaction: each statement runs on its
+        # own and is idempotent (IF NOT EXISTS), so a crash before the version row is written
+        # only makes the next migrate run the script again
         version, script = group[0]
-        await conn.execute(script, timeout=MIGRATION_TIMEOUT)
+        for statement in split_statements(script):
+            await _drop_invalid_index(conn, statement)
+            await conn.execute(statement, timeout=MIGRATION_TIMEOUT)
         await conn.execute(Q["set_schema_version"], version)
         return
     async with conn.transaction():
         for version, script in group:
             await conn.execute(script, timeout=MIGRATION_TIMEOUT)
             await conn.execute(Q["set_schema_version"], version)
+
+
+_CONCURRENT_INDEX = re.compile(
+    r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+IF\s+NOT\s+EXISTS\s+(\w+)", re.IGNORECASE
+)
+
+
+async def _drop_invalid_index(conn: asyncpg.Connection, statement: str) -> None:
+    """Drop the index ``statement`` builds CONCURRENTLY if an interrupted build left it
+    INVALID: ``IF NOT EXISTS`` would take it for built, and it would never be used (nor, for
+    a unique index, stop being enforced on writes)."""
+    found = _CONCURRENT_INDEX.search(statement)
+    if found is None:
+        return
+    name = found.group(1)
+    if await conn.fetchval(Q["index_is_invalid"], name):
+        log.warning(
+            "dropping index %s, left invalid by an interrupted build; building it again", name
+        )
+        # the name comes from our own script, matched as \w+: safe to quote
+        drop = Q["drop_index"].replace("$index", f'"{name}"')
+        await conn.execute(drop, timeout=MIGRATION_TIMEOUT)
 
 
 def transaction_groups(pending: list[tuple[int, str]]) -> list[list[tuple[int, str]]]:

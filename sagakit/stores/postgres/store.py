@@ -63,8 +63,10 @@ from ..base import (
     record_from_row,
     served_keys,
 )
+from ..queueing import QueueLimits, QueueState
 from ..retrying import DEFAULT_RETRY_DEADLINE, Backoff, retry
-from . import operations
+from ..scheduling import Schedule, ScheduleState
+from . import operations, queues, schedules
 from .batch import (
     Append,
     Batch,
@@ -177,6 +179,7 @@ class PostgresStore:
         #: the migration scripts the last open applied (``sagakit migrate`` prints them)
         self.applied_migrations: list[str] = []
         self.on_work: Callable[[], None] | None = None
+        self.queue_retry_at: float | None = None
         self._writer: asyncpg.Connection | None = None
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
@@ -387,11 +390,17 @@ class PostgresStore:
                 return
 
     async def _run_batch(self, batch: Batch) -> None:
-        plain = [op for op in batch.creates if op.new.object_key is None]
+        plain = [op for op in batch.creates if op.new.object_key is None and not _waits(op.new)]
         for start in range(0, len(plain), MAX_BATCH):
             creates = plain[start : start + MAX_BATCH]
             await self._retrying(
                 functools.partial(write_creates, ops=creates), [op.future for op in creates]
+            )
+        waiting = [op for op in batch.creates if op.new.object_key is None and _waits(op.new)]
+        for start in range(0, len(waiting), MAX_BATCH):
+            creates = waiting[start : start + MAX_BATCH]
+            await self._retrying(
+                functools.partial(_waiting_creates, ops=creates), [op.future for op in creates]
             )
         for op in batch.creates:
             if op.new.object_key is not None:
@@ -625,9 +634,10 @@ class PostgresStore:
         wanted = [name for name, _ in keys]
         versions = [version for _, version in keys]
 
-        return await self._call(
+        claimed, self.queue_retry_at = await self._call(
             lambda conn: operations.claim(conn, owner, wanted, lease_seconds, limit, versions)
         )
+        return claimed
 
     async def heartbeat(
         self, worker_id: str, served: Sequence[Served], lease_seconds: float
@@ -709,6 +719,44 @@ class PostgresStore:
         wanted = prunable_statuses(statuses)
         return await self._read(lambda conn: operations.count_prunable(conn, wanted, ended_before))
 
+    # -- queues (see queues.py) ---------------------------------------------------------------
+
+    async def declare_queue(self, name: str, limits: QueueLimits) -> None:
+        await self._call(lambda conn: queues.declare(conn, name, limits))
+
+    async def set_queue_override(
+        self, name: str, changes: dict[str, Any] | None
+    ) -> QueueState | None:
+        return await self._call(lambda conn: queues.set_override(conn, name, changes))
+
+    async def list_queues(self) -> list[QueueState]:
+        return await self._read(queues.states)
+
+    async def queue_position(self, saga_id: str) -> int | None:
+        return await self._read(lambda conn: queues.position(conn, saga_id))
+
+    # -- schedules (see schedules.py; the Store protocol documents them) ----------------------
+
+    async def declare_schedule(self, schedule: Schedule, now: float) -> None:
+        await self._call(lambda conn: schedules.declare(conn, schedule, now))
+
+    async def due_schedules(self, names: Sequence[str], now: float) -> list[ScheduleState]:
+        return await self._read(lambda conn: schedules.due(conn, list(names), now))
+
+    async def fire_schedule(
+        self, name: str, expect: float, fire_from: float, tick: float | None, saga: NewSaga | None
+    ) -> bool:
+        op = functools.partial(schedules.fire, name=name, expect=expect, fire_from=fire_from)
+        return await self._call(functools.partial(op, tick=tick, saga=saga))
+
+    async def list_schedules(self) -> list[ScheduleState]:
+        return await self._read(schedules.states)
+
+    async def set_schedule_paused(
+        self, name: str, paused: bool, now: float
+    ) -> ScheduleState | None:
+        return await self._call(lambda conn: schedules.set_paused(conn, name, paused, now))
+
 
 def _fail(futures: Sequence[asyncio.Future[Any]], error: BaseException) -> None:
     for future in futures:
@@ -728,3 +776,15 @@ def _redact(url: str) -> str:
     creds, host = rest.rsplit("@", 1)
     user = creds.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
+
+
+def _waits(new: NewSaga) -> bool:
+    """A saga created to wait: queued, or with a delayed start."""
+    return new.queue is not None or new.not_before is not None
+
+
+async def _waiting_creates(conn: asyncpg.Connection, retry: bool, ops: list[Create]) -> None:
+    results = await queues.write_waiting_creates(conn, retry, [op.new for op in ops])
+    for op, result in zip(ops, results, strict=True):
+        if not op.future.done():
+            op.future.set_result(result)

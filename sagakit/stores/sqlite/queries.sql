@@ -16,15 +16,22 @@ INSERT INTO saga_schema_version (version) VALUES (:version)
 -- name: insert_saga
 INSERT INTO saga_instances
     (saga_id, name, status, input, owner, fence, lease_expires_at, created_at, updated_at,
-     object_key, arrival, parent_id, version)
+     object_key, arrival, parent_id, version, queue, priority, partition_key, dedup_id)
 VALUES
     (:saga_id, :name, :status, :input, :owner, 1, :lease_expires_at, :now, :now,
      :object_key,
      CASE WHEN :object_key IS NULL THEN NULL
           ELSE (SELECT coalesce(max(arrival), 0) + 1 FROM saga_instances
                 WHERE object_key = :object_key) END,
-     :parent_id, coalesce(:version, ''))
+     :parent_id, coalesce(:version, ''), :queue, :priority, coalesce(:partition_key, ''),
+     :dedup_id)
 ON CONFLICT (saga_id) DO NOTHING
+
+-- name: dedup_holder
+-- the saga of the queue holding a deduplication id (one that has not ended)
+SELECT saga_id FROM saga_instances
+WHERE queue = :queue AND dedup_id = :dedup_id
+  AND status NOT IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'CANCELLED')
 
 -- name: object_busy
 -- an unfinished saga of the same object key arrived before this one
@@ -43,7 +50,7 @@ WHERE saga_id = :saga_id
 -- name: get_saga
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
        created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, '')
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id
 FROM saga_instances WHERE saga_id = :saga_id
 
 -- name: touch_saga
@@ -132,10 +139,12 @@ WHERE owner = :owner AND saga_id IN (SELECT value FROM json_each(:saga_ids))
   AND status IN ('PENDING', 'RUNNING', 'COMPENSATING', 'SUSPENDED')
 
 -- name: claim_candidates
--- due sagas (lease over, or wake-up time reached), but of an object key only the first
+-- due sagas (lease over, or wake-up time reached), but of an object key only the first; not
+-- queued ones (the queue's claim takes them, as their queue's limits allow)
 SELECT s.saga_id, s.owner IS NOT NULL FROM saga_instances s
 WHERE s.status IN ('PENDING', 'RUNNING', 'COMPENSATING', 'SUSPENDED')
   AND s.lease_expires_at < :now
+  AND s.queue IS NULL
   AND EXISTS (SELECT 1 FROM json_each(:names) w
               WHERE json_extract(w.value, '$[0]') = s.name
                 AND (json_extract(w.value, '$[1]') IS NULL OR json_extract(w.value, '$[1]') = s.version))
@@ -150,13 +159,14 @@ LIMIT :limit
 UPDATE saga_instances
 SET owner = :owner,
     fence = fence + 1,
-    status = CASE WHEN status IN ('PENDING', 'SUSPENDED') THEN 'RUNNING' ELSE status END,
+    status = CASE WHEN status IN ('PENDING', 'SUSPENDED', 'QUEUED') THEN 'RUNNING' ELSE status END,
+    dequeued_at = CASE WHEN status = 'QUEUED' THEN :now ELSE dequeued_at END,
     lease_expires_at = :until,
     updated_at = :now
 WHERE saga_id IN (SELECT value FROM json_each(:saga_ids))
 RETURNING saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
           created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, '')
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id
 
 -- name: release
 UPDATE saga_instances SET owner = NULL, lease_expires_at = 0
@@ -166,7 +176,7 @@ WHERE owner = :owner AND saga_id IN (SELECT value FROM json_each(:saga_ids))
 -- newest first; :after_created/:after_id continue a page after that saga
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
        created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, '')
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id
 FROM saga_instances
 WHERE (:status IS NULL OR status = :status) AND (:name IS NULL OR name = :name)
   AND (:created_after IS NULL OR created_at >= :created_after)
@@ -180,7 +190,7 @@ LIMIT :limit
 -- list_sagas of one saga's children: a plain condition, so that it uses the index on parent_id
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
        created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, '')
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id
 FROM saga_instances
 WHERE parent_id = :parent_id
   AND (:status IS NULL OR status = :status) AND (:name IS NULL OR name = :name)
@@ -312,7 +322,7 @@ DELETE FROM saga_workers WHERE worker_id = :worker_id
 -- sagas not ended whose (name, version) no live worker (seen within 3 of its leases) serves
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
        created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, '')
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id
 FROM saga_instances s
 WHERE s.status IN ('PENDING', 'RUNNING', 'SUSPENDED', 'PARKED', 'COMPENSATING')
   AND NOT EXISTS (
@@ -329,3 +339,165 @@ WHERE s.status IN ('PENDING', 'RUNNING', 'SUSPENDED', 'PARKED', 'COMPENSATING')
         SELECT 1 FROM saga_workers w, json_each(w.served) v
         WHERE w.last_seen + :live_leases * w.lease_seconds >= :now
           AND json_extract(v.value, '$[0]') = s.name AND json_extract(v.value, '$[1]') = s.version)
+
+-- name: declare_queue
+INSERT INTO saga_queues
+    (name, concurrency, worker_concurrency, rate_limit, rate_per, priority, partitioned,
+     updated_at)
+VALUES
+    (:name, :concurrency, :worker_concurrency, :rate_limit, :rate_per, :priority, :partitioned,
+     :now)
+ON CONFLICT (name) DO UPDATE SET
+    concurrency = excluded.concurrency,
+    worker_concurrency = excluded.worker_concurrency,
+    rate_limit = excluded.rate_limit,
+    rate_per = excluded.rate_per,
+    priority = excluded.priority,
+    partitioned = excluded.partitioned,
+    updated_at = excluded.updated_at
+
+-- name: set_queue_override
+UPDATE saga_queues SET override = :override, updated_at = :now WHERE name = :name
+
+-- name: get_queues
+SELECT name, concurrency, worker_concurrency, rate_limit, rate_per, priority, partitioned,
+       override
+FROM saga_queues ORDER BY name
+
+-- name: get_queue
+SELECT name, concurrency, worker_concurrency, rate_limit, rate_per, priority, partitioned,
+       override
+FROM saga_queues WHERE name = :name
+
+-- name: queue_counts
+-- per queue: waiting (and of them delayed), holding slots, the oldest waiting
+SELECT queue,
+       sum(status = 'QUEUED'),
+       sum(status = 'QUEUED' AND lease_expires_at > :now),
+       sum(status IN ('RUNNING', 'COMPENSATING') AND lease_expires_at >= :now),
+       min(CASE WHEN status = 'QUEUED' THEN created_at END)
+FROM saga_instances
+WHERE queue IS NOT NULL AND status IN ('QUEUED', 'RUNNING', 'COMPENSATING')
+GROUP BY queue
+
+-- name: queue_recent_count
+SELECT count(*) FROM saga_instances WHERE queue = :queue AND dequeued_at > :since
+
+-- name: queued_next
+-- a queue that is not partitioned: its next sagas by priority, then arrival (the index order)
+SELECT saga_id, partition_key, status, priority, created_at, lease_expires_at, 0
+FROM saga_instances s
+WHERE s.queue = :queue AND s.partition_key = '' AND s.status = 'QUEUED'
+  AND s.lease_expires_at < :now
+  AND EXISTS (SELECT 1 FROM json_each(:names) w
+              WHERE json_extract(w.value, '$[0]') = s.name
+                AND (json_extract(w.value, '$[1]') IS NULL OR json_extract(w.value, '$[1]') = s.version))
+ORDER BY s.priority, s.created_at, s.saga_id
+LIMIT :limit
+
+-- name: queued_next_by_partition
+-- a partitioned queue: the next sagas of each partition
+SELECT saga_id, partition_key, status, priority, created_at, lease_expires_at, 0 FROM (
+    SELECT s.saga_id, s.partition_key, s.status, s.priority, s.created_at, s.lease_expires_at,
+           row_number() OVER (PARTITION BY s.partition_key
+                              ORDER BY s.priority, s.created_at, s.saga_id) AS place
+    FROM saga_instances s
+    WHERE s.queue = :queue AND s.status = 'QUEUED' AND s.lease_expires_at < :now
+      AND EXISTS (SELECT 1 FROM json_each(:names) w
+                  WHERE json_extract(w.value, '$[0]') = s.name
+                    AND (json_extract(w.value, '$[1]') IS NULL OR json_extract(w.value, '$[1]') = s.version)))
+WHERE place <= :limit
+
+-- name: queued_due_again
+-- started sagas of a queue that are due again (after a wait, or whose worker died): they need
+-- a slot to go on
+SELECT s.saga_id, s.partition_key, s.status, s.priority, s.created_at, s.lease_expires_at,
+       s.owner IS NOT NULL
+FROM saga_instances s
+WHERE s.status IN ('PENDING', 'SUSPENDED', 'RUNNING', 'COMPENSATING')
+  AND s.lease_expires_at < :now
+  AND s.queue = :queue
+  AND EXISTS (SELECT 1 FROM json_each(:names) w
+              WHERE json_extract(w.value, '$[0]') = s.name
+                AND (json_extract(w.value, '$[1]') IS NULL OR json_extract(w.value, '$[1]') = s.version))
+ORDER BY s.lease_expires_at
+LIMIT :limit
+
+-- name: queue_slots
+-- a slot is held while the saga runs under a live lease: one whose worker died gives it back
+-- when its lease expires, and takes one again, as its queue allows, when a worker takes it over
+SELECT partition_key, count(*), sum(owner = :owner) FROM saga_instances
+WHERE queue = :queue AND status IN ('RUNNING', 'COMPENSATING') AND lease_expires_at >= :now
+GROUP BY partition_key
+
+-- name: partition_starts
+SELECT dequeued_at FROM saga_instances
+WHERE queue = :queue AND partition_key = :partition_key AND dequeued_at > :since
+
+-- name: partition_last_start
+SELECT max(dequeued_at) FROM saga_instances
+WHERE queue = :queue AND partition_key = :partition_key AND dequeued_at IS NOT NULL
+
+-- name: queue_position
+SELECT count(*) + 1 FROM saga_instances o, saga_instances s
+WHERE s.saga_id = :saga_id AND s.status = 'QUEUED'
+  AND o.queue = s.queue AND o.partition_key = s.partition_key AND o.status = 'QUEUED'
+  AND (o.priority, o.created_at, o.saga_id) < (s.priority, s.created_at, s.saga_id)
+
+-- name: is_queued
+SELECT 1 FROM saga_instances WHERE saga_id = :saga_id AND status = 'QUEUED'
+
+-- name: declare_schedule
+-- a new cron or time zone counts its ticks from now on; the same definition writes nothing
+INSERT INTO saga_schedules
+    (name, cron, workflow, version, input, timezone, catch_up, queue, paused, last_tick,
+     fire_from, created_at, updated_at)
+VALUES
+    (:name, :cron, :workflow, :version, :input, :timezone, :catch_up, :queue, 0, NULL,
+     :now, :now, :now)
+ON CONFLICT (name) DO UPDATE SET
+    fire_from = CASE WHEN cron = excluded.cron AND timezone = excluded.timezone THEN fire_from
+                     ELSE excluded.fire_from END,
+    cron = excluded.cron,
+    workflow = excluded.workflow,
+    version = excluded.version,
+    input = excluded.input,
+    timezone = excluded.timezone,
+    catch_up = excluded.catch_up,
+    queue = excluded.queue,
+    updated_at = excluded.updated_at
+WHERE (cron, workflow, version, input, timezone, catch_up, coalesce(queue, ''))
+   IS NOT (excluded.cron, excluded.workflow, excluded.version, excluded.input,
+           excluded.timezone, excluded.catch_up, coalesce(excluded.queue, ''))
+
+-- name: due_schedules
+SELECT name, cron, workflow, version, input, timezone, catch_up, queue, paused, last_tick,
+       fire_from, created_at, updated_at
+FROM saga_schedules
+WHERE name IN (SELECT value FROM json_each(:names)) AND paused = 0 AND fire_from <= :now
+ORDER BY name
+
+-- name: move_schedule
+-- only from the fire_from the worker read: a tick another worker fired first moves nothing
+UPDATE saga_schedules
+SET fire_from = :fire_from, last_tick = coalesce(:tick, last_tick), updated_at = :now
+WHERE name = :name AND paused = 0 AND fire_from = :expect
+
+-- name: list_schedules
+SELECT name, cron, workflow, version, input, timezone, catch_up, queue, paused, last_tick,
+       fire_from, created_at, updated_at
+FROM saga_schedules ORDER BY name
+
+-- name: get_schedule
+SELECT name, cron, workflow, version, input, timezone, catch_up, queue, paused, last_tick,
+       fire_from, created_at, updated_at
+FROM saga_schedules WHERE name = :name
+
+-- name: pause_schedule
+-- resuming passes over the ticks that fell while the schedule was paused
+UPDATE saga_schedules
+SET fire_from = CASE WHEN paused = 1 AND :paused = 0 THEN max(fire_from, :now)
+                     ELSE fire_from END,
+    paused = :paused,
+    updated_at = :now
+WHERE name = :name

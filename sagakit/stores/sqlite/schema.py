@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from ..schema import migration_names, should_migrate
+from ..schema import migration_names, should_migrate, split_statements
 from ..sqlfile import load_migrations
 from .sql import Q
 
@@ -87,21 +87,3 @@ def migrate_schema(
         conn.execute("ROLLBACK")
         raise
     return applied
-
-
-def split_statements(script: str) -> list[str]:
-    """Split a migration script on ``;`` line ends (our scripts hold no triggers or strings
-    with semicolons, which keeps this simple and exact)."""
-    statements: list[str] = []
-    current: list[str] = []
-    for line in script.splitlines():
-        if line.strip().startswith("--"):
-            continue
-        current.append(line)
-        if line.rstrip().endswith(";"):
-            statements.append("\n".join(current).strip().rstrip(";"))
-            current = []
-    tail = "\n".join(current).strip()
-    if tail:
-        statements.append(tail)
-    return [s for s in statements if s]

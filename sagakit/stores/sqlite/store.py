@@ -28,7 +28,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,11 +44,9 @@ from ..base import (
     SagaFilter,
     SagaFork,
     SagaRecord,
-    SagaStatus,
     SagaUpdate,
     Served,
     StateWrite,
-    audit_key,
     claim_keys,
     entry_from_row,
     event_from_row,
@@ -58,12 +55,16 @@ from ..base import (
     saga_scope,
     served_keys,
 )
+from ..queueing import QueueLimits, QueueState
 from ..retrying import DEFAULT_RETRY_DEADLINE, Backoff
+from ..scheduling import Schedule, ScheduleState
+from ..schema import split_statements
+from . import queues, schedules
 from .schema import MIGRATION_NAMES as MIGRATION_NAMES
 from .schema import MIGRATIONS as MIGRATIONS
-from .schema import migrate_schema, pending_scripts, split_statements
+from .schema import migrate_schema, pending_scripts
 from .sql import Q as Q
-from .writes import applied_already, deliver_in, entry_params, update_params
+from .writes import administer_in, deliver_in, entry_params, fork_in, update_params
 
 log = logging.getLogger("sagakit.store.sqlite")
 
@@ -79,6 +80,10 @@ _BUSY_TIMEOUT_MS = 30_000
 #: how long the writer waits before trying again a file another process is writing
 _FIRST_BUSY_DELAY = 0.001
 _MAX_BUSY_DELAY = 0.1
+
+
+#: the page cache of each connection, in KiB as SQLite's negative cache_size takes it (64 MiB)
+_CACHE_KIB = -65536
 
 
 def path_from_url(url: str) -> str:
@@ -129,6 +134,7 @@ class SqliteStore:
             raise StoreError(f"synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")
         self.url = url
         self.on_work: Callable[[], None] | None = None
+        self.queue_retry_at: float | None = None
         self.path = path_from_url(url)
         self.synchronous = synchronous.upper()
         self.migrate = migrate
@@ -218,6 +224,10 @@ class SqliteStore:
         # synchronous is one of three fixed words, checked in __init__: no injection possible
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
+        # the inner pages of the saga table's indexes stay in memory as the file grows to
+        # millions of finished sagas (the default 2 MiB no longer holds them: BENCHMARKS.md);
+        # pages are only taken as they are read, so a small file costs no more
+        conn.execute(f"PRAGMA cache_size = {_CACHE_KIB}")
         if self.read_only:  # SQLite itself then refuses any write through this connection
             conn.execute("PRAGMA query_only = ON")
         return conn
@@ -378,23 +388,32 @@ class SqliteStore:
     async def create_saga(self, new: NewSaga) -> CreateResult:
         def op(conn: sqlite3.Connection) -> CreateResult:
             now = time.time()
+            holder = queues.dedup_holder(conn, new)
+            if holder is not None and holder != new.saga_id:
+                row = conn.execute(Q["get_saga"], {"saga_id": holder}).fetchone()
+                return CreateResult(False, record_from_row(row))
             cur = conn.execute(
                 Q["insert_saga"],
                 {
                     "saga_id": new.saga_id,
                     "name": new.name,
-                    "status": SagaStatus.PENDING,
                     "input": new.input,
                     "owner": None,
-                    "lease_expires_at": 0.0,
                     "now": now,
                     "object_key": new.object_key,
                     "parent_id": new.parent_id,
                     "version": new.version,
+                    **queues.insert_params(new, now),
                 },
             )
             created = cur.rowcount == 1
-            if created and new.owner is not None and not self._object_busy(conn, new):
+            starts_now = new.queue is None and new.not_before is None
+            if (
+                created
+                and starts_now
+                and new.owner is not None
+                and not self._object_busy(conn, new)
+            ):
                 conn.execute(
                     Q["own_saga"],
                     {"saga_id": new.saga_id, "owner": new.owner, "until": now + new.lease_seconds},
@@ -528,6 +547,12 @@ class SqliteStore:
                     {"now": now, "names": wanted, "limit": limit},
                 ).fetchall()
             )
+            self.queue_retry_at = None
+            if len(candidates) < limit:
+                queued, self.queue_retry_at = queues.claim_queued(
+                    conn, owner, wanted, now, limit - len(candidates)
+                )
+                candidates.update(queued)
             if not candidates:
                 return []
             rows = conn.execute(
@@ -627,73 +652,11 @@ class SqliteStore:
         return await self._read(fn)
 
     async def administer(self, change: AdminChange) -> SagaRecord | None:
-        def op(conn: sqlite3.Connection) -> SagaRecord | None:
-            now = time.time()
-            terminal = SagaStatus(change.status).is_terminal
-            cur = conn.execute(
-                Q["administer"],
-                {
-                    "saga_id": change.saga_id,
-                    "status": change.status,
-                    "output": change.output,
-                    "error": change.error,
-                    "due_at": 0.0 if terminal else change.due_at,
-                    "wait_token": change.wait_token,
-                    "now": now,
-                    "expect_status": change.expect_status,
-                    "expect_fence": change.expect_fence,
-                },
-            )
-            if cur.rowcount != 1:
-                return applied_already(conn, change)
-            for seq in change.delete:
-                conn.execute(Q["delete_entry"], {"saga_id": change.saga_id, "seq": seq})
-            for entry in change.replace:
-                conn.execute(Q["upsert_entry"], entry_params(entry))
-            seq = conn.execute(Q["next_audit_seq"], {"saga_id": change.saga_id}).fetchone()[0]
-            conn.execute(Q["upsert_entry"], entry_params(replace(change.audit, seq=seq)))
-            for saga_id, kind, name, payload in change.tell:
-                deliver_in(conn, saga_id, kind, name, payload, token=None, unique=True)
-            row = conn.execute(Q["get_saga"], {"saga_id": change.saga_id}).fetchone()
-            return record_from_row(row)
-
-        result: SagaRecord | None = await self._write(op)
+        result: SagaRecord | None = await self._write(lambda conn: administer_in(conn, change))
         return result
 
     async def fork_saga(self, fork: SagaFork) -> SagaRecord | None:
-        new = fork.new
-
-        def op(conn: sqlite3.Connection) -> SagaRecord | None:
-            # everything is checked before the first write: a statement failing halfway would
-            # leave the rest of the batch's transaction standing (see _commit)
-            taken = conn.execute(Q["get_saga"], {"saga_id": new.saga_id}).fetchone()
-            if taken is not None:
-                audits = conn.execute(Q["audit_entries"], {"saga_id": new.saga_id}).fetchall()
-                made = any(audit_key(entry_from_row(r)) == fork.key for r in audits)
-                return record_from_row(taken) if made else None
-            if conn.execute(Q["saga_fence"], {"saga_id": fork.source_id}).fetchone() is None:
-                return None
-            now = time.time()
-            copied = {
-                "saga_id": new.saga_id,
-                "source_id": fork.source_id,
-                "upto": fork.events_upto,
-            }
-            saga = {"name": new.name, "input": new.input, "now": now, "version": new.version}
-            conn.execute(Q["insert_fork"], {**copied, **saga})
-            conn.execute(Q["copy_events"], copied)
-            for entry in (*fork.entries, replace(fork.audit, seq=-1)):
-                conn.execute(Q["upsert_entry"], entry_params(entry))
-            for write in fork.state:
-                if write.value is not None:
-                    params = {"scope": write.scope, "key": write.key, "value": write.value}
-                    conn.execute(Q["set_state"], {**params, "now": now})
-            seq = conn.execute(Q["next_audit_seq"], {"saga_id": fork.source_id}).fetchone()[0]
-            conn.execute(Q["upsert_entry"], entry_params(replace(fork.source_audit, seq=seq)))
-            row = conn.execute(Q["get_saga"], {"saga_id": new.saga_id}).fetchone()
-            return record_from_row(row)
-
-        result: SagaRecord | None = await self._write(op)
+        result: SagaRecord | None = await self._write(lambda conn: fork_in(conn, fork))
         return result
 
     async def delete_saga(self, saga_id: str) -> bool:
@@ -753,6 +716,51 @@ class SqliteStore:
             return count
 
         return await self._read(fn)
+
+    # -- queues (see queues.py) ---------------------------------------------------------------
+
+    async def declare_queue(self, name: str, limits: QueueLimits) -> None:
+        await self._write(lambda conn: queues.declare(conn, name, limits, time.time()))
+
+    async def set_queue_override(
+        self, name: str, changes: dict[str, Any] | None
+    ) -> QueueState | None:
+        def op(conn: sqlite3.Connection) -> QueueState | None:
+            now = time.time()
+            if not queues.set_override(conn, name, changes, now):
+                return None
+            return queues.states(conn, now, name)[0]
+
+        state: QueueState | None = await self._write(op)
+        return state
+
+    async def list_queues(self) -> list[QueueState]:
+        return await self._read(lambda conn: queues.states(conn, time.time()))
+
+    async def queue_position(self, saga_id: str) -> int | None:
+        return await self._read(lambda conn: queues.position(conn, saga_id))
+
+    # -- schedules (see schedules.py; the Store protocol documents them) ----------------------
+
+    async def declare_schedule(self, schedule: Schedule, now: float) -> None:
+        await self._write(lambda conn: schedules.declare(conn, schedule, now))
+
+    async def due_schedules(self, names: Sequence[str], now: float) -> list[ScheduleState]:
+        return await self._read(lambda conn: schedules.due(conn, list(names), now))
+
+    async def fire_schedule(
+        self, name: str, expect: float, fire_from: float, tick: float | None, saga: NewSaga | None
+    ) -> bool:
+        return bool(await self._write(schedules.fire_op(name, expect, fire_from, tick, saga)))
+
+    async def list_schedules(self) -> list[ScheduleState]:
+        return await self._read(schedules.states)
+
+    async def set_schedule_paused(
+        self, name: str, paused: bool, now: float
+    ) -> ScheduleState | None:
+        state: ScheduleState | None = await self._write(schedules.pause_op(name, paused, now))
+        return state
 
 
 def _settle(

@@ -1,11 +1,12 @@
 """What the SQLite store's writes do inside the writer's transaction, apart from the store's
 own state: delivering an event, the parameters of a saga update and of a journal entry, and
-recognising an administrative change already made."""
+an operator's change and a fork."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from dataclasses import replace
 from typing import Any
 
 from ..base import (
@@ -14,6 +15,7 @@ from ..base import (
     Delivery,
     DeliveryOutcome,
     JournalEntry,
+    SagaFork,
     SagaRecord,
     SagaStatus,
     SagaUpdate,
@@ -121,3 +123,68 @@ def entry_params(entry: JournalEntry) -> dict[str, Any]:
         "started_at": entry.started_at,
         "finished_at": entry.finished_at,
     }
+
+
+def administer_in(conn: sqlite3.Connection, change: AdminChange) -> SagaRecord | None:
+    """An operator's change (``Store.administer``) inside the writer's transaction."""
+    now = time.time()
+    terminal = SagaStatus(change.status).is_terminal
+    cur = conn.execute(
+        Q["administer"],
+        {
+            "saga_id": change.saga_id,
+            "status": change.status,
+            "output": change.output,
+            "error": change.error,
+            "due_at": 0.0 if terminal else change.due_at,
+            "wait_token": change.wait_token,
+            "now": now,
+            "expect_status": change.expect_status,
+            "expect_fence": change.expect_fence,
+        },
+    )
+    if cur.rowcount != 1:
+        return applied_already(conn, change)
+    for seq in change.delete:
+        conn.execute(Q["delete_entry"], {"saga_id": change.saga_id, "seq": seq})
+    for entry in change.replace:
+        conn.execute(Q["upsert_entry"], entry_params(entry))
+    seq = conn.execute(Q["next_audit_seq"], {"saga_id": change.saga_id}).fetchone()[0]
+    conn.execute(Q["upsert_entry"], entry_params(replace(change.audit, seq=seq)))
+    for saga_id, kind, name, payload in change.tell:
+        deliver_in(conn, saga_id, kind, name, payload, token=None, unique=True)
+    row = conn.execute(Q["get_saga"], {"saga_id": change.saga_id}).fetchone()
+    return record_from_row(row)
+
+
+def fork_in(conn: sqlite3.Connection, fork: SagaFork) -> SagaRecord | None:
+    """A fork (``Store.fork_saga``) inside the writer's transaction."""
+    new = fork.new
+    # everything is checked before the first write: a statement failing halfway would
+    # leave the rest of the batch's transaction standing (see _commit)
+    taken = conn.execute(Q["get_saga"], {"saga_id": new.saga_id}).fetchone()
+    if taken is not None:
+        audits = conn.execute(Q["audit_entries"], {"saga_id": new.saga_id}).fetchall()
+        made = any(audit_key(entry_from_row(r)) == fork.key for r in audits)
+        return record_from_row(taken) if made else None
+    if conn.execute(Q["saga_fence"], {"saga_id": fork.source_id}).fetchone() is None:
+        return None
+    now = time.time()
+    copied = {
+        "saga_id": new.saga_id,
+        "source_id": fork.source_id,
+        "upto": fork.events_upto,
+    }
+    saga = {"name": new.name, "input": new.input, "now": now, "version": new.version}
+    conn.execute(Q["insert_fork"], {**copied, **saga})
+    conn.execute(Q["copy_events"], copied)
+    for entry in (*fork.entries, replace(fork.audit, seq=-1)):
+        conn.execute(Q["upsert_entry"], entry_params(entry))
+    for write in fork.state:
+        if write.value is not None:
+            params = {"scope": write.scope, "key": write.key, "value": write.value}
+            conn.execute(Q["set_state"], {**params, "now": now})
+    seq = conn.execute(Q["next_audit_seq"], {"saga_id": fork.source_id}).fetchone()[0]
+    conn.execute(Q["upsert_entry"], entry_params(replace(fork.source_audit, seq=seq)))
+    row = conn.execute(Q["get_saga"], {"saga_id": new.saga_id}).fetchone()
+    return record_from_row(row)
