@@ -4,6 +4,8 @@ Steps with compensations, run by a saga function whose every durable operation i
 that a saga survives crashes, restarts and racing workers. Embedded on SQLite by default.
 """
 
+import logging
+
 from .admin import AuditEntry, SagaAdmin, SagaPage
 from .clients import LongWorkflowClient, ObjectClient, WorkflowClient
 from .composition import ChildSaga, SagaModule, create_saga_module, run_nested_saga
@@ -65,7 +67,13 @@ from .stores.queueing import QueueLimits, QueueState
 from .stores.scheduling import Schedule, ScheduleState
 from .workflows import SagaWorkflow, SagaWorkflowOptions, create_saga_workflow, saga_workflow
 
+#: the one place the version is written: pyproject.toml (hatch) and `sagakit --version` read it
 __version__ = "0.1.0"
+
+# A library stays quiet until the application configures logging: without a handler of its own,
+# Python's last-resort handler would print every WARNING of a saga that failed for good on
+# stderr. The records still propagate to whatever handlers the application sets up.
+logging.getLogger("sagakit").addHandler(logging.NullHandler())
 
 __all__ = [
     "AuditEntry",

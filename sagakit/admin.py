@@ -16,7 +16,6 @@ import base64
 import binascii
 import json
 import logging
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -265,7 +264,7 @@ class SagaAdmin(QueueAdmin, ScheduleAdmin):
             output = serde.dumps(mock_output, what="the mock output")
         except OutputNotSerializableError as exc:
             raise SagaValidationError(exc.message) from exc
-        now = time.time()
+        now = self._engine.clock.now()
 
         def plan(record: SagaRecord, journal: dict[int, JournalEntry]) -> Plan:
             return skip_plan(
@@ -357,7 +356,7 @@ class SagaAdmin(QueueAdmin, ScheduleAdmin):
         is kept. ``progress`` hears the running total after each batch. Logged on the
         ``sagakit.admin`` logger with ``by``."""
         if isinstance(older_than, timedelta):
-            ended_before = time.time() - older_than.total_seconds()
+            ended_before = self._engine.clock.now() - older_than.total_seconds()
         else:
             ended_before = older_than.timestamp()
         count = await prune_ended(
@@ -484,7 +483,7 @@ class SagaAdmin(QueueAdmin, ScheduleAdmin):
             # a notification for a sleep's token ends it, as engine.notify does
             tell = tuple((saga_id, EventKind.NOTIFY, token, "null") for token in tokens)
             # a step or compensation waiting out a retry backoff makes its next attempt now
-            now = time.time()
+            now = self._engine.clock.now()
             retries = tuple(
                 replace(e, error=serde.dumps({**(serde.loads(e.error) or {}), "retry_at": now}))
                 for e in journal.values()

@@ -43,15 +43,17 @@ class WorkflowClient(Generic[InT, OutT]):
     ) -> OutT:
         """Start a saga and wait for its output (see :meth:`Engine.run`). Idempotent by
         ``saga_id``: a saga that exists already is waited for, not started again."""
-        return cast(OutT, await self._engine.run(self.workflow, inp, saga_id, timeout=timeout))
+        return await self._engine.run(self.workflow, inp, saga_id, timeout=timeout)
 
-    async def start(self, inp: InT | dict[str, Any], saga_id: str | None = None) -> SagaHandle:
+    async def start(
+        self, inp: InT | dict[str, Any], saga_id: str | None = None
+    ) -> SagaHandle[OutT]:
         """Start a saga without waiting; return its handle (see :meth:`Engine.start`)."""
         return await self._engine.start(self.workflow, inp, saga_id)
 
-    def handle(self, saga_id: str) -> SagaHandle:
+    def handle(self, saga_id: str) -> SagaHandle[OutT]:
         """A handle on an existing saga of this workflow, to wait for it from any process."""
-        return self._engine.handle(saga_id)
+        return self._engine.handle(saga_id, self.workflow)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} of {self.workflow.name!r}>"

@@ -166,13 +166,19 @@ class SagaContext:
         return self._engine_driver("services").services()
 
     def now(self) -> Awaitable[datetime]:
-        """The current time (UTC), journaled: a replay gets the same value."""
+        """The current time (UTC), journaled: a replay gets the same value. Read on the
+        engine's clock (``Engine(clock=...)``: a test's virtual clock, see sagakit.testing)."""
         if self.in_step:
-            return _ready(datetime.now(UTC))
+            return _ready(self._clock_now())
         return _map(
-            self._driver.record_value("now", lambda: datetime.now(UTC).isoformat()),
+            self._driver.record_value("now", lambda: self._clock_now().isoformat()),
             datetime.fromisoformat,
         )
+
+    def _clock_now(self) -> datetime:
+        # a driver without a clock (Restate's) reads the system's
+        clock = getattr(self._driver, "clock", None)
+        return datetime.now(UTC) if clock is None else datetime.fromtimestamp(clock.now(), UTC)
 
     def uuid(self) -> Awaitable[_uuid.UUID]:
         """A random UUID4, journaled: a replay gets the same value."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -372,12 +373,70 @@ class _Demo:
             raise DemoError(f"saga {saga_id} ended {snapshot.status}, expected {status}")
 
 
+# -- the commands the demo suggests ------------------------------------------------------------
+
+
+def sagakit_command(
+    executable: str | None = None, path: str | None = None, cwd: Path | None = None
+) -> tuple[str, str | None]:
+    """How to type ``sagakit`` in the user's shell so that it runs this very sagakit, and a hint
+    to print beside it (or None).
+
+    Right after ``python -m venv .venv && .venv/bin/pip install sagakit`` the venv is not
+    activated: its ``bin`` folder is not on PATH, and a bare ``sagakit`` is "command not
+    found" (or another install's). So the command is plain ``sagakit`` only when PATH finds the
+    console script beside this interpreter; else it is that script's path (relative to the
+    working folder when inside it, as in ``.venv/bin/sagakit``), with a hint to activate the
+    venv; and ``python -m sagakit.cli`` when there is no console script at all (a source tree).
+
+    Args:
+        executable: the interpreter (default: ``sys.executable``; not resolved: a venv's python
+            is a symlink to the base interpreter).
+        path: the PATH to search (default: ``$PATH``).
+        cwd: the folder the user types in (default: the working folder).
+    """
+    bin_dir = Path(executable if executable is not None else sys.executable).absolute().parent
+    here = cwd if cwd is not None else Path.cwd()
+    script = bin_dir / ("sagakit.exe" if os.name == "nt" else "sagakit")
+    if not script.is_file():
+        python = _typed_path(Path(executable or sys.executable).absolute(), here)
+        return f"{python} -m sagakit.cli", None
+    found = shutil.which("sagakit", path=path if path is not None else os.environ.get("PATH"))
+    if found is not None and _same_file(Path(found), script):
+        return "sagakit", None
+    command = _typed_path(script, here)
+    activate = bin_dir / "activate"
+    if os.name != "nt" and activate.is_file():
+        hint = f"(or `source {_typed_path(activate, here)}` first, then type plain `sagakit`)"
+        return command, hint
+    return command, None
+
+
+def _typed_path(file: Path, cwd: Path) -> str:
+    """``file`` as typed in a shell in ``cwd``: relative when inside it, quoted if need be."""
+    try:
+        shown = str(file.relative_to(cwd.absolute()))
+    except ValueError:
+        shown = str(file)
+    if os.sep not in shown:
+        shown = os.path.join(os.curdir, shown)  # a bare name would be looked up on PATH
+    return shlex.quote(shown)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def run_demo(*, keep: bool = False, color: bool = False, unicode: bool = True) -> int:
     """Run the demo in a fresh temporary folder; return the exit code (0 when all went well).
 
     The folder is removed at the end unless ``keep``; its path is printed either way.
     """
     folder = Path(tempfile.mkdtemp(prefix="sagakit-demo-"))
+    command, hint = sagakit_command()
     started = time.monotonic()
     demo = _Demo(folder, color=color, unicode=unicode)
     code = 0
@@ -393,14 +452,20 @@ def run_demo(*, keep: bool = False, color: bool = False, unicode: bool = True) -
         demo.echo()
         elapsed = time.monotonic() - started
         if keep:
+            db = shlex.quote(demo.url)
             demo.echo(
                 f"Done in {elapsed:.1f} s. The demo folder is kept: {folder}\n"
-                f"  sagakit list --db {demo.url}\n"
-                f"  sagakit show order-1003 --db {demo.url}"
+                f"  {command} list --db {db}\n"
+                f"  {command} show order-1003 --db {db}"
             )
         else:
             shutil.rmtree(folder, ignore_errors=True)
-            demo.echo(f"Done in {elapsed:.1f} s. Removed {folder} (keep it with --keep).")
+            demo.echo(
+                f"Done in {elapsed:.1f} s. Removed {folder} "
+                f"(keep it with --keep: {command} demo --keep)"
+            )
+        if hint is not None:
+            demo.echo(f"  {hint}")
     return code
 
 

@@ -11,6 +11,9 @@ Two flavours, as in the seed libraries:
 A step returns :class:`StepResponse` or a plain value. Calling a step inside a saga,
 ``await step(ctx, inp)``, returns its output; its sequence number in the journal is taken when it
 is *called*, so ``asyncio.gather`` over step calls numbers branches in program order.
+
+Typed: a step made from ``async def fn(ctx, inp: In) -> Out`` (or ``-> StepResponse[Out]``) is a
+``SagaStep[In, Out]``, so a type checker sees ``await step(ctx, inp)`` as an ``Out``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, overload
+
+from typing_extensions import TypeVar
 
 from . import serde
 from .errors import ErrorMapper, SagaError, TerminalError, map_error
@@ -30,8 +35,14 @@ from .retry import RetryPolicy
 if TYPE_CHECKING:
     from .context import SagaContext
 
-InT = TypeVar("InT")
-OutT = TypeVar("OutT")
+# defaults (PEP 696): a bare ``SagaStep`` or ``StepResponse`` in user code means ``[Any, ...]``
+InT = TypeVar("InT", default=Any)
+OutT = TypeVar("OutT", default=Any)
+# covariant: a ``SagaStep[In, str]`` is a ``SagaStep[In, object]``
+OutT_co = TypeVar("OutT_co", covariant=True, default=Any)
+# the types of one decorated function
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
 
 
 class _Unset:
@@ -124,6 +135,22 @@ class SagaStepOptions:
 
 StepFn = Callable[["SagaContext", Any], Awaitable[Any]]
 CompensateFn = Callable[..., Any]
+#: a step function that returns ``StepResponse[Out]``: its callers get the ``Out``
+ResponseStepFn = Callable[["SagaContext", _In], Awaitable["StepResponse[_Out]"]]
+#: a step function that returns its output as a plain value
+PlainStepFn = Callable[["SagaContext", _In], Awaitable[_Out]]
+
+
+class StepDecorator(Protocol):
+    """What ``saga_step(...)`` and ``saga_step_strict(...)`` return: it turns
+    ``async def fn(ctx, inp: In) -> Out`` (or ``-> StepResponse[Out]``) into a
+    ``SagaStep[In, Out]``."""
+
+    @overload
+    def __call__(self, fn: ResponseStepFn[_In, _Out], /) -> SagaStep[_In, _Out]: ...
+
+    @overload
+    def __call__(self, fn: PlainStepFn[_In, _Out], /) -> SagaStep[_In, _Out]: ...
 
 
 def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
@@ -162,13 +189,17 @@ def _output_annotation(hint: Any) -> Any:
     return hint if serde.is_model_type(hint) else None
 
 
-class SagaStep(Generic[InT]):
-    """A step definition. Call it inside a saga function: ``await step(ctx, inp)``."""
+class SagaStep(Generic[InT, OutT_co]):
+    """A step definition. Call it inside a saga function: ``await step(ctx, inp)``.
+
+    ``InT`` is the type of the step function's input, ``OutT`` what ``await step(ctx, inp)``
+    gives back (the ``Out`` of a function that returns ``StepResponse[Out]``).
+    """
 
     def __init__(
         self,
         name: str,
-        run: StepFn,
+        run: Callable[[SagaContext, InT], Awaitable[Any]],
         compensate: CompensateFn | None,
         options: SagaStepOptions | None,
         *,
@@ -191,7 +222,7 @@ class SagaStep(Generic[InT]):
                 f"it takes ({', '.join(positional)})"
             )
         self.name = name
-        self.run = run
+        self.run: StepFn = run
         self.compensate = compensate
         self.options = options or SagaStepOptions()
         self.strict = strict
@@ -241,8 +272,9 @@ class SagaStep(Generic[InT]):
         t = self.options.timeout
         return None if t is None else t.total_seconds()
 
-    def __call__(self, ctx: SagaContext, inp: InT) -> Awaitable[Any]:
-        return ctx._call_step(self, inp)
+    def __call__(self, ctx: SagaContext, inp: InT) -> Awaitable[OutT_co]:
+        output: Awaitable[OutT_co] = ctx._call_step(self, inp)
+        return output
 
     def terminal_error(self, exc: Exception) -> TerminalError | None:
         """This step's own terminal form of ``exc`` (``SagaStepOptions.as_terminal_error``), or
@@ -289,7 +321,7 @@ def _decorator(
     timeout: timedelta | None,
     on_exhausted: OnExhausted,
     strict: bool,
-) -> Callable[[StepFn], SagaStep[Any]]:
+) -> StepDecorator:
     options = SagaStepOptions(
         retry=retry,
         compensation_retry=compensation_retry,
@@ -297,7 +329,7 @@ def _decorator(
         on_exhausted=on_exhausted,
     )
 
-    def wrap(fn: StepFn) -> SagaStep[Any]:
+    def wrap(fn: StepFn) -> SagaStep[Any, Any]:
         return SagaStep(name, fn, compensate, options, strict=strict)
 
     return wrap
@@ -311,7 +343,7 @@ def saga_step(
     compensation_retry: RetryPolicy | None = None,
     timeout: timedelta | None = None,
     on_exhausted: OnExhausted = "compensate",
-) -> Callable[[StepFn], SagaStep[Any]]:
+) -> StepDecorator:
     """Decorate ``async def fn(ctx, inp)`` as a hybrid step (compensated even if it fails
     midway). ``on_exhausted="park"`` parks the saga for an operator when the retries run out
     (see :class:`SagaStepOptions`)."""
@@ -328,11 +360,29 @@ def saga_step_strict(
     compensation_retry: RetryPolicy | None = None,
     timeout: timedelta | None = None,
     on_exhausted: OnExhausted = "compensate",
-) -> Callable[[StepFn], SagaStep[Any]]:
+) -> StepDecorator:
     """Decorate ``async def fn(ctx, inp)`` as a strict step (compensated only once it succeeded)."""
     return _decorator(
         name, compensate, retry, compensation_retry, timeout, on_exhausted, strict=True
     )
+
+
+@overload
+def create_saga_step(
+    name: str,
+    run: ResponseStepFn[_In, _Out],
+    compensate: CompensateFn | None = None,
+    options: SagaStepOptions | None = None,
+) -> SagaStep[_In, _Out]: ...
+
+
+@overload
+def create_saga_step(
+    name: str,
+    run: PlainStepFn[_In, _Out],
+    compensate: CompensateFn | None = None,
+    options: SagaStepOptions | None = None,
+) -> SagaStep[_In, _Out]: ...
 
 
 def create_saga_step(
@@ -340,9 +390,27 @@ def create_saga_step(
     run: StepFn,
     compensate: CompensateFn | None = None,
     options: SagaStepOptions | None = None,
-) -> SagaStep[Any]:
+) -> SagaStep[Any, Any]:
     """The function form of :func:`saga_step`."""
     return SagaStep(name, run, compensate, options, strict=False)
+
+
+@overload
+def create_saga_step_strict(
+    name: str,
+    run: ResponseStepFn[_In, _Out],
+    compensate: CompensateFn | None = None,
+    options: SagaStepOptions | None = None,
+) -> SagaStep[_In, _Out]: ...
+
+
+@overload
+def create_saga_step_strict(
+    name: str,
+    run: PlainStepFn[_In, _Out],
+    compensate: CompensateFn | None = None,
+    options: SagaStepOptions | None = None,
+) -> SagaStep[_In, _Out]: ...
 
 
 def create_saga_step_strict(
@@ -350,6 +418,6 @@ def create_saga_step_strict(
     run: StepFn,
     compensate: CompensateFn | None = None,
     options: SagaStepOptions | None = None,
-) -> SagaStep[Any]:
+) -> SagaStep[Any, Any]:
     """The function form of :func:`saga_step_strict`."""
     return SagaStep(name, run, compensate, options, strict=True)

@@ -6,7 +6,9 @@ import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic
+
+from typing_extensions import TypeVar
 
 from . import serde
 from .errors import SagaError
@@ -16,8 +18,12 @@ from .steps import SagaStep, _positional_names, _type_hints
 if TYPE_CHECKING:
     from .context import SagaContext
 
-InT = TypeVar("InT")
-OutT = TypeVar("OutT")
+# defaults (PEP 696): a bare ``SagaWorkflow`` in user code means ``SagaWorkflow[Any, Any]``
+InT = TypeVar("InT", default=Any)
+OutT = TypeVar("OutT", default=Any)
+# covariant: a ``SagaWorkflow[In, str]`` is a ``SagaWorkflow[In, object]``, so that
+# ``print(await engine.run(workflow, inp))`` (an ``object`` context) type-checks
+OutT_co = TypeVar("OutT_co", covariant=True, default=Any)
 
 Handler = Callable[["SagaContext", InT], Awaitable[OutT]]
 
@@ -85,8 +91,12 @@ def saga_function_parameters(fn: Callable[..., Any], what: str) -> list[str]:
     return positional
 
 
-class SagaWorkflow(Generic[InT, OutT]):
+class SagaWorkflow(Generic[InT, OutT_co]):
     """A registered saga function. Start it with ``engine.start(workflow, inp)``.
+
+    Typed by its function: ``async def fn(saga, inp: In) -> Out`` makes a
+    ``SagaWorkflow[In, Out]``, so ``engine.run(workflow, inp)``, ``saga.call(workflow, inp)`` and
+    ``workflow.run_as_step(saga, inp)`` are seen as returning an ``Out``.
 
     When the handler's input parameter is annotated (a pydantic model, or any type pydantic can
     validate), the input is validated before anything is written; when its return annotation is
@@ -96,7 +106,7 @@ class SagaWorkflow(Generic[InT, OutT]):
     def __init__(
         self,
         name: str,
-        handler: Handler[InT, OutT],
+        handler: Handler[InT, OutT_co],
         options: SagaWorkflowOptions | None = None,
         *,
         after_rollback: SagaStep[Any] | None = None,
@@ -124,7 +134,7 @@ class SagaWorkflow(Generic[InT, OutT]):
     def check_ready(self) -> None:
         """Raise SagaError if the workflow cannot run yet (a long workflow without its main)."""
 
-    async def run_as_step(self, saga: SagaContext, inp: InT | dict[str, Any]) -> OutT:
+    async def run_as_step(self, saga: SagaContext, inp: InT | dict[str, Any]) -> OutT_co:
         """Run this workflow's saga function inline, inside the calling saga: its steps join
         the caller's journal and compensation stack, so that a later failure of the caller
         rolls them back too. (Its own options, such as a deadline, do not apply: the caller's

@@ -103,6 +103,7 @@ def worker(tmp_path: Path) -> Iterator[Any]:
 def test_stats_counts_every_status(db: str) -> None:
     counts = stats(db)
     assert list(counts) == [
+        "QUEUED",
         "PENDING",
         "RUNNING",
         "SUSPENDED",

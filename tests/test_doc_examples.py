@@ -1,79 +1,249 @@
-"""The documents' whole-program examples run as written.
+"""Every code example of the README and of docs/ runs as written.
 
-Every ```python block of a guide in docs/migrating/ is a whole program, and so is every block
-of the README and of docs/changing-code.md, long-running.md, composition.md and
-flow-control.md that runs
-itself (``asyncio.run(...)``), except the files of a several-file example (a block whose first
-line names its file, ``# client.py``), which need a server, a worker or their sibling files
-beside them. Each is run here as it stands, in its own process and an empty folder (so on the
-default SQLite file there), and must exit with status 0. A guide shows a fragment that is not
-a whole program in a ```text block. (The README's fragments are not run yet.)
+The collector reads README.md and every docs/**/*.md. Each ```python block is an example, of
+one of two kinds:
+
+* A whole program: written to ``example.py`` in an empty folder and run there in its own
+  process (so the default SQLite file lands in that folder); it must exit with status 0. A
+  block that only defines things (a step, a retry policy) runs too: its imports must resolve.
+* A file of a several-file example, named by its first line (``# sagas.py``, ``# client.py``).
+  The named blocks of a document (a file name seen again starts another example) are written
+  side by side into one folder and run the way the document says, in its order:
+
+  - a ```bash block between two of those files runs there, line by line: ``sagakit worker ...``
+    in the background (stopped at the end), anything else to its end (exit status 0);
+    ``export SAGAKIT_DB=...`` is skipped, because the test sets ``SAGAKIT_DB`` to a SQLite
+    file of the folder (workers in several processes share it as they would a PostgreSQL
+    database; no example here needs PostgreSQL's own features);
+  - a file runs with Python at its place when it runs itself (``asyncio.run(`` or
+    ``__main__``) or no other file imports it (a file of definitions must at least import),
+    unless a bash block of the example runs it by name;
+  - a file named ``test_*.py`` runs with pytest after the rest.
+
+A block that is not Python meant to run (a signature, a CLI session, an output) is shown as
+```text or ```console. Nothing is set up behind the reader's back: what a block needs is in the
+block (or in its sibling files).
+
+The examples run in parallel (a few at a time: each is a process of its own), in one
+module-scoped fixture; each example is then one test that reports its own output.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-GUIDES = sorted((ROOT / "docs" / "migrating").glob("*.md"))
-_BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+_FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+_FILE_NAME = re.compile(r"^# ([\w/.-]+\.py)\b")
+_BIN = Path(sys.executable).parent
+# each example is a process that starts sagakit (and sometimes a worker): a few at a time
+_PARALLEL = 4
+_TIMEOUT = 300.0
 
 
-_FILE_OF_SEVERAL = re.compile(r"^# [\w/]+\.py\b")
+@dataclass
+class Example:
+    where: str
+    files: list[tuple[str, str]] = field(default_factory=list)  # (name, code)
+    # the steps, in the document's order: ("python", name) / ("bash", script) / ("pytest", name)
+    steps: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _blocks(path: Path) -> list[tuple[str, str]]:
+def _line(text: str, offset: int) -> int:
+    return text.count("\n", 0, offset) + 1
+
+
+def _runs_itself(code: str) -> bool:
+    return "asyncio.run(" in code or "__main__" in code
+
+
+def _close(example: Example) -> Example:
+    """Orders the steps of a several-file example: bash blocks only between its files, files
+    a bash block runs by name are not run again, test files last."""
+    names = [name for name, _ in example.files]
+    last_file = max(i for i, (kind, _) in enumerate(example.steps) if kind == "file")
+    bash = " ".join(s for k, s in example.steps[:last_file] if k == "bash")
+    steps: list[tuple[str, str]] = []
+    for index, (kind, value) in enumerate(example.steps):
+        if kind == "bash" and index < last_file:
+            steps.append(("bash", value))
+        elif kind == "file":
+            code = dict(example.files)[value]
+            named_in_bash = re.search(rf"(^|[\s/]){re.escape(value)}\b", bash) is not None
+            if Path(value).name.startswith("test_"):
+                continue
+            module = Path(value).with_suffix("").as_posix().replace("/", ".")
+            imported = any(
+                re.search(rf"^\s*(from|import)\s+{re.escape(module)}\b", other, re.MULTILINE)
+                for other_name, other in example.files
+                if other_name != value
+            )
+            if (_runs_itself(code) or not imported) and not named_in_bash:
+                steps.append(("python", value))
+    steps += [("pytest", n) for n in names if Path(n).name.startswith("test_")]
+    example.steps = steps
+    return example
+
+
+def _examples_of(path: Path) -> Iterator[Example]:
     text = path.read_text()
-    return [
-        (f"{path.relative_to(ROOT)}:{text.count(chr(10), 0, match.start()) + 1}", match.group(1))
-        for match in _BLOCK.finditer(text)
-    ]
+    where = path.relative_to(ROOT)
+    group: Example | None = None
+    for match in _FENCE.finditer(text):
+        language, code = match.group(1), match.group(2)
+        if language == "bash" and group is not None:
+            group.steps.append(("bash", code))
+            continue
+        if language != "python":
+            continue
+        named = _FILE_NAME.match(code)
+        if named is None:
+            yield Example(
+                f"{where}:{_line(text, match.start())}",
+                [("example.py", code)],
+                [("python", "example.py")],
+            )
+            continue
+        name = named.group(1)
+        if group is not None and name in dict(group.files):
+            yield _close(group)
+            group = None
+        if group is None:
+            group = Example(f"{where}:{_line(text, match.start())}")
+        group.files.append((name, code))
+        group.steps.append(("file", name))
+    if group is not None:
+        yield _close(group)
 
 
-def _examples() -> list[tuple[str, str]]:
-    found = [block for guide in GUIDES for block in _blocks(guide)]
-    found += [
-        (where, code)
-        for document in (
-            ROOT / "README.md",
-            *(
-                ROOT / "docs" / name
-                for name in (
-                    "changing-code.md",
-                    "long-running.md",
-                    "composition.md",
-                    "flow-control.md",
-                )
-            ),
+EXAMPLES = [example for document in DOCUMENTS for example in _examples_of(document)]
+
+
+def _environment(folder: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{_BIN}{os.pathsep}{env.get('PATH', '')}"  # `sagakit`, `python`, `pytest`
+    env["SAGAKIT_DB"] = "sqlite:///sagakit.db"
+    env.pop("PYTHONPATH", None)
+    env["PYTHONPATH"] = str(folder)  # sibling files import each other, as `python x.py` allows
+    return env
+
+
+def _run(example: Example) -> tuple[bool, str]:
+    """Runs one example in a folder of its own; returns (passed, what it printed)."""
+    with tempfile.TemporaryDirectory(prefix="doc-example-") as name:
+        folder = Path(name)
+        for file_name, code in example.files:
+            (folder / file_name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / file_name).write_text(code)
+        env = _environment(folder)
+        background: list[subprocess.Popen[str]] = []
+        log: list[str] = []
+        deadline = time.monotonic() + _TIMEOUT
+        try:
+            for kind, value in example.steps:
+                if kind == "bash":
+                    commands = [
+                        line.strip()
+                        for line in value.splitlines()
+                        if line.strip() and not line.lstrip().startswith("#")
+                    ]
+                    for command in commands:
+                        if command.startswith("export SAGAKIT_DB="):
+                            continue
+                        if command.startswith("sagakit worker"):
+                            background.append(
+                                subprocess.Popen(
+                                    shlex.split(command),
+                                    cwd=folder,
+                                    env=env,
+                                    stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL,
+                                    text=True,
+                                    start_new_session=True,
+                                )
+                            )
+                            continue
+                        argv = ["bash", "-c", command]
+                        if not _step(argv, folder, env, deadline, log):
+                            return False, "\n".join(log)
+                elif kind == "python":
+                    if not _step([sys.executable, value], folder, env, deadline, log):
+                        return False, "\n".join(log)
+                else:
+                    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", value]
+                    if not _step(argv, folder, env, deadline, log):
+                        return False, "\n".join(log)
+            return True, "\n".join(log)
+        finally:
+            for process in background:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+
+
+def _step(
+    argv: list[str], folder: Path, env: dict[str, str], deadline: float, log: list[str]
+) -> bool:
+    try:
+        done = subprocess.run(
+            argv,
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=max(1.0, deadline - time.monotonic()),
         )
-        for where, code in _blocks(document)
-        if "asyncio.run(" in code and not _FILE_OF_SEVERAL.match(code)
-    ]
-    return found
+    except subprocess.TimeoutExpired as exc:
+        log.append(f"$ {shlex.join(argv)}\n(timed out)\n{exc.stdout or ''}\n{exc.stderr or ''}")
+        return False
+    log.append(f"$ {shlex.join(argv)}  (exit {done.returncode})\n{done.stdout}\n{done.stderr}")
+    return done.returncode == 0
 
 
-EXAMPLES = _examples()
+@pytest.fixture(scope="module")
+def outcomes(request: pytest.FixtureRequest) -> dict[str, tuple[bool, str]]:
+    """Runs every example this session selected, a few at a time."""
+    selected = {
+        item.callspec.params["example"].where
+        for item in request.session.items
+        if isinstance(item, pytest.Function)
+        and item.module is request.module
+        and hasattr(item, "callspec")
+        and "example" in item.callspec.params
+    }
+    chosen = [example for example in EXAMPLES if example.where in selected]
+    with ThreadPoolExecutor(max_workers=_PARALLEL) as pool:
+        results = list(pool.map(_run, chosen))
+    return {example.where: result for example, result in zip(chosen, results, strict=True)}
 
 
-def test_there_are_examples() -> None:
-    assert GUIDES, "docs/migrating/ has no guide"
-    assert len(EXAMPLES) >= len(GUIDES), "each guide has at least its worked example"
+def test_every_document_is_collected() -> None:
+    assert (ROOT / "README.md") in DOCUMENTS
+    assert len(EXAMPLES) >= 50, "the README and docs/ hold fewer examples than expected"
+    guides = sorted((ROOT / "docs" / "migrating").glob("*.md"))
+    for guide in guides:
+        if guide.name != "README.md":
+            assert any(e.where.startswith(str(guide.relative_to(ROOT))) for e in EXAMPLES), guide
 
 
-@pytest.mark.parametrize(("where", "code"), EXAMPLES, ids=[where for where, _ in EXAMPLES])
-def test_example_runs_as_written(where: str, code: str, tmp_path: Path) -> None:
-    script = tmp_path / "example.py"
-    script.write_text(code)
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, f"{where} failed:\n{done.stdout}\n{done.stderr}"
+@pytest.mark.parametrize("example", EXAMPLES, ids=[example.where for example in EXAMPLES])
+def test_example_runs_as_written(example: Example, outcomes: dict[str, tuple[bool, str]]) -> None:
+    passed, output = outcomes[example.where]
+    assert passed, f"{example.where} failed:\n{output}"

@@ -20,7 +20,9 @@ import inspect
 import itertools
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
+
+from pydantic import BaseModel
 
 from ..durations import as_seconds
 from ..errors import SagaDefinitionError, SagaError
@@ -28,9 +30,22 @@ from ..retry import RetryPolicy
 from ..steps import OnExhausted
 from .base_step import BaseStep, inspect_step
 from .definition import SagaDefinition
-from .nodes import ConditionNode, Hook, Mapper, Node, StepNode, StepRef, WaitNode, mapper_arity
+from .nodes import (
+    ConditionNode,
+    Hook,
+    InputContext,
+    Mapper,
+    Node,
+    StepNode,
+    StepRef,
+    WaitNode,
+    mapper_arity,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
+_In = TypeVar("_In", bound=BaseModel)
+_Out = TypeVar("_Out", bound=BaseModel)
+_Dep = TypeVar("_Dep")
 
 #: serial numbers of builders, so that a StepRef knows which builder made it
 _serials = itertools.count(1)
@@ -71,16 +86,55 @@ class SagaBuilder:
         self._on_commit: Hook | None = None
         self._on_reject: Hook | None = None
 
+    # typed forms: the returned reference carries the step's output type, and an input_map is
+    # checked against the step's input and what it is given (the InputContext, or the output
+    # of depends_on); the last form takes what the untyped API always took
+    @overload
+    def add_step(
+        self,
+        step: BaseStep[_In, _Out],
+        *,
+        input_map: Callable[[InputContext], _In | dict[str, Any]] | None = None,
+        depends_on: None = None,
+        retry_policy: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
+        on_exhausted: OnExhausted = "compensate",
+    ) -> StepRef[_Out]: ...
+
+    @overload
+    def add_step(
+        self,
+        step: BaseStep[_In, _Out],
+        *,
+        input_map: Callable[[_Dep], _In | dict[str, Any]] | None = None,
+        depends_on: StepRef[_Dep],
+        retry_policy: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
+        on_exhausted: OnExhausted = "compensate",
+    ) -> StepRef[_Out]: ...
+
+    @overload
+    def add_step(
+        self,
+        step: BaseStep[_In, _Out],
+        *,
+        input_map: Callable[[_Dep, InputContext], _In | dict[str, Any]],
+        depends_on: StepRef[_Dep],
+        retry_policy: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
+        on_exhausted: OnExhausted = "compensate",
+    ) -> StepRef[_Out]: ...
+
     def add_step(
         self,
         step: BaseStep[Any, Any],
         *,
         input_map: Mapper | None = None,
-        depends_on: StepRef | None = None,
+        depends_on: StepRef[Any] | None = None,
         retry_policy: RetryPolicy | None = None,
         timeout: timedelta | None = None,
         on_exhausted: OnExhausted = "compensate",
-    ) -> StepRef:
+    ) -> StepRef[Any]:
         """Add a step, to run after every node added before it (or, inside ``with
         builder.parallel()``, as a branch of that block); return a reference to it for a
         later node's ``depends_on``.
@@ -142,8 +196,8 @@ class SagaBuilder:
         *,
         then: SagaDefinition,
         otherwise: SagaDefinition | None = None,
-        depends_on: StepRef | None = None,
-    ) -> StepRef:
+        depends_on: StepRef[Any] | None = None,
+    ) -> StepRef[dict[str, Any]]:
         """Add a branch: when it is reached (after the nodes added before it), ``predicate``
         chooses ``then`` or ``otherwise`` (two built definitions), and the chosen one runs
         inline, in this saga (its steps join this saga's journal and rollback, in their own
@@ -188,7 +242,7 @@ class SagaBuilder:
         self._claim_names(names, name)
         return self._add(ConditionNode(name, predicate, then, otherwise, depends_on, two_args))
 
-    def add_wait(self, name: str, *, timeout: timedelta | float | None = None) -> StepRef:
+    def add_wait(self, name: str, *, timeout: timedelta | float | None = None) -> StepRef[Any]:
         """Add a durable wait: when it is reached, the saga is suspended (nothing of it stays
         in memory, and it survives restarts) until the signal ``name`` arrives
         (``engine.signal(saga_id, name, payload)``; one sent earlier is kept for it) or its
@@ -338,7 +392,7 @@ class SagaBuilder:
             self._on_reject,
         )
 
-    def _add(self, node: Node) -> StepRef:
+    def _add(self, node: Node) -> StepRef[Any]:
         self._nodes.append(node)
         self._blocks.append(self._open_block)
         return StepRef._of(node.name, self._serial)

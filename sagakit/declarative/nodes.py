@@ -7,7 +7,9 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Generic, Self
+
+from typing_extensions import TypeVar
 
 from ..errors import SagaDefinitionError
 from ..retry import RetryPolicy
@@ -17,11 +19,18 @@ from .base_step import BaseStep, StepSpec
 if TYPE_CHECKING:
     from .definition import SagaDefinition
 
+#: the output of the node a reference refers to (a bare ``StepRef`` is a ``StepRef[Any]``)
+OutT_co = TypeVar("OutT_co", covariant=True, default=Any)
 
-class StepRef:
+
+class StepRef(Generic[OutT_co]):
     """A handle on a step (or condition, or wait) of a :class:`~sagakit.SagaBuilder`, returned
     by ``add_step``, ``add_condition`` and ``add_wait``: pass it as a later node's
     ``depends_on``, to give that node this one's output.
+
+    Typed by that output: ``add_step(step=CreateOrder())`` of a ``BaseStep[In, Created]``
+    returns a ``StepRef[Created]``, and a later ``input_map`` with ``depends_on=`` it is checked
+    as a function of a ``Created``.
 
     A reference belongs to the builder that returned it; a definition that depends on a
     reference of another builder is refused by ``build()``. ``StepRef("Name")`` made by hand
@@ -40,13 +49,13 @@ class StepRef:
         self._owner: int | None = None
 
     @classmethod
-    def _of(cls, name: str, owner: int) -> StepRef:
+    def _of(cls, name: str, owner: int) -> StepRef[Any]:
         ref = cls(name)
         ref._owner = owner
         return ref
 
     @classmethod
-    def copy_of(cls, ref: StepRef, *args: Any, **kwargs: Any) -> Self:
+    def copy_of(cls, ref: StepRef[Any], *args: Any, **kwargs: Any) -> Self:
         """A reference of this class to the node ``ref`` refers to, of the same builder, made
         as ``cls(ref.name, *args, **kwargs)``: for a front end whose ``add_step`` returns its
         own subclass of StepRef, carrying more about the step."""

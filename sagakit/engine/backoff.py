@@ -13,9 +13,7 @@ Mixed into :class:`~sagakit.engine.run.SagaRun`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -90,7 +88,7 @@ class Retrying:
 
 
 def retrying_entry(
-    saga_id: str, failed: FailedAttempt, retry_at: float, max_attempts: int
+    saga_id: str, failed: FailedAttempt, retry_at: float, max_attempts: int, now: float
 ) -> JournalEntry:
     """The journal entry of an operation waiting ``retry_at`` for its next attempt."""
     error = {**failed.error.to_json(), "retry_at": retry_at, "max_attempts": max_attempts}
@@ -105,7 +103,7 @@ def retrying_entry(
         None,
         serde.dumps(error),
         failed.started,
-        time.time(),
+        now,
     )
 
 
@@ -154,11 +152,13 @@ class BackoffMixin(RunCore):
             },
         )
         if not durable:
-            await asyncio.sleep(delay)
+            await self.clock.sleep(delay)
             await self._check_still_owned()
             return
-        retry_at = time.time() + delay
-        entry = retrying_entry(self.saga_id, failed, retry_at, policy.max_attempts)
+        retry_at = self.clock.now() + delay
+        entry = retrying_entry(
+            self.saga_id, failed, retry_at, policy.max_attempts, self.clock.now()
+        )
         # durable before the run lets go: the next worker counts this attempt and waits too
         await self._write(entry, update)
         await self._suspend_until(failed.seq, retry_at, deadline)
@@ -167,7 +167,7 @@ class BackoffMixin(RunCore):
         """Return once the next attempt of a ``retrying`` entry is due (or ``deadline`` has
         passed: the caller fails the operation then); until then, suspend the saga."""
         due = retrying.retry_at if deadline is None else min(retrying.retry_at, deadline)
-        if time.time() >= due:
+        if self.clock.now() >= due:
             return
         await self._suspend_until(seq, retrying.retry_at, deadline)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import TerminalError
 from ..stores.base import JournalEntry, SagaRecord, SagaUpdate, StateWrite, Store
 from ..workflows import SagaWorkflow
@@ -20,6 +21,8 @@ class RunCore:
     workflow: SagaWorkflow[Any, Any]
     #: set by the engine when it drains: no new live work starts, replay still runs
     draining: bool
+    #: where the run reads the time (the engine sets its own: see sagakit.clock)
+    clock: Clock = SYSTEM_CLOCK
     _store: Store
     _journal: dict[int, JournalEntry]
     _deadline_at: float | None

@@ -8,13 +8,15 @@ import contextlib
 import logging
 import os
 import socket
-import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+
+from typing_extensions import TypeVar as DefaultTypeVar
 
 from .. import serde
+from ..clock import SYSTEM_CLOCK, Clock
 from ..declarative import SagaDefinition
 from ..errors import (
     EngineNotStartedError,
@@ -30,10 +32,11 @@ from ..objects import SagaVirtualObject
 from ..observability import default_observers
 from ..queues import Queue, QueuedStart
 from ..services import ServicesFactory
-from ..stores import open_store
+from ..stores import MemoryStore, open_store
 from ..stores.base import NewSaga, SagaFilter, SagaStatus, Store
 from ..stores.scheduling import Schedule
 from ..workflows import SagaWorkflow, check_version
+from .crashes import StepHook
 from .observe import Observer, Observers
 from .outcome import Outcome
 from .queueing import QueueingMixin, start_time
@@ -53,14 +56,21 @@ log = logging.getLogger("sagakit.engine")
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
+#: a bare ``SagaHandle`` (unparametrised, in user code too) is a ``SagaHandle[Any]`` (PEP 696)
+ResultT = DefaultTypeVar("ResultT", covariant=True, default=Any)
 
 _MAX_SAGA_ID = 200
 #: the longest pause between two looks at the store while waiting for another worker's saga
 _RESULT_POLL_MAX = 0.25
 
 
-class SagaHandle:
-    """A started saga: wait for its result or look at its status."""
+class SagaHandle(Generic[ResultT]):
+    """A started saga: wait for its result or look at its status.
+
+    ``engine.start(workflow, ...)`` gives a ``SagaHandle[Out]`` for a workflow whose function
+    returns ``Out``, so ``await handle.result()`` is typed as an ``Out``; a handle made from a
+    workflow's name, or ``engine.handle(saga_id)``, is a ``SagaHandle[Any]``.
+    """
 
     __slots__ = ("_engine", "saga_id")
 
@@ -68,7 +78,7 @@ class SagaHandle:
         self._engine = engine
         self.saga_id = saga_id
 
-    async def result(self, timeout: float | timedelta | None = None) -> Any:
+    async def result(self, timeout: float | timedelta | None = None) -> ResultT:
         """Wait until the saga ends; return its output or raise why it did not complete.
 
         Raises:
@@ -76,7 +86,8 @@ class SagaHandle:
             CompensationFailedError: the rollback is incomplete (the saga is FAILED).
             TimeoutError: ``timeout`` passed first (the saga goes on).
         """
-        return await self._engine._result(self.saga_id, timeout)
+        output: ResultT = await self._engine._result(self.saga_id, timeout)
+        return output
 
     async def status(self) -> SagaStatus:
         """The saga's status as the store has it now."""
@@ -136,6 +147,11 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
         schema: the PostgreSQL schema sagakit's tables live in (also ``?schema=name`` in the
             URL). ``None`` (the default): ``sagakit``, or ``public`` for a database whose
             tables an earlier release made there. PostgreSQL only; ignored with ``store``.
+        clock: where this engine reads the time (see :mod:`sagakit.clock`); default: the
+            system clock. A memory store reads the same one (the engine hands it its clock);
+            the SQLite and PostgreSQL stores keep the real time. For tests:
+            :class:`sagakit.testing.SagaTestEnvironment` gives its engine a
+            :class:`~sagakit.clock.VirtualClock` that skips time.
     """
 
     def __init__(
@@ -155,6 +171,7 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
         retention: timedelta | None = None,
         migrate: bool | None = None,
         schema: str | None = None,
+        clock: Clock | None = None,
     ):
         if lease <= timedelta(0):
             raise ValueError(f"lease must be positive, got {lease}")
@@ -186,7 +203,11 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
         self._schedules: dict[str, Schedule] = {}
         self._undeclared_schedules: set[str] = set()
         self._schedule_wake: asyncio.TimerHandle | None = None
-        self.schedule_clock = time.time
+        self.clock: Clock = clock or SYSTEM_CLOCK
+        #: test-only: called before and after each step attempt's body (see
+        #: sagakit.engine.crashes); sagakit.testing sets it to inject crashes
+        self.step_hook: StepHook | None = None
+        self.schedule_clock = self.clock.now
         self._object_versions: dict[tuple[str, str | None], SagaVirtualObject] = {}
         self._tasks: dict[str, asyncio.Task[Outcome | None]] = {}
         self._claimed: set[str] = set()
@@ -325,6 +346,8 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
 
     async def __aenter__(self) -> Engine:
         store = self._store_arg or open_store(self.url, migrate=self.migrate, schema=self.schema)
+        if isinstance(store, MemoryStore) and store.clock is SYSTEM_CLOCK:
+            store.clock = self.clock  # leases and timers must be read on the engine's clock
         await store.open()
         self._store = store
         self._wakeup = asyncio.Event()
@@ -430,7 +453,7 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
         run_here: bool = True,
         delay: timedelta | None = None,
         start_at: datetime | None = None,
-    ) -> SagaHandle: ...
+    ) -> SagaHandle[OutT]: ...
 
     @overload
     async def start(
@@ -442,7 +465,7 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
         run_here: bool = True,
         delay: timedelta | None = None,
         start_at: datetime | None = None,
-    ) -> SagaHandle: ...
+    ) -> SagaHandle[Any]: ...
 
     async def start(
         self,
@@ -453,7 +476,7 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
         run_here: bool = True,
         delay: timedelta | None = None,
         start_at: datetime | None = None,
-    ) -> SagaHandle:
+    ) -> SagaHandle[Any]:
         """Persist a saga and run it in this process (or only persist it, ``run_here=False``).
 
         With ``delay`` (a timedelta from now) or ``start_at`` (a timezone-aware datetime) the
@@ -468,7 +491,7 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
                 ``delay``/``start_at`` are not what they should be.
             SagaConflictError: ``saga_id`` belongs to a saga of another workflow.
         """
-        not_before = start_time(delay, start_at)
+        not_before = start_time(delay, start_at, self.clock.now())
         return await self._start(
             self._resolve(workflow),
             inp,
@@ -491,7 +514,7 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
         partition_key: str | None = None,
         dedup_id: str | None = None,
         not_before: float | None = None,
-    ) -> SagaHandle:
+    ) -> SagaHandle[Any]:
         store = self._store_or_raise()
         saga_id = _check_saga_id(saga_id)
         value = wf.input.validate(inp)
@@ -621,21 +644,56 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
 
         return client_for(self, target)
 
+    @overload
     async def run(
         self,
-        workflow: SagaWorkflow[Any, OutT] | str,
+        workflow: SagaWorkflow[InT, OutT],
+        inp: InT | dict[str, Any],
+        saga_id: str | None = None,
+        *,
+        timeout: float | timedelta | None = None,
+    ) -> OutT: ...
+
+    @overload
+    async def run(
+        self,
+        workflow: str,
+        inp: Any,
+        saga_id: str | None = None,
+        *,
+        timeout: float | timedelta | None = None,
+    ) -> Any: ...
+
+    async def run(
+        self,
+        workflow: SagaWorkflow[Any, Any] | str,
         inp: Any,
         saga_id: str | None = None,
         *,
         timeout: float | timedelta | None = None,
     ) -> Any:
         """Start a saga and wait for its result (see :meth:`start` and
-        :meth:`SagaHandle.result`)."""
+        :meth:`SagaHandle.result`). Typed: a workflow whose function returns ``Out`` gives an
+        ``Out`` (a workflow's name: ``Any``)."""
         handle = await self.start(workflow, inp, saga_id)
         return await handle.result(timeout)
 
-    def handle(self, saga_id: str) -> SagaHandle:
-        """A handle on an existing saga, to wait for it from any process."""
+    @overload
+    def handle(self, saga_id: str) -> SagaHandle[Any]: ...
+
+    @overload
+    def handle(self, saga_id: str, workflow: SagaWorkflow[Any, OutT]) -> SagaHandle[OutT]: ...
+
+    def handle(
+        self, saga_id: str, workflow: SagaWorkflow[Any, Any] | None = None
+    ) -> SagaHandle[Any]:
+        """A handle on an existing saga, to wait for it from any process.
+
+        ``workflow`` (the saga's workflow) only types the handle: ``engine.handle(saga_id,
+        checkout)`` is a ``SagaHandle[Out]`` whose ``result()`` is typed as the workflow's
+        output. It is not checked against the saga: the output is converted by the workflow
+        version that started the saga, as without it.
+        """
         return SagaHandle(self, saga_id)
 
     async def get(self, saga_id: str) -> SagaSnapshot:

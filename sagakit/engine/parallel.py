@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -142,7 +141,7 @@ class ParallelMixin(RunCore):
         if self._recorded(seq, EntryKind.GATHER, name) is not None:
             return
         self._check_draining()
-        now = time.time()
+        now = self.clock.now()
         output = serde.dumps({"branches": count})
         entry = JournalEntry(
             self.saga_id, seq, EntryKind.GATHER, name, EntryStatus.COMPLETED, 1, output, None,

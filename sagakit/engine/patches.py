@@ -23,7 +23,6 @@ end at the same point and decides the same way.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from ..errors import NonDeterminismError
@@ -73,7 +72,7 @@ class PatchesMixin(RunCore):
         self._recorded(seq, EntryKind.PATCH, change_id)  # None: where a replay check stops
         self._check_draining()
         strand.take()
-        now = time.time()
+        now = self.clock.now()
         marker = JournalEntry(
             self.saga_id, seq, EntryKind.PATCH, change_id, EntryStatus.COMPLETED, 1, None, None,
             None, now, now,

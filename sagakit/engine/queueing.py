@@ -5,10 +5,10 @@ enforced by the store's claim (see :mod:`sagakit.stores.queueing`)."""
 from __future__ import annotations
 
 import math
-import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from ..clock import Clock
 from ..errors import SagaConflictError, SagaValidationError
 from ..queues import MAX_PRIORITY, Queue
 from ..stores.base import Store
@@ -35,9 +35,9 @@ def queue_limits(queue: Queue) -> QueueLimits:
     )
 
 
-def start_time(delay: timedelta | None, start_at: datetime | None) -> float | None:
-    """The epoch time before which a saga must not start (None: at once), from ``delay`` or
-    ``start_at`` (a timezone-aware datetime), or SagaValidationError."""
+def start_time(delay: timedelta | None, start_at: datetime | None, now: float) -> float | None:
+    """The epoch time before which a saga must not start (None: at once), from ``delay`` (a
+    pause from ``now``) or ``start_at`` (a timezone-aware datetime), or SagaValidationError."""
     if delay is not None and start_at is not None:
         raise SagaValidationError(
             "give either delay= or start_at=, not both: delay counts from now, start_at is a "
@@ -49,7 +49,7 @@ def start_time(delay: timedelta | None, start_at: datetime | None) -> float | No
                 f"delay= must be a timedelta of zero or more, got {delay!r}: "
                 "delay=timedelta(minutes=5)"
             )
-        return time.time() + delay.total_seconds()
+        return now + delay.total_seconds()
     if start_at is not None:
         if not isinstance(start_at, datetime) or start_at.tzinfo is None:
             raise SagaValidationError(
@@ -65,6 +65,7 @@ class QueueingMixin:
 
     _queues: dict[str, Queue]
     _undeclared: set[str]
+    clock: Clock
 
     if TYPE_CHECKING:  # provided by Engine
 
@@ -128,7 +129,7 @@ class QueueingMixin:
         dedup_id: str | None = None,
         delay: timedelta | None = None,
         start_at: datetime | None = None,
-    ) -> SagaHandle: ...
+    ) -> SagaHandle[OutT]: ...
 
     @overload
     async def enqueue(
@@ -237,7 +238,7 @@ class QueueingMixin:
             )
         if dedup_id is not None and (not isinstance(dedup_id, str) or not dedup_id):
             raise SagaValidationError(f"dedup_id must be a non-empty string, got {dedup_id!r}")
-        not_before = start_time(delay, start_at)
+        not_before = start_time(delay, start_at, self.clock.now())
         await self._declare_queues()
         return await self._start(
             wf,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from .. import serde
@@ -167,7 +166,7 @@ class RollbackMixin(RunCore):
         await self._settle_and_check_lease()
         prior = 0 if recorded is None else recorded.attempts
         retrying = Retrying.of(recorded)
-        started = time.time() if retrying is None else retrying.started
+        started = self.clock.now() if retrying is None else retrying.started
         attempt = prior
         error: ErrorInfo | None = None
         if prior >= policy.max_attempts:
@@ -177,7 +176,7 @@ class RollbackMixin(RunCore):
             await self._await_retry(seq, retrying, None)
         if error is None and self._mark_next_attempt:
             self._mark_next_attempt = False
-            now = time.time()
+            now = self.clock.now()
             marker = JournalEntry(
                 self.saga_id,
                 seq,
@@ -233,7 +232,7 @@ class RollbackMixin(RunCore):
             serde.dumps({"undoes": compensation.seq}),
             None if error is None else serde.dumps(error.to_json()),
             started,
-            time.time(),
+            self.clock.now(),
         )
         state = self._object_writes(writes) if error is None else ()
         self._write_behind(entry, update, state=state)

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -57,6 +56,7 @@ from ..workflows import SagaWorkflow
 from .backoff import BackoffMixin, FailedAttempt, Retrying, out_of_attempts
 from .calls import Callees, CallsMixin
 from .children import ChildrenMixin, ChildStarter
+from .crashes import ProcessCrash, StepHook, StepPoint, When
 from .observe import NO_OBSERVERS, Observers, RunInfo
 from .operators import operator_rollback, skipped_seqs
 from .outcome import Outcome, _Compensation, terminal_form
@@ -132,6 +132,10 @@ class SagaRun(
         #: until when (event loop time) this run's lease is known to be held: the engine moves
         #: it on with every renewal that renewed all its runs (see _settle_and_check_lease)
         self.lease_known_until = math.inf
+        #: test-only (see engine/crashes.py): set by the engine from ``Engine.step_hook``
+        self.step_hook: StepHook | None = None
+        #: the simulated crash that stopped this run: it writes nothing more
+        self._crashed: ProcessCrash | None = None
         self._events = events
         self._children = children
         self._callees = callees
@@ -177,6 +181,8 @@ class SagaRun(
             services=self._services_factory,
         )
         run.lease_known_until = self.lease_known_until
+        run.clock = self.clock
+        run.step_hook = self.step_hook
         return run
 
     # -- the RunDriver protocol (what SagaContext calls) --------------------------------------
@@ -228,6 +234,8 @@ class SagaRun(
         """Queue a write and go on: the saga function may compute on the result while it
         commits, but nothing leaves the run (a step, a compensation, a wait, the outcome)
         before :meth:`_settle` saw it committed. Appends commit in the order they are queued."""
+        if self._crashed is not None:  # a dead process writes nothing (a parallel branch)
+            raise ProcessCrash(self._crashed.point)
         try:
             future = self._store.append(
                 self.saga_id, self.fence, entry, update, guard=guard, state=state
@@ -292,7 +300,7 @@ class SagaRun(
         entry = self._recorded(seq, kind, kind)
         if entry is None:
             self._check_draining()
-            now = time.time()
+            now = self.clock.now()
             entry = JournalEntry(
                 self.saga_id,
                 seq,
@@ -404,7 +412,7 @@ class SagaRun(
 
     async def _mark_attempt(self, kind: str, name: str, seq: int, attempt: int) -> None:
         """Journal that attempt number ``attempt`` of an operation starts (recovered runs only)."""
-        now = time.time()
+        now = self.clock.now()
         await self._write(
             JournalEntry(
                 self.saga_id,
@@ -433,7 +441,7 @@ class SagaRun(
         await self._settle_and_check_lease()
         prior_attempts = 0 if recorded is None else recorded.attempts
         retrying = Retrying.of(recorded)
-        started = time.time() if retrying is None else retrying.started
+        started = self.clock.now() if retrying is None else retrying.started
         attempt = prior_attempts
         if prior_attempts >= policy.max_attempts:
             info = out_of_attempts(retrying, step.name, seq, prior_attempts)
@@ -449,7 +457,7 @@ class SagaRun(
         while True:
             attempt += 1
             ctx = SagaContext(self, step_seq=seq, step_name=step.name, attempt=attempt)
-            left = None if self._deadline_at is None else self._deadline_at - time.time()
+            left = None if self._deadline_at is None else self._deadline_at - self.clock.now()
             if left is not None and left <= 0:
                 info = ErrorInfo("SagaTimeoutError", PAST_DEADLINE, step.name, seq)
                 return await self._finish_step(
@@ -462,6 +470,7 @@ class SagaRun(
             marker = operation_writes.set(writes)
             try:
                 value = step.input.validate(inp)
+                self._at_step_point(step, seq, attempt, "before")
                 with self._observe_attempt("step", step.name, seq, attempt):
                     async with deadline:
                         result = await step.run(ctx, value)
@@ -492,8 +501,21 @@ class SagaRun(
                 )  # fmt: skip
             finally:
                 operation_writes.reset(marker)
+            self._at_step_point(step, seq, attempt, "after")
             self._step_writes = self._object_writes(writes)
             return await self._record_result(step, seq, attempt, started, result)
+
+    def _at_step_point(self, step: SagaStep[Any], seq: int, attempt: int, when: When) -> None:
+        """Call the test-only step hook (see engine/crashes.py); a ProcessCrash it raises stops
+        the run here, as a killed process would, and no later write of it is made."""
+        if self.step_hook is None:
+            return
+        point = StepPoint(self.saga_id, self.workflow.name, step.name, seq, attempt, when)
+        try:
+            self.step_hook(point)
+        except ProcessCrash as crash:
+            self._crashed = crash
+            raise
 
     def _observe_attempt(
         self, kind: str, name: str, seq: int, attempt: int
@@ -615,7 +637,7 @@ class SagaRun(
             compensation,
             None if error_json is None else serde.dumps(error_json),
             started,
-            time.time(),
+            self.clock.now(),
         )
         # state written by a step that succeeded commits with its entry; a failed one's is dropped
         writes, self._step_writes = self._step_writes, ()

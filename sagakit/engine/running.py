@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
+from ..clock import Clock
 from ..errors import (
     Drained,
     EventsArrived,
@@ -26,6 +26,7 @@ from ..stores.base import ClaimedSaga, SagaStatus, Served, Store
 from ..stores.retrying import Backoff
 from ..workflows import SagaWorkflow
 from .calls import Callees
+from .crashes import ProcessCrash, StepHook
 from .observe import Observers
 from .outcome import Outcome
 from .run import SagaRun
@@ -57,6 +58,8 @@ class RunningMixin:
     _draining: bool
     _observers: Observers
     _services: ServicesFactory | None
+    clock: Clock
+    step_hook: StepHook | None
 
     if TYPE_CHECKING:  # provided by Engine
 
@@ -168,6 +171,8 @@ class RunningMixin:
         if old is not None:
             old.cancel()  # it lost the saga: its fence is stale and it can write nothing more
         run.draining = self._draining
+        run.clock = self.clock
+        run.step_hook = self.step_hook
         # the lease was taken a moment ago (by the claim or the start that handed us the run):
         # count it from now, less a margin for that moment
         lease = self.lease.total_seconds()
@@ -225,6 +230,16 @@ class RunningMixin:
             )
             with contextlib.suppress(Exception):
                 await self._store_or_raise().release(self.worker_id, [run.saga_id])
+            return None
+        except ProcessCrash as crash:
+            # a test's simulated kill (engine/crashes.py): like a dead process, the run
+            # releases nothing; the saga is taken over once its lease expires
+            log.info(
+                "saga %s: %s; it is taken over when its lease expires",
+                run.saga_id,
+                crash,
+                extra={"saga_id": run.saga_id, "workflow": run.workflow.name},
+            )
             return None
         except LeaseLost:
             log.warning(
@@ -307,7 +322,7 @@ class RunningMixin:
 
     def _wake_at(self, when: float) -> None:
         """Look for work when a timer this engine set falls due (other engines poll for it)."""
-        delay = max(0.0, when - time.time()) + _TIMER_SLACK
+        delay = max(0.0, when - self.clock.now()) + _TIMER_SLACK
         asyncio.get_running_loop().call_later(delay, self._poke)
 
     # -- the background worker ---------------------------------------------------------------

@@ -25,7 +25,6 @@ import asyncio
 import logging
 import math
 import re
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -374,5 +373,5 @@ class SchedulingMixin:
         ]
         if self._schedule_wake is not None:
             self._schedule_wake.cancel()
-        delay = max(0.0, min(upcoming) - time.time()) + 0.002
+        delay = max(0.0, min(upcoming) - self.schedule_clock()) + 0.002
         self._schedule_wake = asyncio.get_running_loop().call_later(delay, self._poke)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -236,7 +235,7 @@ class WaitsMixin(RunCore):
         await self._settle()
         if entry is None:
             token = f"{seq}-{secrets.token_hex(6)}"
-            until = None if timeout is None else time.time() + max(0.0, timeout)
+            until = None if timeout is None else self.clock.now() + max(0.0, timeout)
         else:
             started = serde.loads(entry.output)
             token, until = started["token"], started["until"]
@@ -247,7 +246,7 @@ class WaitsMixin(RunCore):
         while True:
             seen = events[-1].seq if events else 0  # events are numbered 1, 2, 3... per saga
             answer = match(events, token)
-            if answer is None and (limit is None or time.time() < limit):
+            if answer is None and (limit is None or self.clock.now() < limit):
                 break
             try:
                 return await self._finish_wait(seq, kind, name, entry, answer, until, seen)
@@ -270,7 +269,7 @@ class WaitsMixin(RunCore):
         seen: int,
     ) -> Any:
         """Journal how the wait ended (guarded by the events seen); return its value."""
-        begun = started.started_at if started is not None else time.time()
+        begun = started.started_at if started is not None else self.clock.now()
         # the saga's wait token is withdrawn with the entry that ends the wait
         clear = SagaUpdate(clear_wait=True) if started is not None else None
         error: ErrorInfo | None = None
@@ -318,7 +317,7 @@ class WaitsMixin(RunCore):
         status: EntryStatus = EntryStatus.COMPLETED,
         started_at: float | None = None,
     ) -> JournalEntry:
-        now = time.time()
+        now = self.clock.now()
         return JournalEntry(
             self.saga_id, seq, kind, name, status, 1, output, None, None, started_at or now, now
         )
@@ -337,7 +336,7 @@ class WaitsMixin(RunCore):
             None,
             serde.dumps(error.to_json()),
             started_at,
-            time.time(),
+            self.clock.now(),
         )
 
 

@@ -30,7 +30,16 @@ def open_store(
     if url.startswith("memory:"):
         return MemoryStore(url)
     if url.startswith(("postgresql://", "postgres://")):
-        from .postgres import PostgresStore
+        # asyncpg is the optional extra sagakit[postgres]: a SQLite user need not install it
+        try:
+            from .postgres import PostgresStore
+        except ModuleNotFoundError as exc:
+            if exc.name != "asyncpg":
+                raise
+            raise StoreError(
+                "a postgresql:// URL needs the PostgreSQL store, whose driver asyncpg is not "
+                "installed: pip install 'sagakit[postgres]'"
+            ) from exc
 
         return PostgresStore(url, migrate=migrate, read_only=read_only, schema=schema)
     raise StoreError(f"unknown store URL {url!r}: use sqlite:///path.db, or memory:// for tests")

@@ -7,11 +7,11 @@ shared by every engine of this process that names it (to test several workers wi
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import EventsArrived, LeaseLost
 from .base import (
     LIVE_LEASES,
@@ -101,8 +101,11 @@ _named: dict[str, _Tables] = {}
 class MemoryStore:
     """Implements :class:`~sagakit.stores.base.Store` with dictionaries."""
 
-    def __init__(self, url: str = "memory://"):
+    def __init__(self, url: str = "memory://", *, clock: Clock | None = None):
         self.url = url
+        #: what "now" is for leases, timers and timestamps (an Engine opening this store gives
+        #: it its own clock when this one is the system's: see sagakit.clock)
+        self.clock: Clock = clock or SYSTEM_CLOCK
         self.on_work: Callable[[], None] | None = None
         self.queue_retry_at: float | None = None
         name = url.removeprefix("memory://")
@@ -131,7 +134,7 @@ class MemoryStore:
                     and other.status not in _ENDED
                 ):
                     return CreateResult(False, other)
-        now = time.time()
+        now = self.clock.now()
         self._t.arrival[new.saga_id] = len(self._t.arrival) + 1
         owner = new.owner if self._t.is_head(new.saga_id, new.object_key) else None
         if new.queue is not None or new.not_before is not None:
@@ -191,7 +194,7 @@ class MemoryStore:
                 scope.pop(write.key, None)
             else:
                 scope[write.key] = write.value
-        changes: dict[str, object] = {"updated_at": time.time()}
+        changes: dict[str, object] = {"updated_at": self.clock.now()}
         if update is not None:
             changes.update(_changes(update))
         self._t.sagas[saga_id] = replace(record, **changes)  # type: ignore[arg-type]
@@ -227,7 +230,7 @@ class MemoryStore:
             return Delivery(DeliveryOutcome.FINISHED, record.status)
         if token is not None and record.wait_token != token:
             return Delivery(DeliveryOutcome.STALE, record.status)
-        now = time.time()
+        now = self.clock.now()
         count = record.event_count + 1
         events.append(SagaEvent(saga_id, count, kind, name, payload, now))
         if key is not None:
@@ -261,7 +264,7 @@ class MemoryStore:
         return [entries[k] for k in sorted(entries)]
 
     async def renew_leases(self, owner: str, lease_seconds: float, saga_ids: Sequence[str]) -> int:
-        until = time.time() + lease_seconds
+        until = self.clock.now() + lease_seconds
         count = 0
         for saga_id in set(saga_ids):
             record = self._t.sagas.get(saga_id)
@@ -273,7 +276,7 @@ class MemoryStore:
     async def claim(
         self, owner: str, names: Sequence[str | Served], lease_seconds: float, limit: int
     ) -> list[ClaimedSaga]:
-        now = time.time()
+        now = self.clock.now()
         keys = claim_keys(names)
         any_version = {name for name, version in keys if version is None}
         wanted = {key for key in keys if key[1] is not None}
@@ -404,7 +407,7 @@ class MemoryStore:
         declared, override = self._t.queues.get(name, (QueueLimits(), {}))
         state = QueueState(name, declared, dict(override))
         members = [r for r in self._t.sagas.values() if r.queue == name]
-        now = time.time()
+        now = self.clock.now()
         queued = [r for r in members if r.status == SagaStatus.QUEUED]
         limits = state.limits
         window = now - limits.rate_per if limits.rate_per is not None else None
@@ -490,13 +493,13 @@ class MemoryStore:
     async def heartbeat(
         self, worker_id: str, served: Sequence[Served], lease_seconds: float
     ) -> None:
-        self._t.workers[worker_id] = (served_keys(served), time.time(), lease_seconds)
+        self._t.workers[worker_id] = (served_keys(served), self.clock.now(), lease_seconds)
 
     async def forget_worker(self, worker_id: str) -> None:
         self._t.workers.pop(worker_id, None)
 
     def _stranded(self) -> list[SagaRecord]:
-        now = time.time()
+        now = self.clock.now()
         served = {
             key
             for keys, seen, lease in self._t.workers.values()
@@ -562,7 +565,7 @@ class MemoryStore:
             fence=record.fence + 1,
             lease_expires_at=0.0 if SagaStatus(change.status).is_terminal else change.due_at,
             wait_token=change.wait_token,
-            updated_at=time.time(),
+            updated_at=self.clock.now(),
         )
         self._t.sagas[change.saga_id] = updated
         for saga_id, kind, name, payload in change.tell:
@@ -580,7 +583,7 @@ class MemoryStore:
         source = self._t.sagas.get(fork.source_id)
         if source is None:
             return None
-        now = time.time()
+        now = self.clock.now()
         self._t.arrival[new.saga_id] = len(self._t.arrival) + 1
         events = [e for e in self._t.events.get(fork.source_id, []) if e.seq <= fork.events_upto]
         record = SagaRecord(

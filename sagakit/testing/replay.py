@@ -1,4 +1,4 @@
-"""Helpers for a user's own test suite.
+"""The replayer: check that workflow code still accepts recorded histories.
 
 :func:`replay` checks that the code of a workflow still accepts a saga's recorded history
 (exported with ``sagakit export SAGA_ID > history.json``): it replays the journal with the
@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import serde
-from .engine.replay import Frontier, replay_only
-from .errors import SagaError, SagaValidationError
-from .history import History, load_history
-from .services import ServicesFactory
-from .stores.base import SagaStatus
-from .workflows import SagaWorkflow
+from .. import serde
+from ..engine.replay import Frontier, replay_only
+from ..errors import SagaError, SagaValidationError
+from ..history import History, load_history
+from ..services import ServicesFactory
+from ..stores.base import SagaStatus
+from ..workflows import SagaWorkflow
 
 HistorySource = History | Mapping[str, Any] | str | Path
 
