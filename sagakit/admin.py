@@ -31,10 +31,10 @@ from .engine.cascade import (
     roll_back_descendants,
     wake_calls,
 )
-from .engine.engine import _check_saga_id as check_saga_id
 from .engine.operators import audit_entry
 from .engine.retention import prune_ended
 from .engine.snapshots import AuditEntry, SagaSnapshot
+from .engine.starts import check_saga_id
 from .errors import (
     OutputNotSerializableError,
     SagaConflictError,

@@ -19,7 +19,8 @@ from .objects import SagaVirtualObject
 from .workflows import SagaWorkflow
 
 if TYPE_CHECKING:
-    from .engine.engine import Engine, SagaHandle
+    from .engine.engine import Engine
+    from .engine.handles import SagaHandle
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")

@@ -11,9 +11,7 @@ import socket
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
-
-from typing_extensions import TypeVar as DefaultTypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .. import serde
 from ..clock import SYSTEM_CLOCK, Clock
@@ -37,6 +35,7 @@ from ..stores.base import NewSaga, SagaFilter, SagaStatus, Store
 from ..stores.scheduling import Schedule
 from ..workflows import SagaWorkflow, check_version
 from .crashes import StepHook
+from .handles import SagaHandle, seconds
 from .observe import Observer, Observers
 from .outcome import Outcome
 from .queueing import QueueingMixin, start_time
@@ -44,7 +43,8 @@ from .retention import check_retention, start_pruning, stop_pruning
 from .run import SagaRun
 from .running import RunningMixin
 from .scheduling import SchedulingMixin
-from .snapshots import SagaSnapshot, error_for
+from .snapshots import SagaSnapshot
+from .starts import at_version, check_saga_id, check_same_saga, named_definition, value_of
 from .talk import TalkMixin
 
 if TYPE_CHECKING:
@@ -56,54 +56,8 @@ log = logging.getLogger("sagakit.engine")
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
-#: a bare ``SagaHandle`` (unparametrised, in user code too) is a ``SagaHandle[Any]`` (PEP 696)
-ResultT = DefaultTypeVar("ResultT", covariant=True, default=Any)
-
-_MAX_SAGA_ID = 200
 #: the longest pause between two looks at the store while waiting for another worker's saga
 _RESULT_POLL_MAX = 0.25
-
-
-class SagaHandle(Generic[ResultT]):
-    """A started saga: wait for its result or look at its status.
-
-    ``engine.start(workflow, ...)`` gives a ``SagaHandle[Out]`` for a workflow whose function
-    returns ``Out``, so ``await handle.result()`` is typed as an ``Out``; a handle made from a
-    workflow's name, or ``engine.handle(saga_id)``, is a ``SagaHandle[Any]``.
-    """
-
-    __slots__ = ("_engine", "saga_id")
-
-    def __init__(self, engine: Engine, saga_id: str):
-        self._engine = engine
-        self.saga_id = saga_id
-
-    async def result(self, timeout: float | timedelta | None = None) -> ResultT:
-        """Wait until the saga ends; return its output or raise why it did not complete.
-
-        Raises:
-            SagaCompensatedError: the saga failed and was rolled back.
-            CompensationFailedError: the rollback is incomplete (the saga is FAILED).
-            TimeoutError: ``timeout`` passed first (the saga goes on).
-        """
-        output: ResultT = await self._engine._result(self.saga_id, timeout)
-        return output
-
-    async def status(self) -> SagaStatus:
-        """The saga's status as the store has it now."""
-        record = await self._engine._store_or_raise().load_saga(self.saga_id)
-        if record is None:
-            raise SagaNotFoundError(self.saga_id)
-        return SagaStatus(record.status)
-
-    def __repr__(self) -> str:
-        return f"<SagaHandle {self.saga_id!r}>"
-
-
-def _seconds(value: float | timedelta | None) -> float | None:
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    return value
 
 
 class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
@@ -253,7 +207,7 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
         without a version has the engine's ``app_version``.
         """
         if workflows and isinstance(workflows[0], str):
-            name, definition = _named_definition(workflows)
+            name, definition = named_definition(workflows)
             version = check_version(version, f"workflow {name!r}")
             known = self._versions.get((name, version or self.app_version))
             if getattr(known, "definition", None) is definition:
@@ -275,7 +229,7 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
                 if known_object is not None and known_object is not workflow:
                     raise SagaConflictError(
                         f"another virtual object is already registered as {workflow.name!r}"
-                        f"{_at_version(key[1])}"
+                        f"{at_version(key[1])}"
                     )
                 self._object_versions[key] = workflow
                 self._objects[workflow.name] = workflow
@@ -297,7 +251,7 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
             if known is not None and known is not workflow:
                 raise SagaConflictError(
                     f"another workflow is already registered as {workflow.name!r}"
-                    f"{_at_version(key[1])}; give one of them another version"
+                    f"{at_version(key[1])}; give one of them another version"
                 )
             if known is None:  # registering it again (a start does) keeps the order
                 self._versions[key] = workflow
@@ -372,7 +326,7 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
         for task in self._tasks.values():
             task.sagakit_run.draining = True  # type: ignore[attr-defined]
         if self._tasks:
-            await asyncio.wait(list(self._tasks.values()), timeout=_seconds(grace))
+            await asyncio.wait(list(self._tasks.values()), timeout=seconds(grace))
         await self.close(timeout=timeout)
 
     async def close(self, timeout: float | timedelta | None = None) -> None:
@@ -389,7 +343,7 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
             return
         store = self._store
         loop = asyncio.get_running_loop()
-        bound = _seconds(timeout)
+        bound = seconds(timeout)
         ends = None if bound is None else loop.time() + max(0.0, bound)
 
         def left() -> float | None:
@@ -516,7 +470,7 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
         not_before: float | None = None,
     ) -> SagaHandle[Any]:
         store = self._store_or_raise()
-        saga_id = _check_saga_id(saga_id)
+        saga_id = check_saga_id(saga_id)
         value = wf.input.validate(inp)
         try:
             input_json = serde.dumps(value, what=f"the input of saga {wf.name!r}")
@@ -525,7 +479,7 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
         running = self._tasks.get(saga_id)
         if running is not None:
             record = running.sagakit_run.record  # type: ignore[attr-defined]
-            _check_same_saga(saga_id, record.name, record.parent_id, wf.name, parent_id)
+            check_same_saga(saga_id, record.name, record.parent_id, wf.name, parent_id)
             return SagaHandle(self, saga_id)
         created = await store.create_saga(
             NewSaga(
@@ -548,7 +502,7 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
             record = created.record
             if record.saga_id != saga_id and queue is not None and dedup_id is not None:
                 raise QueueDeduplicatedError(queue, dedup_id, record.saga_id, record.status)
-            _check_same_saga(saga_id, record.name, record.parent_id, wf.name, parent_id)
+            check_same_saga(saga_id, record.name, record.parent_id, wf.name, parent_id)
             return SagaHandle(self, saga_id)
         if created.record.owner == self.worker_id:
             self._launch(
@@ -724,7 +678,7 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
 
     async def _result(self, saga_id: str, timeout: float | timedelta | None) -> Any:
         store = self._store_or_raise()
-        async with asyncio.timeout(_seconds(timeout)):
+        async with asyncio.timeout(seconds(timeout)):
             delay = 0.005
             awaited: asyncio.Task[Outcome | None] | None = None
             while True:
@@ -743,7 +697,7 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
                             raise  # the caller itself is being cancelled
                         # else the engine stopped the run: it is closing or draining
                     if outcome is not None and outcome.status.is_terminal:
-                        return _value_of(
+                        return value_of(
                             saga_id, outcome.status, outcome.output, outcome.error, run.workflow
                         )
                     # else suspended (or stopped): it goes on later, here or in another worker
@@ -759,73 +713,6 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
                 status = SagaStatus(record.status)
                 if status.is_terminal:
                     workflow = self._versions.get((record.name, record.version))
-                    return _value_of(saga_id, status, record.output, record.error, workflow)
+                    return value_of(saga_id, status, record.output, record.error, workflow)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RESULT_POLL_MAX)
-
-
-def _value_of(
-    saga_id: str,
-    status: SagaStatus,
-    output: str | None,
-    error: str | None,
-    workflow: SagaWorkflow[Any, Any] | None,
-) -> Any:
-    """A finished saga's output (as the workflow's return model when it has one), or its error
-    raised."""
-    if status == SagaStatus.COMPLETED:
-        value = serde.loads(output)
-        return workflow.output.validate(value) if workflow is not None else value
-    raise error_for(saga_id, status, error)
-
-
-def _named_definition(args: tuple[Any, ...]) -> tuple[str, SagaDefinition]:
-    """The ``(name, definition)`` of ``engine.register(name, definition)``, checked."""
-    if len(args) != 2 or not isinstance(args[1], SagaDefinition):
-        given = ", ".join(repr(a) for a in args[1:]) or "nothing"
-        raise TypeError(
-            f"engine.register({args[0]!r}, ...) registers a declarative saga: it takes the name "
-            f"and one SagaDefinition (SagaBuilder().build()), got {given}"
-        )
-    name: str = args[0]
-    if not name.strip():
-        raise ValueError("a saga workflow needs a non-empty name")
-    return name, args[1]
-
-
-def _at_version(version: str | None) -> str:
-    return " (unversioned)" if version is None else f" at version {version!r}"
-
-
-def _check_same_saga(
-    saga_id: str,
-    existing: str,
-    existing_parent: str | None,
-    wanted: str,
-    wanted_parent: str | None,
-) -> None:
-    """Starting a saga id again is idempotent only for the same workflow (and the same
-    parent: a child must not be confused with an unrelated saga that took its id)."""
-    if existing != wanted:
-        raise SagaConflictError(
-            f"saga id {saga_id!r} is taken by a saga of workflow {existing!r}, not {wanted!r}; "
-            "choose another saga_id"
-        )
-    if wanted_parent is not None and existing_parent != wanted_parent:
-        owner = "no parent" if existing_parent is None else f"parent {existing_parent!r}"
-        raise SagaConflictError(
-            f"saga id {saga_id!r} is taken by a saga with {owner}, not a child of "
-            f"{wanted_parent!r}; choose another saga_id for the child"
-        )
-
-
-def _check_saga_id(saga_id: str | None) -> str:
-    if saga_id is None:
-        return str(uuid.uuid4())
-    if not isinstance(saga_id, str) or not saga_id.strip():
-        raise SagaValidationError(f"saga_id must be a non-empty string, got {saga_id!r}")
-    if len(saga_id) > _MAX_SAGA_ID:
-        raise SagaValidationError(
-            f"saga_id is {len(saga_id)} characters long; the most is {_MAX_SAGA_ID}"
-        )
-    return saga_id

@@ -16,7 +16,7 @@ from ..stores.queueing import QueueLimits
 
 if TYPE_CHECKING:
     from ..workflows import SagaWorkflow
-    from .engine import SagaHandle
+    from .handles import SagaHandle
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")

@@ -21,7 +21,7 @@ from .waits import deliver_promise, object_scope, refuse_undelivered, saga_scope
 
 if TYPE_CHECKING:
     from ..workflows import SagaWorkflow
-    from .engine import SagaHandle
+    from .handles import SagaHandle
 
 
 class TalkMixin:
