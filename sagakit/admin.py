@@ -44,9 +44,11 @@ from .errors import (
     UnknownWorkflowError,
 )
 from .fork_plans import fork_plan
+from .health import HealthAdmin
 from .operator_plans import RERUNNABLE, Plan, compensate_plan, retry_plan, skip_plan
 from .queue_admin import QueueAdmin
 from .schedule_admin import ScheduleAdmin
+from .search import FieldMatch, check_id_prefix, parse_wheres
 from .stores.base import (
     AdminChange,
     EntryKind,
@@ -103,10 +105,11 @@ class SagaPage:
         return len(self.sagas)
 
 
-class SagaAdmin(QueueAdmin, ScheduleAdmin):
+class SagaAdmin(QueueAdmin, ScheduleAdmin, HealthAdmin):
     """The operator's view of an engine's database (see the module docstring); its queues
     in :class:`~sagakit.queue_admin.QueueAdmin`, its schedules in
-    :class:`~sagakit.schedule_admin.ScheduleAdmin`."""
+    :class:`~sagakit.schedule_admin.ScheduleAdmin`, its alert conditions in
+    :class:`~sagakit.health.HealthAdmin`."""
 
     def __init__(self, engine: Engine):
         self._engine = engine
@@ -137,28 +140,35 @@ class SagaAdmin(QueueAdmin, ScheduleAdmin):
         created_before: datetime | float | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        *,
+        id_prefix: str | None = None,
+        where: Sequence[str | FieldMatch] = (),
     ) -> SagaPage:
-        """Sagas newest first, without their journals, filtered by status, workflow name and
+        """Sagas newest first, without their journals, filtered by status, workflow name,
         creation time (``created_after`` inclusive, ``created_before`` exclusive; a datetime
-        (naive ones are taken as UTC) or an epoch time). Pass ``page.next_cursor`` as
-        ``cursor`` for the next page; paging is stable while new sagas arrive (they are newer
-        than every page).
+        (naive ones are taken as UTC) or an epoch time), the start of their id (``id_prefix``)
+        and values inside their input or output (``where``: ``"input.customer_id=42"``, see
+        :mod:`sagakit.search`; all must hold). Pass ``page.next_cursor`` as ``cursor`` for the
+        next page; paging is stable while new sagas arrive (they are newer than every page).
 
-        Raises SagaValidationError for an unknown status, a bad limit or a cursor this method
-        did not give out.
+        Raises SagaValidationError for an unknown status, a bad limit, a cursor this method
+        did not give out, or a search condition it cannot use
+        (:class:`~sagakit.search.SearchError`).
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _MAX_LIMIT:
             raise SagaValidationError(
                 f"limit must be a whole number from 1 to {_MAX_LIMIT}, got {limit!r}"
             )
-        where = SagaFilter(
+        query = SagaFilter(
             status=_status(status),
             name=name,
             created_after=_epoch(created_after, "created_after", inclusive=True),
             created_before=_epoch(created_before, "created_before"),
             after=None if cursor is None else _decode_cursor(cursor),
+            id_prefix=None if id_prefix is None else check_id_prefix(id_prefix),
+            where=parse_wheres(where),
         )
-        records = await self._store().list_sagas(where, limit + 1)
+        records = await self._store().list_sagas(query, limit + 1)
         page = records[:limit]
         more = len(records) > limit
         return SagaPage(

@@ -15,6 +15,7 @@ from typing import Any
 
 from .engine import Engine
 from .errors import SagaError
+from .urls import redact_url
 from .workflows import SagaWorkflow
 
 log = logging.getLogger("sagakit.worker")
@@ -88,20 +89,47 @@ async def run_worker(
     poll_interval: timedelta = timedelta(seconds=1),
     grace: timedelta = timedelta(seconds=30),
     shutdown_timeout: timedelta = timedelta(seconds=10),
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> None:
     """Run sagas of ``workflows`` from the store at ``url`` until SIGTERM/SIGINT, then drain:
     running sagas finish their current step (for up to ``grace``) and are released, within
     ``shutdown_timeout`` more even when the database does not answer (what is not released
-    by then is taken over by another worker when its lease expires)."""
+    by then is taken over by another worker when its lease expires).
+
+    With ``metrics_port``, serves the engine's Prometheus metrics at
+    ``http://metrics_host:metrics_port/metrics`` (0: any free port, printed)."""
     app = workflows if isinstance(workflows, LoadedApp) else LoadedApp(workflows)
-    engine = app.engine(url, lease=lease, poll_interval=poll_interval, max_concurrency=concurrency)
+    options: dict[str, Any] = {}
+    if metrics_port is not None:
+        from .metrics import metrics_available
+        from .metrics.core import MetricsNotInstalled
+
+        if not metrics_available():
+            raise MetricsNotInstalled("--metrics-port")
+        options["metrics"] = True
+    engine = app.engine(
+        url, lease=lease, poll_interval=poll_interval, max_concurrency=concurrency, **options
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with engine:
         names = ", ".join(sorted(engine.workflows))
-        log.info("worker %s ready on %s (workflows: %s)", engine.worker_id, url, names)
+        if metrics_port is not None:
+            from .metrics import serve_metrics
+
+            try:
+                port = serve_metrics(engine, metrics_port, metrics_host)
+            except OSError as exc:
+                raise SagaError(
+                    f"cannot serve metrics on {metrics_host} port {metrics_port} ({exc}): "
+                    "choose another --metrics-port or --metrics-host"
+                ) from exc
+            shown = f"[{metrics_host}]" if ":" in metrics_host else metrics_host
+            print(f"sagakit worker metrics on http://{shown}:{port}/metrics", flush=True)
+        log.info("worker %s ready on %s (workflows: %s)", engine.worker_id, redact_url(url), names)
         print(f"sagakit worker {engine.worker_id} ready (workflows: {names})", flush=True)
         await stop.wait()
         log.info("worker %s draining", engine.worker_id)

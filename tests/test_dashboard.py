@@ -44,6 +44,7 @@ from .dashboard_app import WORKFLOWS, checkout
 from .processes import REPO
 
 TOKEN = "s3cret-token"
+CSRF = "csrf-value-of-this-browser"
 WEIRD_ID = 'odd/id <b>"&?#'
 XSS = '<script>alert("pwned")</script>'
 
@@ -122,12 +123,18 @@ def call(
     path: str,
     form: dict[str, str] | None = None,
     headers: dict[str, str] | None = None,
+    *,
+    csrf: bool = True,
 ) -> Reply:
-    """One request, redirects not followed."""
+    """One request, redirects not followed. A form carries the CSRF value of a browser that
+    has the dashboard's cookie (the double-submit pattern), unless ``csrf=False``."""
     conn = http.client.HTTPConnection("127.0.0.1", dash.port, timeout=30)
     try:
-        body = urlencode(form).encode() if form is not None else None
         sent = dict(headers or {})
+        if form is not None and csrf:
+            form = {"csrf": CSRF, **form}
+            sent.setdefault("Cookie", f"sagakit_csrf={CSRF}")
+        body = urlencode(form).encode() if form is not None else None
         if body is not None:
             sent.setdefault("Content-Type", "application/x-www-form-urlencoded")
         conn.request(method, path, body=body, headers=sent)
@@ -705,3 +712,36 @@ def test_a_missing_sqlite_file_is_refused(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "does not exist" in done.stderr and "Traceback" not in done.stderr
+
+
+# -- alerts and search (issue 19) ----------------------------------------------------------------
+
+
+def test_the_front_page_shows_the_alert_conditions_of_sagakit_check(dashboard: Dashboard) -> None:
+    body = call(dashboard, "GET", "/").body
+    card = body[body.index('<section class="health"') :]
+    card = card[: card.index("</section>")]
+    states = {
+        name: state for state, name in re.findall(r'<tr class="(\w+)" data-condition="(\w+)"', card)
+    }
+    assert states["failed"] == "held"  # no saga of this module ended FAILED
+    assert "running_age" in states
+    report = dashboard.call(dashboard.engine.admin.health())
+    shown = re.search(r'id="health-state">([^<]+)<', card)
+    assert shown is not None
+    assert shown.group(1) == ("all hold" if report.ok else f"{len(report.breached)} breached")
+
+
+def test_the_list_searches_by_id_prefix_and_a_value_of_the_input(dashboard: Dashboard) -> None:
+    def ids(query: list[tuple[str, str]]) -> list[str]:
+        reply = call(dashboard, "GET", "/?" + urlencode(query))
+        assert reply.status == 200, reply.text()
+        return sorted(html.unescape(s) for s in re.findall(r'<tr data-saga="([^"]*)"', reply.body))
+
+    assert ids([("id", "park-")]) == sorted(s for s in SAGAS if s.startswith("park-"))
+    assert ids([("where", "input.customer=ann")]) == ["ok-1"]
+    assert ids([("id", "ok"), ("where", "input.order=1")]) == ["ok-1"]
+    assert ids([("where", "input.order=1"), ("where", "input.customer=bob")]) == []
+    bad = call(dashboard, "GET", "/?where=nonsense")
+    assert bad.status == 400
+    assert_no_trace(bad)

@@ -2,10 +2,11 @@
 scripts/test.sh installs; Playwright drives it, never downloads a browser).
 
 Real processes all the way: a ``sagakit worker`` runs the workflows of tests/dashboard_app.py on
-a SQLite file, ``sagakit dashboard`` serves it, and the browser does what an operator does:
-open the list, read the counts, open the parked saga, look at its timeline chart, press retry
-without the token (refused, nothing changes), then, once the cause is fixed, with the token,
-and watch the saga complete.
+a SQLite file, ``sagakit dashboard`` serves it (the ASGI app on uvicorn, with a read token), and
+the browser does what an operator does: log in with the read token, open the list, read the
+counts, open the parked saga, look at its timeline chart, press retry without the token
+(refused, nothing changes), then, once the cause is fixed, with the token, and watch the saga
+complete.
 
 A second saga is steered through retry and compensate into a rollback that fails, and its page
 is the README's screenshot: written to the test's folder every run, and to the path in
@@ -52,6 +53,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 TOKEN = "e2e-token-7f3a"
+READ_TOKEN = "e2e-read-91c2"
 WAIT = 60.0
 #: the longest a page waits for a saga to change after an action
 SETTLE = 30.0
@@ -224,7 +226,8 @@ def test_an_operator_steers_sagas_in_a_real_browser(tmp_path: Path) -> None:
         # from the database's folder, with a bare file name, as an operator would type it
         procs.start(
             "dashboard", "-m", "sagakit.cli", "dashboard", "--db", "sagas.db",
-            "--port", str(free_port()), "--token", TOKEN, cwd=tmp_path,
+            "--port", str(free_port()), "--token", TOKEN, "--read-token", READ_TOKEN,
+            cwd=tmp_path,
         )  # fmt: skip
         base = procs.wait_for_output("dashboard", r"http://127\.0\.0\.1:\d+/").group(0)
 
@@ -241,8 +244,16 @@ def test_an_operator_steers_sagas_in_a_real_browser(tmp_path: Path) -> None:
 def _list_and_parked_saga(
     page: Page, base: str, url: str, provider_back: Path, procs: Processes
 ) -> None:
-    # the list: counts by status and the sagas
+    # reads need the read token: the login form, a wrong token, then the right one
     page.goto(base)
+    expect(page.locator("h1")).to_have_text("Log in")
+    page.fill('input[name="read_token"]', "guess")
+    page.locator("#login").click()
+    expect(page.locator("#error-message")).to_contain_text("not this dashboard's read token")
+    page.fill('input[name="read_token"]', READ_TOKEN)
+    page.locator("#login").click()
+
+    # the list: counts by status and the sagas
     expect(page.locator('.count[data-status="ALL"] .n')).to_have_text("4")
     expect(page.locator('.count[data-status="PARKED"] .n')).to_have_text("2")
     expect(page.locator('.count[data-status="COMPLETED"] .n')).to_have_text("1")

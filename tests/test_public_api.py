@@ -209,6 +209,9 @@ def test_admin_signatures_of_issue_7() -> None:
         ("created_before", None),
         ("limit", 50),
         ("cursor", None),
+        # the operator's search (issue 19), keyword-only
+        ("id_prefix", None),
+        ("where", ()),
     ]
     assert list(inspect.signature(admin.get_saga).parameters)[1:] == ["saga_id"]
     assert list(inspect.signature(admin.count_by_status).parameters)[1:] == []
@@ -216,6 +219,19 @@ def test_admin_signatures_of_issue_7() -> None:
     assert list(inspect.signature(admin.cancel).parameters)[1:3] == ["saga_id", "reason"]
     for action in (admin.retry_step, admin.compensate, admin.resume):
         assert list(inspect.signature(action).parameters)[1] == "saga_id"
+
+
+def test_admin_health_signature_of_issue_19() -> None:
+    health = inspect.signature(sagakit.SagaAdmin.health).parameters
+    assert [(n, p.default) for n, p in health.items()][1:] == [
+        ("max_running_age", timedelta(minutes=10)),
+        ("max_failed", 0),
+        ("max_parked", None),
+        ("max_stranded", 0),
+        ("max_queue_age", None),
+        ("examples", 3),
+    ]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in list(health.values())[1:])
 
 
 def test_queue_admin_signatures_of_issue_17() -> None:

@@ -5,6 +5,7 @@
   through ``engine.admin``), with :mod:`.follow` for their ``--wait``;
 * :mod:`.processes`: ``demo``, ``worker``, ``dashboard`` (run until told to stop);
 * :mod:`.migrate`: ``migrate`` (upgrade the schema, deliberately);
+* :mod:`.check`: ``check`` (exit non-zero when sagas need an operator: alerts);
 * :mod:`.queues`: ``queues``, ``queue set``, ``queue reset`` (look at queues, change limits);
 * :mod:`.common`: ``--db`` and the other shared options and helpers.
 
@@ -22,6 +23,7 @@ import click
 
 from .. import __version__
 from .actions import ACTION_COMMANDS
+from .check import check_command
 from .common import DEFAULT_DB, db_url
 from .fork import fork_command
 from .migrate import migrate_command
@@ -58,6 +60,7 @@ for _command in (
     list_command,
     show_command,
     stats_command,
+    check_command,
     *ACTION_COMMANDS,
     fork_command,
     prune_command,

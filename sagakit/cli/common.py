@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 
@@ -25,6 +24,7 @@ from ..errors import SagaError, StoreError
 from ..stores import open_store
 from ..stores.base import SagaStatus
 from ..stores.sqlite.store import path_from_url
+from ..urls import redact_url
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -42,16 +42,9 @@ def db_url(value: str) -> str:
 
 
 def safe_url(url: str) -> str:
-    """``url`` fit for the screen: a password in it becomes ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"  # an IPv6 address keeps its brackets
-    if parts.port is not None:
-        host += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    """``url`` fit for the screen: a password in it becomes ``***`` (see
+    :func:`sagakit.urls.redact_url`)."""
+    return redact_url(url)
 
 
 def check_readable(url: str) -> None:
@@ -202,6 +195,8 @@ def filter_options(fn: F) -> F:
         click.option("--name", metavar="WORKFLOW", help="Only sagas of this workflow."),
         click.option(
             "--created-after",
+            "--since",
+            "created_after",
             callback=parse_moment,
             metavar="TIME",
             help="Only sagas created at or after this time: ISO (2025-01-31T12:00, UTC unless "
@@ -209,6 +204,8 @@ def filter_options(fn: F) -> F:
         ),
         click.option(
             "--created-before",
+            "--until",
+            "created_before",
             callback=parse_moment,
             metavar="TIME",
             help="Only sagas created before this time (same forms as --created-after).",

@@ -74,6 +74,20 @@ def demo(ctx: click.Context, keep: bool) -> None:
     help="After the grace period, the most seconds to spend releasing sagas and closing the "
     "database (it may be unreachable); what is left expires with its lease.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    metavar="PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port, printed). "
+    "Needs sagakit[metrics].",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address the metrics listen on (0.0.0.0 for a Prometheus on another machine).",
+)
 def worker_command(
     db: str,
     app: str,
@@ -82,6 +96,8 @@ def worker_command(
     poll: float,
     grace: float,
     shutdown_timeout: float,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Run and recover sagas until SIGTERM or SIGINT, then drain and exit 0.
 
@@ -104,6 +120,8 @@ def worker_command(
             poll_interval=timedelta(seconds=poll),
             grace=timedelta(seconds=grace),
             shutdown_timeout=timedelta(seconds=shutdown_timeout),
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
         )
     )
 
@@ -114,7 +132,7 @@ def worker_command(
     "--host",
     default="127.0.0.1",
     show_default=True,
-    help="The address to listen on; anything but 127.0.0.1 opens the page to the network.",
+    help="The address to listen on; any but a loopback one needs --read-token.",
 )
 @click.option(
     "--port",
@@ -130,15 +148,24 @@ def worker_command(
     metavar="TOKEN",
     help="The token that the page's admin actions require; without one the page is read-only.",
 )
-def dashboard_command(db: str, host: str, port: int, token: str | None) -> None:
-    """Serve a web page on the sagas: counts by status, a filterable list, a timeline chart
-    per saga, and the admin actions as buttons (with --token). Runs until Ctrl-C or
-    SIGTERM."""
+@click.option(
+    "--read-token",
+    envvar="SAGAKIT_DASHBOARD_READ_TOKEN",
+    show_envvar=True,
+    metavar="TOKEN",
+    help="The token reading needs (a bearer header, or the login form); required off loopback.",
+)
+def dashboard_command(
+    db: str, host: str, port: int, token: str | None, read_token: str | None
+) -> None:
+    """Serve a web page on the sagas (with uvicorn): counts by status and alerts, a
+    filterable list, a timeline chart per saga, and the admin actions as buttons (with
+    --token). Runs until Ctrl-C or SIGTERM."""
     url = db_url(db)
     check_readable(url)
     from ..dashboard import serve_dashboard  # its web server loads only when asked for
 
     try:
-        serve_dashboard(url, host=host, port=port, token=token)
+        serve_dashboard(url, host=host, port=port, token=token, read_token=read_token)
     except SagaError as exc:
         raise click.ClickException(str(exc)) from exc

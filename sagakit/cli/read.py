@@ -13,6 +13,7 @@ import click
 from ..admin import SagaAdmin, SagaPage
 from ..engine import SagaSnapshot
 from ..errors import SagaNotFoundError
+from ..search import SearchError, parse_wheres
 from ..stores.base import SagaStatus
 from ..stores.queueing import QueueState
 from ..timeline import (
@@ -44,11 +45,18 @@ def next_page_command(
     created_before: datetime | None,
     limit: int,
     cursor: str,
+    *,
+    id_prefix: str | None = None,
+    where: Sequence[str] = (),
 ) -> str:
     """The ``sagakit list`` command line that shows the next page: the same filters, with
     ages (``1h``) pinned to the times they meant, so that the pages fit together. ``--db`` is
     left out: a PostgreSQL URL may hold a password, and it must not end up on the screen."""
     args = ["sagakit", "list"]
+    if id_prefix:
+        args += ["--id-prefix", id_prefix]
+    for condition in where:
+        args += ["--where", condition]
     if status:
         args += ["--status", status]
     if name:
@@ -61,6 +69,17 @@ def next_page_command(
         args += ["--limit", str(limit)]
     args += ["--cursor", cursor]
     return shlex.join(args)
+
+
+def _check_where(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    """Refuse a malformed ``--where`` before the database is opened (a usage error)."""
+    try:
+        parse_wheres(value)
+    except SearchError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+    return value
 
 
 @click.command("list")
@@ -77,6 +96,19 @@ def next_page_command(
     "--cursor", metavar="CURSOR", help="Start after the page whose hint gave this cursor."
 )
 @click.option(
+    "--id-prefix", metavar="PREFIX", help="Only sagas whose id starts with this (case matters)."
+)
+@click.option(
+    "--where",
+    "where",
+    multiple=True,
+    callback=_check_where,
+    metavar="FIELD=VALUE",
+    help="Only sagas with this value inside their input or output: input.customer_id=42, "
+    "input.customer.id=7, output.status=shipped (42 matches the number and the string "
+    '"42"). Repeat: all must hold.',
+)
+@click.option(
     "--stranded",
     is_flag=True,
     help="Only sagas not ended whose workflow version no live worker serves (up to --limit).",
@@ -90,6 +122,8 @@ def list_command(
     created_before: datetime | None,
     limit: int,
     cursor: str | None,
+    id_prefix: str | None,
+    where: tuple[str, ...],
     stranded: bool,
     as_json: bool,
 ) -> None:
@@ -100,7 +134,7 @@ def list_command(
     url = db_url(db)
     check_readable(url)
     if stranded:
-        if status or name or created_after or created_before or cursor:
+        if status or name or created_after or created_before or cursor or id_prefix or where:
             raise click.UsageError(
                 "--stranded lists every stranded saga (up to --limit); drop the other filters"
             )
@@ -116,6 +150,8 @@ def list_command(
                 created_before=created_before,
                 limit=limit,
                 cursor=cursor,
+                id_prefix=id_prefix,
+                where=where,
             )
             return page, await _positions(admin, page.sagas)
 
@@ -126,25 +162,34 @@ def list_command(
         return
     if not page.sagas:
         filters = [
-            f"{label} {value}"
+            f"{label} {value}".strip()
             for label, value in (
                 ("status", status),
                 ("workflow", name),
                 ("created at or after", created_after and iso_utc(created_after)),
                 ("created before", created_before and iso_utc(created_before)),
+                ("an id starting with", id_prefix),
+                *(("", condition) for condition in where),
             )
             if value
         ]
-        where = f" with {' and '.join(filters)}" if filters else ""
+        matching = f" with {' and '.join(filters)}" if filters else ""
         after = " after that cursor" if cursor else ""
-        click.echo(f"no sagas{where}{after} in {safe_url(url)}")
+        click.echo(f"no sagas{matching}{after} in {safe_url(url)}")
         return
     color = use_color()
     table = render_saga_table(page.sagas, color=color, unicode=use_unicode(), positions=positions)
     click.echo(table, color=color)
     if page.next_cursor:
         hint = next_page_command(
-            status, name, created_after, created_before, limit, page.next_cursor
+            status,
+            name,
+            created_after,
+            created_before,
+            limit,
+            page.next_cursor,
+            id_prefix=id_prefix,
+            where=where,
         )
         click.echo(f"more sagas match; next page: {hint}")
 

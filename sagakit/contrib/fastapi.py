@@ -14,8 +14,9 @@
 
 * :func:`sagakit_lifespan` opens the engine (its store, and its background worker unless it
   was made with ``worker=False``) when the application starts, and drains and closes it when
-  the application stops; it wraps the application's own lifespan when given one, and can serve
-  the dashboard on a port of its own beside the app.
+  the application stops; it wraps the application's own lifespan when given one, opens and
+  closes a mounted dashboard's engine (``app.mount("/sagas", board)``, ``dashboard=board``),
+  or serves the dashboard on a port of its own beside the app.
 * :func:`get_engine` is the dependency that hands endpoints the open engine
   (:data:`EngineDep` is ``Annotated[Engine, Depends(get_engine)]``).
 * :func:`install_exception_handlers` answers sagakit's errors with HTTP statuses.
@@ -30,7 +31,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 try:
     from fastapi import Depends, FastAPI
@@ -54,6 +55,9 @@ from ..errors import (
     SagaStateError,
     SagaValidationError,
 )
+
+if TYPE_CHECKING:
+    from ..dashboard.asgi import DashboardApp
 
 __all__ = [
     "DASHBOARD_STATE_KEY",
@@ -80,7 +84,7 @@ def sagakit_lifespan(
     engine: Engine,
     *,
     lifespan: AppLifespan | None = None,
-    dashboard: Dashboard | bool = False,
+    dashboard: Dashboard | DashboardApp | bool = False,
     grace: float | timedelta = 10.0,
     shutdown_timeout: float | timedelta = 10.0,
 ) -> Callable[[Starlette], AbstractAsyncContextManager[dict[str, Any]]]:
@@ -99,11 +103,13 @@ def sagakit_lifespan(
         lifespan: the application's own lifespan, wrapped: it runs inside, so its startup code
             finds the engine open and its shutdown code runs before the engine closes. The
             mapping it yields (if any) is merged into the request state.
-        dashboard: serve the sagakit dashboard beside the application while it runs: ``True``
+        dashboard: the sagakit dashboard. A mounted one (``board = sagakit.dashboard.app(
+            url)``, ``app.mount("/sagas", board)``): its engine opens and closes with the
+            application (a mounted app's own lifespan does not run; one made on ``engine``
+            needs nothing). Or one beside the application, on a port of its own: ``True``
             serves it read-only on 127.0.0.1 port 8700; a :class:`~sagakit.dashboard.Dashboard`
-            (``Dashboard(engine.url, port=..., token=...)``) is started and stopped as it is.
-            It is a server of its own on its own port (mounting it under a path of the app
-            comes with the ASGI dashboard); :func:`get_dashboard` gives it to endpoints.
+            (``Dashboard(engine.url, port=..., token=...)``) is started and stopped as it is,
+            and :func:`get_dashboard` gives it to endpoints.
         grace: on shutdown, how long running sagas may take to finish their current step.
         shutdown_timeout: after ``grace``, the most time to spend releasing sagas and closing
             the database; what is not released by then expires with its lease.
@@ -129,9 +135,12 @@ def sagakit_lifespan(
                 "engine:` around the app)"
             )
         board = _dashboard_for(engine, dashboard)
+        mounted = None if isinstance(dashboard, Dashboard | bool) else dashboard
         await engine.__aenter__()
         try:
             state: dict[str, Any] = {ENGINE_STATE_KEY: engine}
+            if mounted is not None:
+                await mounted.open()
             if board is not None:
                 # it opens its own engine on a thread of its own: keep this loop free meanwhile
                 await asyncio.to_thread(board.start)
@@ -145,21 +154,31 @@ def sagakit_lifespan(
             finally:
                 if board is not None:
                     await asyncio.to_thread(board.stop)
+                if mounted is not None:
+                    await mounted.close()
         finally:
             await engine.drain(grace, timeout=shutdown_timeout)
 
     return run
 
 
-def _dashboard_for(engine: Engine, dashboard: Dashboard | bool) -> Dashboard | None:
+def _dashboard_for(engine: Engine, dashboard: Dashboard | DashboardApp | bool) -> Dashboard | None:
+    """The dashboard to serve on a port of its own, if any (a mounted one is checked here
+    and opened by the lifespan)."""
     if isinstance(dashboard, Dashboard):
         return dashboard
     if dashboard is True:
         return Dashboard(engine.url)
     if dashboard is False:
         return None
+    if type(dashboard).__name__ == "DashboardApp":
+        from ..dashboard.asgi import DashboardApp  # made by the user: its extra is installed
+
+        if isinstance(dashboard, DashboardApp):
+            return None
     raise TypeError(
-        f"dashboard= takes True, False or a sagakit.dashboard.Dashboard, got {dashboard!r}"
+        "dashboard= takes True, False, a sagakit.dashboard.Dashboard or the app of "
+        f"sagakit.dashboard.app(...), got {dashboard!r}"
     )
 
 

@@ -1,5 +1,5 @@
-"""``python -m sagakit.dashboard --db URL [--host H] [--port P] [--token T]``: the dashboard
-without the ``sagakit`` command (``sagakit dashboard`` takes the same options)."""
+"""``python -m sagakit.dashboard --db URL [--host H] [--port P] [--token T] [--read-token R]``:
+the dashboard without the ``sagakit`` command (``sagakit dashboard`` takes the same options)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         help="secret that admin actions need (default: $SAGAKIT_DASHBOARD_TOKEN); "
         "without one the dashboard is read-only",
     )
+    parser.add_argument(
+        "--read-token",
+        default=os.environ.get("SAGAKIT_DASHBOARD_READ_TOKEN"),
+        help="secret that reading needs (default: $SAGAKIT_DASHBOARD_READ_TOKEN); required "
+        "when --host is not a loopback address",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -45,7 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        serve_dashboard(_db_url(args.db), host=args.host, port=args.port, token=args.token)
+        serve_dashboard(
+            _db_url(args.db),
+            host=args.host,
+            port=args.port,
+            token=args.token,
+            read_token=args.read_token,
+        )
     except SagaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,5 +1,5 @@
 """The admin actions the dashboard offers: which make sense in which status, how a submitted
-form becomes a call of :class:`~sagakit.admin.SagaAdmin`, and the token check.
+form becomes a call of :class:`~sagakit.admin.SagaAdmin` (the token check is in :mod:`.auth`).
 
 The statuses here only decide which buttons a page shows; the admin API checks the status
 again when the action runs (another operator may have acted in between) and its
@@ -8,7 +8,6 @@ again when the action runs (another operator may have acted in between) and its
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 from ..admin import SagaAdmin
 from ..engine.snapshots import SagaSnapshot
 from ..stores.base import SagaStatus
+from .auth import token_matches
 
 __all__ = [
     "ACTIONS",
@@ -199,11 +199,3 @@ async def perform(admin: SagaAdmin, saga_id: str, request: ActionRequest) -> Sag
             saga_id, from_seq=request.from_seq, saga_id=request.new_id, reason=reason, by=by
         )
     raise ActionInputError(f"there is no action {name!r}")  # pragma: no cover
-
-
-def token_matches(configured: str | None, supplied: str | None) -> bool:
-    """Whether ``supplied`` is the dashboard's token, compared in constant time. Without a
-    configured token nothing matches: the dashboard is read-only."""
-    if not configured or not supplied:
-        return False
-    return hmac.compare_digest(configured.encode(), supplied.encode())

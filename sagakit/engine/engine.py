@@ -26,6 +26,7 @@ from ..errors import (
     SagaValidationError,
     UnknownWorkflowError,
 )
+from ..metrics.core import SagaMetrics, metrics_option
 from ..objects import SagaVirtualObject
 from ..observability import default_observers
 from ..queues import Queue, QueuedStart
@@ -106,6 +107,11 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
             the SQLite and PostgreSQL stores keep the real time. For tests:
             :class:`sagakit.testing.SagaTestEnvironment` gives its engine a
             :class:`~sagakit.clock.VirtualClock` that skips time.
+        metrics: Prometheus and OpenTelemetry metrics (see :mod:`sagakit.metrics`). ``None``
+            (the default): on when ``prometheus_client`` is installed (``sagakit[metrics]``)
+            or an OpenTelemetry SDK MeterProvider is set as global; ``True``: on (an error
+            names the extra when nothing can export them); ``False``: off; or a
+            :class:`~sagakit.metrics.SagaMetrics` of your own. Kept in ``engine.metrics``.
     """
 
     def __init__(
@@ -126,6 +132,7 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
         migrate: bool | None = None,
         schema: str | None = None,
         clock: Clock | None = None,
+        metrics: bool | SagaMetrics | None = None,
     ):
         if lease <= timedelta(0):
             raise ValueError(f"lease must be positive, got {lease}")
@@ -171,6 +178,10 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
         self._closing = False
         if observers is None:
             observers = default_observers(tracer_provider)
+        #: this engine's metrics (None: off); see sagakit.metrics
+        self.metrics = metrics_option(metrics)
+        if self.metrics is not None:
+            observers = [*observers, self.metrics]
         self._observers = Observers(observers)
         self._admin: SagaAdmin | None = None
         self.retention = check_retention(retention)
@@ -304,6 +315,8 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
             store.clock = self.clock  # leases and timers must be read on the engine's clock
         await store.open()
         self._store = store
+        if self.metrics is not None:
+            self.metrics.bind(store)
         self._wakeup = asyncio.Event()
         store.on_work = self._wakeup.set
         self._background = asyncio.create_task(self._worker_loop(), name="sagakit-worker")
@@ -381,6 +394,8 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
             except Exception as exc:  # it stops counting as live within 3 leases anyway
                 log.warning("could not delete this worker's heartbeat (%s)", exc)
         await store.close(timeout=left())
+        if self.metrics is not None:
+            self.metrics.unbind()
         self._store = None
         self._closing = False
 
@@ -504,6 +519,7 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
                 raise QueueDeduplicatedError(queue, dedup_id, record.saga_id, record.status)
             check_same_saga(saga_id, record.name, record.parent_id, wf.name, parent_id)
             return SagaHandle(self, saga_id)
+        self._observers.saga_started(wf.name)
         if created.record.owner == self.worker_id:
             self._launch(
                 SagaRun(

@@ -1,5 +1,6 @@
-"""What a run tells observers (logging, tracing): when it starts and ends, each attempt of a
-step or compensation, and each durable change it makes.
+"""What a run tells observers (logging, tracing, metrics): when it starts and ends, each attempt
+of a step or compensation, and each durable change it makes; and what the engine tells them
+about itself: each saga it creates, and how long the store took to claim and to commit.
 
 The engine calls every observer it was given; an observer overrides what it needs (the base
 class does nothing). Observers must not raise: the engine logs and ignores what they raise, so
@@ -8,8 +9,10 @@ that a broken exporter never fails a saga. An engine with no observers calls not
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +20,9 @@ from typing import Any
 from ..stores.base import JournalEntry, SagaRecord, SagaUpdate, Store
 
 log = logging.getLogger("sagakit.engine")
+
+#: one write in this many is timed from its queuing to its commit (Observer.timed "commit")
+COMMIT_SAMPLING = 16
 
 
 @dataclass(slots=True)
@@ -58,6 +64,13 @@ class Observer:
     ) -> None:
         """The run queued a durable change: a journal entry, a status change, or both."""
 
+    def saga_started(self, workflow: str) -> None:
+        """This engine created a saga of ``workflow`` (a start, an enqueue, a child saga)."""
+
+    def timed(self, operation: str, seconds: float) -> None:
+        """The store took ``seconds`` for ``operation``: "claim" (one claim of runnable
+        sagas), or "commit" (from a run queuing a write to its commit)."""
+
 
 class Observers:
     """The observers of one engine, called in order, each shielded from the others.
@@ -65,7 +78,17 @@ class Observers:
     Each hook is called only on the observers that override it: around each attempt, an engine
     whose observers do not trace (the logging observer) pays for nothing at all."""
 
-    __slots__ = ("_all", "_attempting", "_ended", "_journaling", "_started")
+    __slots__ = (
+        "_all",
+        "_attempting",
+        "_creating",
+        "_direct",
+        "_ended",
+        "_journaling",
+        "_started",
+        "_timing",
+        "_writes",
+    )
 
     def __init__(self, observers: Sequence[Observer]):
         self._all = tuple(observers)
@@ -73,6 +96,15 @@ class Observers:
         self._ended = _overriding(self._all, "run_ended")
         self._attempting = _overriding(self._all, "attempt")
         self._journaling = _overriding(self._all, "journaled")
+        self._creating = _overriding(self._all, "saga_started")
+        self._timing = _overriding(self._all, "timed")
+        self._writes = 0
+        #: the one attempt observer, when it vouches that its attempts never raise: called
+        #: without the shielding wrapper (a generator per attempt costs more than a metric)
+        self._direct: Observer | None = None
+        only = self._attempting[0] if len(self._attempting) == 1 else None
+        if only is not None and getattr(only, "attempts_never_raise", False):
+            self._direct = only
 
     def __bool__(self) -> bool:
         return bool(self._all)
@@ -96,6 +128,8 @@ class Observers:
     ) -> contextlib.AbstractContextManager[None]:
         if not self._attempting:
             return _NO_ATTEMPT
+        if self._direct is not None:
+            return self._direct.attempt(run, kind, name, seq, attempt)
         return self._attempt(run, kind, name, seq, attempt)
 
     @contextlib.contextmanager
@@ -136,6 +170,40 @@ class Observers:
                 observer.journaled(run, entry, update)
             except Exception:
                 log.exception("observer %r failed on a journal write", observer)
+
+    def saga_started(self, workflow: str) -> None:
+        for observer in self._creating:
+            try:
+                observer.saga_started(workflow)
+            except Exception:
+                log.exception("observer %r failed on a saga's creation", observer)
+
+    @property
+    def timing(self) -> bool:
+        """Whether an observer hears how long the store takes (else nothing is timed)."""
+        return bool(self._timing)
+
+    def timed(self, operation: str, seconds: float) -> None:
+        for observer in self._timing:
+            try:
+                observer.timed(operation, seconds)
+            except Exception:
+                log.exception("observer %r failed on a store timing", observer)
+
+    def time_commit(self, future: asyncio.Future[None]) -> None:
+        """Tell the timing observers how long ``future`` (a queued write) takes to commit: one
+        write in :data:`COMMIT_SAMPLING` (a callback on every write would cost more than the
+        rest of the metrics together; a sample shows the latency as well)."""
+        self._writes += 1
+        if self._writes % COMMIT_SAMPLING:
+            return
+        queued = time.perf_counter()
+
+        def committed(done: asyncio.Future[None]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                self.timed("commit", time.perf_counter() - queued)
+
+        future.add_done_callback(committed)
 
 
 _NO_ATTEMPT: contextlib.AbstractContextManager[None] = contextlib.nullcontext()

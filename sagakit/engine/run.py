@@ -244,6 +244,8 @@ class SagaRun(
             raise StoreUnavailable(self.saga_id, exc) from exc
         # retrieved here so a run that ends before settling does not log "never retrieved"
         future.add_done_callback(_retrieve)
+        if self.observers.timing:
+            self.observers.time_commit(future)
         self._unsettled.append(future)
         if self.observers:
             self.observers.journaled(self.info, entry, update)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -160,7 +161,9 @@ class RunningMixin:
         if limit <= 0 or not names or self._draining:
             return []
         await self._declare_queues()
+        began = time.perf_counter()
         claimed = await store.claim(self.worker_id, names, self.lease.total_seconds(), limit)
+        self._observers.timed("claim", time.perf_counter() - began)
         launched = [(c.record.saga_id, self._run_claimed(c)) for c in claimed]
         return [(saga_id, task) for saga_id, task in launched if task is not None]
 
@@ -405,9 +408,11 @@ class RunningMixin:
         if capacity <= 0 or not self._versions:
             return
         await self._declare_queues()
+        began = time.perf_counter()
         claimed = await self._store_or_raise().claim(
             self.worker_id, list(self._versions), self.lease.total_seconds(), capacity
         )
+        self._observers.timed("claim", time.perf_counter() - began)
         for c in claimed:
             self._run_claimed(c)
         retry_at = self._next_queue_look()

@@ -4,6 +4,7 @@ protocol; each implementation keeps its SQL beside it."""
 from __future__ import annotations
 
 from ..errors import StoreError
+from ..urls import redact_url
 from .base import Store
 from .memory import MemoryStore
 from .sqlite import SqliteStore
@@ -23,7 +24,8 @@ def open_store(
     (``sagakit`` by default; also ``?schema=name`` in the URL); other stores refuse it."""
     if schema is not None and not url.startswith(("postgresql://", "postgres://")):
         raise StoreError(
-            f"schema={schema!r} is for PostgreSQL stores; {url!r} is not one: leave it out"
+            f"schema={schema!r} is for PostgreSQL stores; {redact_url(url)!r} is not one: "
+            "leave it out"
         )
     if url.startswith("sqlite:"):
         return SqliteStore(url, migrate=migrate, read_only=read_only)
@@ -42,4 +44,7 @@ def open_store(
             ) from exc
 
         return PostgresStore(url, migrate=migrate, read_only=read_only, schema=schema)
-    raise StoreError(f"unknown store URL {url!r}: use sqlite:///path.db, or memory:// for tests")
+    raise StoreError(
+        f"unknown store URL {redact_url(url)!r}: use sqlite:///path.db, "
+        "postgresql://user@host/db, or memory:// for tests"
+    )

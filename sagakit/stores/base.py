@@ -35,6 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .queueing import QueueLimits, QueueState
 from .scheduling import Schedule, ScheduleState
+from .searching import FieldMatch
 
 
 class SagaStatus(StrEnum):
@@ -301,6 +302,28 @@ class SagaFilter:
     after: tuple[float, str] | None = None
     #: only the children of this saga (those it started with ``saga.start_child``)
     parent_id: str | None = None
+    #: the operator's search (:mod:`sagakit.stores.searching`): ids starting with this
+    id_prefix: str | None = None
+    #: a value inside the input or output (all of them hold)
+    where: tuple[FieldMatch, ...] = ()
+    #: the status is one of these
+    statuses: tuple[str, ...] | None = None
+    #: ``updated_at`` (the saga's last write) before this epoch time
+    updated_before: float | None = None
+    #: ``lease_expires_at`` (when a worker may take it) before this epoch time
+    due_before: float | None = None
+
+    @property
+    def searches(self) -> bool:
+        """Whether the filter uses a condition of the operator's search (the SQL stores
+        build those queries in their ``search`` modules)."""
+        return (
+            self.id_prefix is not None
+            or bool(self.where)
+            or self.statuses is not None
+            or self.updated_before is not None
+            or self.due_before is not None
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -548,6 +571,11 @@ class Store(Protocol):
 
     async def list_sagas(self, where: SagaFilter, limit: int = 50) -> list[SagaRecord]:
         """Newest first (by ``created_at``, then ``saga_id``, both descending)."""
+        ...
+
+    async def count_sagas(self, where: SagaFilter) -> int:
+        """How many sagas :meth:`list_sagas` would return without a limit (``where.after``
+        is ignored)."""
         ...
 
     async def count_by_status(self) -> dict[str, int]:

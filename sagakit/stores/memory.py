@@ -531,6 +531,10 @@ class MemoryStore:
         rows.sort(key=lambda r: (r.created_at, r.saga_id), reverse=True)
         return rows[:limit]
 
+    async def count_sagas(self, where: SagaFilter) -> int:
+        where = replace(where, after=None)
+        return sum(1 for r in self._t.sagas.values() if _matches(r, where))
+
     async def count_by_status(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for record in self._t.sagas.values():
@@ -667,7 +671,25 @@ def _matches(record: SagaRecord, where: SagaFilter) -> bool:
         return False
     if where.parent_id is not None and record.parent_id != where.parent_id:
         return False
+    if where.searches and not _searched(record, where):
+        return False
     return where.after is None or (record.created_at, record.saga_id) < where.after
+
+
+def _searched(record: SagaRecord, where: SagaFilter) -> bool:
+    """The operator's search conditions of ``where`` (as the SQL stores' search modules)."""
+    if where.id_prefix is not None and not record.saga_id.startswith(where.id_prefix):
+        return False
+    if where.statuses is not None and record.status not in where.statuses:
+        return False
+    if where.updated_before is not None and record.updated_at >= where.updated_before:
+        return False
+    if where.due_before is not None and record.lease_expires_at >= where.due_before:
+        return False
+    return all(
+        match.matches(record.input if match.source == "input" else record.output)
+        for match in where.where
+    )
 
 
 def _changes(update: SagaUpdate) -> dict[str, object]:

@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from ...errors import StoreError
+from ...urls import redact_url
 from ..base import (
     AdminChange,
     ClaimedSaga,
@@ -66,7 +67,7 @@ from ..base import (
 from ..queueing import QueueLimits, QueueState
 from ..retrying import DEFAULT_RETRY_DEADLINE, Backoff, retry
 from ..scheduling import Schedule, ScheduleState
-from . import operations, queues, schedules
+from . import operations, queues, schedules, search
 from .batch import (
     Append,
     Batch,
@@ -190,6 +191,7 @@ class PostgresStore:
         self._closing = False
         #: the backoff of the writes while the database does not answer (None: it answers)
         self._outage: Backoff | None = None
+        self._ids = search.IdOrder()
         self.commits = 0
         self.writes = 0
 
@@ -211,7 +213,7 @@ class PostgresStore:
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             await self.close()
-            raise StoreError(f"cannot open PostgreSQL store {_redact(self.url)}: {exc}") from exc
+            raise StoreError(f"cannot open PostgreSQL store {redact_url(self.url)}: {exc}") from exc
         except StoreError:  # the schema was refused
             await self.close()
             raise
@@ -356,11 +358,11 @@ class PostgresStore:
             finally:
                 await conn.close()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise StoreError(f"cannot open PostgreSQL store {_redact(self.url)}: {exc}") from exc
+            raise StoreError(f"cannot open PostgreSQL store {redact_url(self.url)}: {exc}") from exc
         return [(MIGRATION_NAMES[v], script) for v, script in MIGRATIONS if v > current]
 
     async def _migrate(self, conn: asyncpg.Connection) -> None:
-        url = _redact(self.url)
+        url = redact_url(self.url)
         self.applied_migrations = await migrate_schema(
             conn,
             self.schema,
@@ -676,6 +678,8 @@ class PostgresStore:
             after_id,
             limit,
         ]
+        if where.searches:
+            return await self._read(lambda c: search.list_sagas(c, self._ids, where, limit))
         query = Q["list_sagas"]
         if where.parent_id is not None:
             query = Q["list_children"]
@@ -686,6 +690,9 @@ class PostgresStore:
             return [record_from_row(tuple(r)) for r in rows]
 
         return await self._read(fn)
+
+    async def count_sagas(self, where: SagaFilter) -> int:
+        return await self._read(lambda conn: search.count_sagas(conn, self._ids, where))
 
     async def count_by_status(self) -> dict[str, int]:
         async def fn(conn: asyncpg.Connection) -> dict[str, int]:
@@ -766,16 +773,6 @@ def _fail(futures: Sequence[asyncio.Future[Any]], error: BaseException) -> None:
 
 def _set_event(event: asyncio.Event, *_args: object) -> None:
     event.set()
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
 
 
 def _waits(new: NewSaga) -> bool:

@@ -59,7 +59,7 @@ from ..queueing import QueueLimits, QueueState
 from ..retrying import DEFAULT_RETRY_DEADLINE, Backoff
 from ..scheduling import Schedule, ScheduleState
 from ..schema import split_statements
-from . import queues, schedules
+from . import queues, schedules, search
 from .schema import MIGRATION_NAMES as MIGRATION_NAMES
 from .schema import MIGRATIONS as MIGRATIONS
 from .schema import migrate_schema, pending_scripts
@@ -639,11 +639,17 @@ class SqliteStore:
         }
 
         query = Q["list_sagas" if where.parent_id is None else "list_children"]
+        if where.searches:
+            query, params = search.list_query(where, limit)
 
         def fn(conn: sqlite3.Connection) -> list[SagaRecord]:
             return [record_from_row(r) for r in conn.execute(query, params)]
 
         return await self._read(fn)
+
+    async def count_sagas(self, where: SagaFilter) -> int:
+        query, params = search.count_query(where)
+        return await self._read(lambda conn: int(conn.execute(query, params).fetchone()[0]))
 
     async def count_by_status(self) -> dict[str, int]:
         def fn(conn: sqlite3.Connection) -> dict[str, int]:
