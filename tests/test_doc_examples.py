@@ -10,8 +10,13 @@ one of two kinds:
   The named blocks of a document (a file name seen again starts another example) are written
   side by side into one folder and run the way the document says, in its order:
 
-  - a ```bash block between two of those files runs there, line by line: ``sagakit worker ...``
-    in the background (stopped at the end), anything else to its end (exit status 0);
+  - a ```toml or ```yaml block named the same way (``# hypercorn.toml``) is a file of the
+    example too, written beside the others (never run);
+  - a ```bash block between two of those files runs there, command by command (a line ending
+    in ``\\`` goes on on the next): ``sagakit worker ...`` and ``hypercorn ...`` in the
+    background, as a reader leaves them running in another terminal (stopped at the end;
+    hypercorn, with SIGINT as docs/restate.md says, is waited for until it says it is
+    running), anything else to its end (exit status 0);
     ``export SAGAKIT_DB=...`` is skipped, because the test sets ``SAGAKIT_DB`` to a SQLite
     file of the folder (workers in several processes share it as they would a PostgreSQL
     database; no example here needs PostgreSQL's own features);
@@ -22,7 +27,10 @@ one of two kinds:
 
 A block that is not Python meant to run (a signature, a CLI session, an output) is shown as
 ```text or ```console. Nothing is set up behind the reader's back: what a block needs is in the
-block (or in its sibling files).
+block (or in its sibling files), except a Restate server, which a reader of docs/restate.md
+runs on their own: for the examples that read ``RESTATE_INGRESS_URL`` / ``RESTATE_ADMIN_URL``
+(defaults in the blocks: a local server's http://localhost:8080 and :9070), the fixture starts
+one (tests/restate_server.py, on free ports) and sets both variables.
 
 The examples run in parallel (a few at a time: each is a process of its own), in one
 module-scoped fixture; each example is then one test that reports its own output.
@@ -30,6 +38,8 @@ module-scoped fixture; each example is then one test that reports its own output
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
 import shlex
@@ -45,10 +55,16 @@ from pathlib import Path
 
 import pytest
 
+from .restate_server import RestateServer
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 _FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 _FILE_NAME = re.compile(r"^# ([\w/.-]+\.py)\b")
+_CONFIG_NAME = re.compile(r"^# ([\w/.-]+\.(?:toml|ya?ml))\b")
+#: commands a reader leaves running, and what each prints once it is ready (None: no wait)
+_BACKGROUND = {"sagakit worker": None, "hypercorn": "Running on"}
+_RESTATE_VARIABLES = ("RESTATE_INGRESS_URL", "RESTATE_ADMIN_URL")
 _BIN = Path(sys.executable).parent
 # each example is a process that starts sagakit (and sometimes a worker): a few at a time
 _PARALLEL = 4
@@ -61,6 +77,10 @@ class Example:
     files: list[tuple[str, str]] = field(default_factory=list)  # (name, code)
     # the steps, in the document's order: ("python", name) / ("bash", script) / ("pytest", name)
     steps: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def needs_restate(self) -> bool:
+        return any(name in code for _, code in self.files for name in _RESTATE_VARIABLES)
 
 
 def _line(text: str, offset: int) -> int:
@@ -108,6 +128,10 @@ def _examples_of(path: Path) -> Iterator[Example]:
         if language == "bash" and group is not None:
             group.steps.append(("bash", code))
             continue
+        config = _CONFIG_NAME.match(code)
+        if config is not None and group is not None and config.group(1) not in dict(group.files):
+            group.files.append((config.group(1), code))
+            continue
         if language != "python":
             continue
         named = _FILE_NAME.match(code)
@@ -133,8 +157,9 @@ def _examples_of(path: Path) -> Iterator[Example]:
 EXAMPLES = [example for document in DOCUMENTS for example in _examples_of(document)]
 
 
-def _environment(folder: Path) -> dict[str, str]:
+def _environment(folder: Path, restate: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
+    env.update(restate)
     env["PATH"] = f"{_BIN}{os.pathsep}{env.get('PATH', '')}"  # `sagakit`, `python`, `pytest`
     env["SAGAKIT_DB"] = "sqlite:///sagakit.db"
     env.pop("PYTHONPATH", None)
@@ -142,60 +167,104 @@ def _environment(folder: Path) -> dict[str, str]:
     return env
 
 
-def _run(example: Example) -> tuple[bool, str]:
-    """Runs one example in a folder of its own; returns (passed, what it printed)."""
+def _commands(script: str) -> list[str]:
+    """The commands of a bash block: comment lines dropped, continued lines joined."""
+    commands: list[str] = []
+    pending = ""
+    for line in script.splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        pending += line.strip()
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        commands.append(pending)
+        pending = ""
+    return commands + ([pending] if pending else [])
+
+
+def _ready(process: subprocess.Popen[str], log: Path, marker: str, deadline: float) -> bool:
+    while marker not in log.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _run(example: Example, restate: dict[str, str]) -> tuple[bool, str]:
+    """Runs one example in a folder of its own; returns (passed, what it printed).
+    ``restate``: the Restate variables to set, if the example needs a server."""
     with tempfile.TemporaryDirectory(prefix="doc-example-") as name:
         folder = Path(name)
         for file_name, code in example.files:
             (folder / file_name).parent.mkdir(parents=True, exist_ok=True)
             (folder / file_name).write_text(code)
-        env = _environment(folder)
-        background: list[subprocess.Popen[str]] = []
+        env = _environment(folder, restate if example.needs_restate else {})
+        background: list[tuple[subprocess.Popen[str], signal.Signals, Path]] = []
         log: list[str] = []
-        deadline = time.monotonic() + _TIMEOUT
+        passed = False
         try:
-            for kind, value in example.steps:
-                if kind == "bash":
-                    commands = [
-                        line.strip()
-                        for line in value.splitlines()
-                        if line.strip() and not line.lstrip().startswith("#")
-                    ]
-                    for command in commands:
-                        if command.startswith("export SAGAKIT_DB="):
-                            continue
-                        if command.startswith("sagakit worker"):
-                            background.append(
-                                subprocess.Popen(
-                                    shlex.split(command),
-                                    cwd=folder,
-                                    env=env,
-                                    stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL,
-                                    text=True,
-                                    start_new_session=True,
-                                )
-                            )
-                            continue
-                        argv = ["bash", "-c", command]
-                        if not _step(argv, folder, env, deadline, log):
-                            return False, "\n".join(log)
-                elif kind == "python":
-                    if not _step([sys.executable, value], folder, env, deadline, log):
-                        return False, "\n".join(log)
-                else:
-                    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", value]
-                    if not _step(argv, folder, env, deadline, log):
-                        return False, "\n".join(log)
-            return True, "\n".join(log)
+            passed = _steps(example, folder, env, background, log)
         finally:
-            for process in background:
-                os.killpg(process.pid, signal.SIGTERM)
+            for process, stop, output in background:
+                os.killpg(process.pid, stop)
                 try:
                     process.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
+                if not passed:
+                    log.append(f"(in the background, exit {process.returncode})")
+                    log.append(output.read_text(errors="replace"))
+        return passed, "\n".join(log)
+
+
+def _steps(
+    example: Example,
+    folder: Path,
+    env: dict[str, str],
+    background: list[tuple[subprocess.Popen[str], signal.Signals, Path]],
+    log: list[str],
+) -> bool:
+    """Runs the example's steps in order until one fails; whether all passed."""
+    deadline = time.monotonic() + _TIMEOUT
+    for kind, value in example.steps:
+        if kind == "bash":
+            for command in _commands(value):
+                if command.startswith("export SAGAKIT_DB="):
+                    continue
+                prefix = next((p for p in _BACKGROUND if command.startswith(p)), None)
+                if prefix is None:
+                    if not _step(["bash", "-c", command], folder, env, deadline, log):
+                        return False
+                    continue
+                output = folder / f".background-{len(background)}.log"
+                with open(output, "w") as sink:
+                    process = subprocess.Popen(
+                        shlex.split(command, comments=True),
+                        cwd=folder,
+                        env=env,
+                        stdout=sink,
+                        stderr=subprocess.STDOUT,
+                        text=True,
+                        start_new_session=True,
+                    )
+                # the Restate SDK takes SIGTERM to drain: hypercorn stops on SIGINT, as
+                # docs/restate.md tells the reader
+                stop = signal.SIGINT if prefix == "hypercorn" else signal.SIGTERM
+                background.append((process, stop, output))
+                marker = _BACKGROUND[prefix]
+                if marker is not None and not _ready(process, output, marker, deadline):
+                    log.append(f"$ {command}\n(never said {marker!r})")
+                    return False
+        elif kind == "python":
+            if not _step([sys.executable, value], folder, env, deadline, log):
+                return False
+        else:
+            argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", value]
+            if not _step(argv, folder, env, deadline, log):
+                return False
+    return True
 
 
 def _step(
@@ -229,14 +298,24 @@ def outcomes(request: pytest.FixtureRequest) -> dict[str, tuple[bool, str]]:
         and "example" in item.callspec.params
     }
     chosen = [example for example in EXAMPLES if example.where in selected]
-    with ThreadPoolExecutor(max_workers=_PARALLEL) as pool:
-        results = list(pool.map(_run, chosen))
+    with contextlib.ExitStack() as stack:
+        restate: dict[str, str] = {}
+        if any(example.needs_restate for example in chosen):
+            server = stack.enter_context(RestateServer())
+            restate = {"RESTATE_INGRESS_URL": server.ingress_url}
+            restate["RESTATE_ADMIN_URL"] = server.admin_url
+        with ThreadPoolExecutor(max_workers=_PARALLEL) as pool:
+            results = list(pool.map(functools.partial(_run, restate=restate), chosen))
     return {example.where: result for example, result in zip(chosen, results, strict=True)}
 
 
 def test_every_document_is_collected() -> None:
     assert (ROOT / "README.md") in DOCUMENTS
     assert len(EXAMPLES) >= 50, "the README and docs/ hold fewer examples than expected"
+    # docs/restate.md's client and parked-step programs run against a real Restate server
+    on_restate = [e for e in EXAMPLES if e.needs_restate]
+    assert [e.where.split(":")[0] for e in on_restate] == ["docs/restate.md"]
+    assert {"client.py", "operate.py"} <= {name for name, _ in on_restate[0].files}
     guides = sorted((ROOT / "docs" / "migrating").glob("*.md"))
     for guide in guides:
         if guide.name != "README.md":
