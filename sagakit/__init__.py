@@ -36,6 +36,7 @@ from .errors import (
     StepFailedError,
     StoreError,
     TerminalError,
+    TransactionsUnsupportedError,
     UnknownHandlerError,
     UnknownWorkflowError,
     clear_terminal_errors,
@@ -50,7 +51,9 @@ from .objects import (
     SharedObjectContext,
     create_saga_virtual_object,
 )
+from .participant import CommandContext, Participant
 from .queues import Queue, RateLimit
+from .remote import RemoteCommandError, RemoteTimeoutError
 from .retry import ExponentialRetry, RetryPolicy
 from .services import ServiceScope, ServicesFactory
 from .steps import (
@@ -65,6 +68,12 @@ from .steps import (
 from .stores.base import SagaStatus
 from .stores.queueing import QueueLimits, QueueState
 from .stores.scheduling import Schedule, ScheduleState
+from .transactions import (
+    TransactionContext,
+    TransactionStep,
+    create_saga_transaction,
+    saga_transaction,
+)
 from .workflows import SagaWorkflow, SagaWorkflowOptions, create_saga_workflow, saga_workflow
 
 #: the one place the version is written: pyproject.toml (hatch) and `sagakit --version` read it
@@ -79,6 +88,7 @@ __all__ = [
     "AuditEntry",
     "BaseStep",
     "ChildSaga",
+    "CommandContext",
     "CompensationFailedError",
     "DurablePromise",
     "Engine",
@@ -93,6 +103,7 @@ __all__ = [
     "ObjectClient",
     "ObjectContext",
     "OutputNotSerializableError",
+    "Participant",
     "PromiseAlreadyCompletedError",
     "PromiseRejectedError",
     "Queue",
@@ -101,6 +112,8 @@ __all__ = [
     "QueueNotFoundError",
     "QueueState",
     "RateLimit",
+    "RemoteCommandError",
+    "RemoteTimeoutError",
     "RetryPolicy",
     "SagaAdmin",
     "SagaBuilder",
@@ -139,6 +152,9 @@ __all__ = [
     "StepSnapshot",
     "StoreError",
     "TerminalError",
+    "TransactionContext",
+    "TransactionStep",
+    "TransactionsUnsupportedError",
     "UnknownHandlerError",
     "UnknownWorkflowError",
     "WorkflowClient",
@@ -148,12 +164,14 @@ __all__ = [
     "create_saga_module",
     "create_saga_step",
     "create_saga_step_strict",
+    "create_saga_transaction",
     "create_saga_virtual_object",
     "create_saga_workflow",
     "register_terminal_errors",
     "run_nested_saga",
     "saga_step",
     "saga_step_strict",
+    "saga_transaction",
     "saga_workflow",
     "set_global_error_mapper",
     "unregister_terminal_errors",

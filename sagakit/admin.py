@@ -62,6 +62,7 @@ from .stores.base import (
     SagaStatus,
     Store,
 )
+from .stores.outbox import outbox_store
 
 if TYPE_CHECKING:
     from .engine.engine import Engine
@@ -175,6 +176,11 @@ class SagaAdmin(QueueAdmin, ScheduleAdmin, HealthAdmin):
             [SagaSnapshot.build(r, None) for r in page],
             _encode_cursor(page[-1]) if more else None,
         )
+
+    async def outbox_backlog(self) -> int | None:
+        """How many outbox messages wait for the relay (None: the store keeps no outbox)."""
+        outbox = outbox_store(self._store())
+        return None if outbox is None else await outbox.outbox_backlog()
 
     async def count_by_status(self) -> dict[str, int]:
         """How many sagas are in each status: every status, in lifecycle order, zeros

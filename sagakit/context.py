@@ -23,6 +23,7 @@ from .workflows import SagaWorkflow
 if TYPE_CHECKING:
     from .long_workflows import SagaLongWorkflow
     from .objects import SagaVirtualObject
+    from .retry import RetryPolicy
     from .steps import SagaStep
 
 InT = TypeVar("InT")
@@ -368,6 +369,36 @@ class SagaContext:
         it twice. A shared handler only reads: call it with :meth:`call_object`."""
         self._saga_only("send_object")
         return await self._engine_driver("send_object").send_object(obj, key, handler, inp)
+
+    def send_command(
+        self,
+        command: str,
+        payload: Any = None,
+        *,
+        to: str,
+        compensate_with: tuple[str, Any] | None = None,
+        timeout: timedelta | float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Awaitable[Any]:
+        """A remote step: send ``command`` with ``payload`` (JSON) to the participant ``to``
+        and return the value its handler replied (see docs/services.md, "Remote steps").
+
+        The command is written to the outbox in the same transaction as the step's journal
+        entry, and a relay publishes it; the saga is suspended until the reply arrives (as a
+        journaled event: a replay gets the same value). ``compensate_with=(command, payload)``
+        is sent to the same participant if the saga rolls back once this command was sent;
+        the payload may be a function of the reply (None when none came). With ``timeout`` a
+        step with no reply is re-sent (the same message id) while ``retry`` allows (default:
+        once in all), then raises :class:`~sagakit.remote.RemoteTimeoutError`; an error reply
+        raises :class:`~sagakit.remote.RemoteCommandError`. (``saga.send`` starts a saga.)
+        """
+        self._saga_only("send_command")
+        driver: Any = self._engine_driver("send_command")
+        seconds = None if timeout is None else as_seconds(timeout, "send_command timeout")
+        result: Awaitable[Any] = driver.send_command(
+            command, payload, to, compensate_with, seconds, retry
+        )
+        return result
 
     # -- waiting -----------------------------------------------------------------------------
 

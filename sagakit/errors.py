@@ -333,6 +333,11 @@ class StoreError(SagaError):
     """The store failed in a way the engine could not absorb (bad URL, corrupt schema, ...)."""
 
 
+class TransactionsUnsupportedError(SagaError):
+    """A transactional step (:func:`~sagakit.saga_transaction`) ran on a store that has no
+    database to hold its transaction (the memory store)."""
+
+
 class LeaseLost(BaseException):
     """Internal: this worker no longer owns the saga (another worker claimed it).
 

@@ -51,7 +51,7 @@ VALUE_KINDS = frozenset(
     {"now", "uuid", "random", "state_get", "signals", "gather", "child", "patch", "send"}
 )
 #: journal kinds a saga suspends on; their entry is "running" while the wait is under way
-_WAIT_KINDS = frozenset({"sleep", "signal", "promise", "child_result"})
+_WAIT_KINDS = frozenset({"sleep", "signal", "promise", "child_result", "remote"})
 #: statuses in which a worker is (or is about to be) moving the saga on by itself
 _MOVING = frozenset({SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING})
 #: entry statuses of an operation that has not ended (an attempt runs, or waits to be retried)
@@ -228,8 +228,18 @@ def _header(
 def _wait_target(step: StepSnapshot) -> str:
     if step.kind == "sleep":
         return "a timer (saga.sleep)"
+    if _sent(step) is not None:
+        return f"a reply from {_sent(step)}"
     what = {"child_result": "child saga"}.get(step.kind, step.kind)
     return f"{what} {step.name!r}"
+
+
+def _sent(step: StepSnapshot) -> str | None:
+    """``'inventory' to command 'reserve'`` for a remote step or compensation command."""
+    out = step.output
+    if not isinstance(out, dict) or "message_id" not in out:
+        return None
+    return f"{out.get('to')!r} to command {out.get('command')!r}"
 
 
 def _open_waits(snapshot: SagaSnapshot) -> list[StepSnapshot]:
@@ -396,6 +406,12 @@ def _note(
         return f"{_next_attempt(step, now)}, after {last}"
     if step.status == "running" and ended:
         return ""
+    if step.status == "running" and _sent(step) is not None:  # a remote step (issue 20)
+        until = _epoch(step.output.get("until"))
+        ends = "" if until is None else f", times out {format_time(until)}"
+        return f"sent, waiting for a reply from {_sent(step)}{ends}"
+    if step.kind == "remote" and step.status == "completed" and isinstance(step.output, dict):
+        return f"replied = {_preview(step.output.get('value'), style.ellipsis)}"
     if step.kind == "patch":
         return "took the new code path (saga.patched)"
     if step.kind in VALUE_KINDS:

@@ -23,6 +23,17 @@ if [ ! -x /usr/bin/chromium ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 
+# RabbitMQ and NATS (with JetStream) from Debian's packages, for the transport tests
+# (tests/brokers.py runs each from a temporary folder on loopback; the packages start nothing
+# where policy-rc.d denies it, and nats-server ships only a systemd unit).
+if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || [ ! -x /usr/sbin/nats-server ]; then
+    echo "installing RabbitMQ and NATS from Debian's packages..."
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq rabbitmq-server nats-server >/dev/null
+fi
+
 # The Restate server from npm (pinned; its binary ships inside the platform package, so no
 # install script is needed: --ignore-scripts also skips a telemetry postinstall), for the tests
 # of sagakit.restate. Kept in .cache/restate/ (gitignored); RESTATE_SERVER_BIN overrides it.
@@ -42,8 +53,8 @@ fi
 .venv/bin/pip install -q -e '.[test]'
 
 echo "== ruff"
-.venv/bin/ruff check sagakit tests benchmarks
-.venv/bin/ruff format --check sagakit tests benchmarks
+.venv/bin/ruff check sagakit tests benchmarks examples
+.venv/bin/ruff format --check sagakit tests benchmarks examples
 echo "== mypy (strict)"
 .venv/bin/mypy
 echo "== pytest"

@@ -19,6 +19,7 @@ import pytest
 
 from sagakit import Engine, RetryPolicy, clear_terminal_errors
 
+from .brokers import NatsServer, RabbitServer
 from .pgserver import PgServer
 
 STORE_KINDS = ["memory", "sqlite", "postgres"]
@@ -33,6 +34,32 @@ def pg_server() -> Iterator[PgServer]:
     """One throwaway PostgreSQL server for the whole session (fsync off: tests, not benchmarks)."""
     with PgServer(durable=False) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def rabbit_server() -> Iterator[RabbitServer]:
+    """One throwaway RabbitMQ node for the whole session (about 6 s to start): isolate by queue."""
+    with RabbitServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def rabbit_url(rabbit_server: RabbitServer) -> str:
+    """The AMQP URL of the session's RabbitMQ node (guest/guest on loopback)."""
+    return rabbit_server.url
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    """One throwaway nats-server with JetStream for the whole session: isolate by subject."""
+    with NatsServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_server: NatsServer) -> str:
+    """The URL of the session's nats-server (JetStream on, loopback)."""
+    return nats_server.url
 
 
 def fresh_pg_database(server: PgServer) -> str:

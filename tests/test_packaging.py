@@ -179,13 +179,25 @@ print(json.dumps({"imported": imported, "missing": missing}))
 """
 
 
-def test_only_the_postgresql_store_imports_asyncpg(installed: Installed) -> None:
+#: the modules that talk to PostgreSQL, and only they, need asyncpg (sagakit[postgres])
+_POSTGRES_MODULES = ("sagakit.stores.postgres", "sagakit.transports.postgres")
+
+
+def test_only_the_postgresql_modules_import_asyncpg(installed: Installed) -> None:
     result = ok(run([installed.python, "-c", IMPORT_ALL], cwd=installed.home))
     found = json.loads(result.stdout)
     needs_asyncpg = {m for m, name in found["missing"].items() if name == "asyncpg"}
     assert needs_asyncpg, "the PostgreSQL store imports asyncpg"  # the probe sees a missing one
-    assert all(m.startswith("sagakit.stores.postgres") for m in needs_asyncpg), needs_asyncpg
-    for module in ("sagakit.cli", "sagakit.engine", "sagakit.stores", "sagakit.worker"):
+    assert all(m.startswith(_POSTGRES_MODULES) for m in needs_asyncpg), needs_asyncpg
+    for module in (
+        "sagakit.cli",
+        "sagakit.engine",
+        "sagakit.stores",
+        "sagakit.worker",
+        "sagakit.transports",
+        "sagakit.participant",
+        "sagakit.relay",
+    ):
         assert module in found["imported"], found["missing"]
 
 

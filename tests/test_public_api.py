@@ -72,6 +72,11 @@ ALL = (
     | {"Schedule", "ScheduleState", "ScheduleNotFoundError"}
     # issue 15: services (dependency injection) and typed clients
     | {"ServiceScope", "ServicesFactory", "WorkflowClient", "LongWorkflowClient", "ObjectClient"}
+    # issue 20: transactional steps (writes that commit with their journal entry)
+    | {"saga_transaction", "create_saga_transaction", "TransactionStep", "TransactionContext"}
+    | {"TransactionsUnsupportedError"}
+    # issue 20: remote steps (saga.send_command) and the participants that answer them
+    | {"Participant", "CommandContext", "RemoteCommandError", "RemoteTimeoutError"}
     | {
         "InputContext",
         "SagaDefinition",

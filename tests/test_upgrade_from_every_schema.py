@@ -24,6 +24,7 @@ import pytest
 from sagakit import Engine, SagaCompensatedError, SagaStatus
 from sagakit.stores.postgres.schema import LEGACY_SCHEMA
 from sagakit.stores.postgres.sql import MIGRATIONS as PG_MIGRATIONS
+from sagakit.stores.schema import runs_outside_transaction, split_statements
 from sagakit.stores.sqlite.store import MIGRATIONS as SQLITE_MIGRATIONS
 from sagakit.stores.sqlite.store import _split_statements
 
@@ -96,7 +97,10 @@ async def build_postgres(url: str, version: int, document: dict[str, Any]) -> No
         )
         for number, script in PG_MIGRATIONS:
             if number <= version:
-                await conn.execute(script)
+                # a CONCURRENTLY script (0007) runs statement by statement, as the runner does
+                parts = split_statements(script) if runs_outside_transaction(script) else [script]
+                for part in parts:
+                    await conn.execute(part)
                 await conn.execute("INSERT INTO saga_schema_version (version) VALUES ($1)", number)
         for table, rows in document["tables"].items():
             if table == "saga_schema_version":

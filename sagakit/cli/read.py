@@ -275,12 +275,13 @@ def stats_command(db: str, as_json: bool) -> None:
     url = db_url(db)
     check_readable(url)
 
-    async def fetch() -> tuple[dict[str, int], int, list[QueueState]]:
+    async def fetch() -> tuple[dict[str, int], int, list[QueueState], int | None]:
         async with open_admin(url, read_only=True) as admin:
             counts = await admin.count_by_status()
-            return counts, await admin.count_stranded(), await admin.queues()
+            stranded = await admin.count_stranded()
+            return counts, stranded, await admin.queues(), await admin.outbox_backlog()
 
-    counts, stranded, queues = run(fetch())
+    counts, stranded, queues, backlog = run(fetch())
     if as_json:
         dump_json(counts)
         return
@@ -288,6 +289,8 @@ def stats_command(db: str, as_json: bool) -> None:
     click.echo(render_status_counts(counts, color=color, unicode=use_unicode()), color=color)
     # not a status: sagas of any unended status whose version no live worker serves
     click.echo(f"stranded  {stranded}  (no live worker serves them: sagakit list --stranded)")
+    if backlog is not None:  # messages to other services the relay has not published yet
+        click.echo(f"outbox    {backlog}  (messages waiting for the relay)")
     for queue in queues:
         click.echo(
             f"queue {queue.name}  queued {queue.queued}  running {queue.running}"

@@ -415,6 +415,7 @@ class DashboardApp(Access, Starlette):
             return counts, stranded, page
 
         counts, stranded, page = await self._call(load())
+        outbox = await self._call(admin.outbox_backlog())
         queues = await self._call(admin.queues())
         schedules = await self._call(admin.schedules())
         chrome = self._chrome(call)
@@ -425,6 +426,7 @@ class DashboardApp(Access, Starlette):
             filters=filters,
             refresh=refresh_seconds(query),
             stranded=stranded,
+            outbox=outbox,
             queues=render_queues_card(queues, base=call.base),
             schedules=render_schedules_card(
                 schedules,

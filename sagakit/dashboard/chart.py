@@ -26,8 +26,9 @@ from ..timeline import format_duration, format_time
 
 __all__ = ["CHART_KINDS", "WAIT_KINDS", "render_timeline_svg"]
 
-#: journal kinds that wait for something outside the saga (drawn as hatched bars)
-WAIT_KINDS = frozenset({"sleep", "signal", "promise", "child", "child_result"})
+#: journal kinds that wait for something outside the saga (drawn as hatched bars); a remote
+#: step waits for its participant's reply
+WAIT_KINDS = frozenset({"sleep", "signal", "promise", "child", "child_result", "remote"})
 #: journal kinds the chart draws; the others record a value and take no time worth drawing
 CHART_KINDS = frozenset({"step", "compensation"}) | WAIT_KINDS
 
@@ -55,6 +56,7 @@ _WAIT_TEXT = {
     "promise": "promise",
     "child": "child started",
     "child_result": "child saga",
+    "remote": "remote",
 }
 
 
@@ -228,6 +230,10 @@ def _step_row(step: StepSnapshot, now: float | None) -> _Row | None:
         end = max(end, now)
     wait = step.kind in WAIT_KINDS
     css = "wait" if wait else step.kind
+    # a command to another service: a remote step, or a remote step's compensation command
+    sent_to = _sent_to(step)
+    if sent_to is not None:
+        css += " remote"
     if failed:
         css += " bar-failed"
     if running:
@@ -241,6 +247,10 @@ def _step_row(step: StepSnapshot, now: float | None) -> _Row | None:
             parts = [f"{duration} so far, until {when}"]
         else:
             parts = [f"{duration} so far"]
+    if sent_to is not None and running and now is not None:
+        parts.insert(0, f"sent, waiting for a reply from {sent_to}")
+    elif step.kind == "remote" and step.status == "completed":
+        parts.insert(0, "replied")
     if step.attempts > 1:
         parts.append(f"{step.attempts} attempts")
     if failed:
@@ -267,6 +277,15 @@ def _step_row(step: StepSnapshot, now: float | None) -> _Row | None:
         attempts=step.attempts,
         seq=step.seq,
     )
+
+
+def _sent_to(step: StepSnapshot) -> str | None:
+    """The participant a remote step (or its compensation command) was sent to; None for
+    other entries. Such an entry's output, while it waits, records the command it sent."""
+    out = step.output
+    if step.kind == "remote" or (isinstance(out, dict) and "message_id" in out):
+        return str(out.get("to")) if isinstance(out, dict) and out.get("to") else step.name
+    return None
 
 
 def _replaced_rows(audit: Iterable[AuditEntry]) -> list[_Row]:
@@ -368,6 +387,7 @@ def _legend(y: float, has: Iterable[str]) -> list[str]:
         ("failed", "legend-failed", "failed"),
         ("compensation", "legend-compensation", "compensation"),
         ("wait", "legend-wait", "wait"),
+        ("remote", "legend-remote", "command to a service"),
         ("audit", "legend-audit", "operator action"),
         ("gap", "legend-gap", "time compressed"),
     ]
@@ -548,6 +568,8 @@ def render_timeline_svg(snapshot: SagaSnapshot, *, now: datetime | None = None) 
     for row in rows:
         if not row.open_end:
             kinds.add("failed" if row.failed else row.css.split()[0])
+            if "remote" in row.css.split():
+                kinds.add("remote")
     if audit:
         kinds.add("audit")
     if any(seg.compressed for seg in axis.segments):

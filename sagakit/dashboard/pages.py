@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -20,7 +20,7 @@ from markupsafe import Markup
 
 from ..engine.snapshots import SagaSnapshot, StepSnapshot
 from ..stores.base import SagaStatus
-from ..timeline import VALUE_KINDS, describe_retry, format_duration, format_error
+from ..timeline import VALUE_KINDS, describe_retry, format_duration, format_error, format_time
 from ..urls import redact_url
 from .actions import available_actions
 from .auth import LOGIN_TTL
@@ -142,12 +142,15 @@ def render_index(
     health: Any = None,
     flash: Flash | None = None,
     chrome: PageChrome | None = None,
+    outbox: int | None = None,
 ) -> str:
     """The front page: counts by status (and ``stranded``, the count of sagas no live worker
     serves, when given), the alert conditions (``health``, a :class:`sagakit.health.
-    HealthReport`), the queue and schedule cards (rendered HTML), the filter form, one page of
-    sagas and the pager. With ``filters.stranded``, ``sagas`` are the stranded ones and each
-    row names the workflow version that no live worker serves."""
+    HealthReport`), the outbox backlog (``outbox``: messages to other services the relay has
+    not published; None: the store keeps no outbox), the queue and schedule cards (rendered
+    HTML), the filter form, one page of sagas and the pager. With ``filters.stranded``,
+    ``sagas`` are the stranded ones and each row names the workflow version that no live
+    worker serves."""
     chrome = chrome or PageChrome(db, read_only)
     title = "Stranded sagas" if filters.stranded else "Sagas"
     return render(
@@ -162,6 +165,7 @@ def render_index(
             next_cursor=next_cursor,
             filters=filters,
             stranded=stranded,
+            outbox=outbox,
             health=health,
             queues_card=Markup(queues),
             schedules_card=Markup(schedules),
@@ -216,7 +220,30 @@ def _journal_row(saga: SagaSnapshot, step: StepSnapshot) -> dict[str, Any]:
     if step.status == "retrying" and not saga.status.is_terminal:
         # the error is the last attempt's; the next one is due at retry_at
         row.update(duration="waiting to retry", retry=describe_retry(step), mark="↻ ")
+    row["remote"] = _remote_state(saga, step)
+    if row["remote"].startswith("sent"):
+        row["duration"] = "waiting for the reply"
     return row
+
+
+def _remote_state(saga: SagaSnapshot, step: StepSnapshot) -> str:
+    """Where a command to another service stands (a remote step, or a remote step's
+    compensation): sent and waiting for the participant's reply, or replied; "" otherwise."""
+    out = step.output
+    if step.status == "running" and isinstance(out, dict) and "message_id" in out:
+        if saga.status.is_terminal:
+            return f"sent to {out.get('to')}; the saga ended before its reply"
+        until = out.get("until")
+        ends = ""
+        if isinstance(until, int | float):
+            ends = f"; times out {format_time(datetime.fromtimestamp(until, UTC))}"
+        return (
+            f"sent to {out.get('to')} (command {out.get('command')!r}, message "
+            f"{out.get('message_id')}), waiting for its reply{ends}"
+        )
+    if step.kind == "remote" and step.status == "completed":
+        return "replied"
+    return ""
 
 
 def render_saga(

@@ -57,6 +57,10 @@ class BaseStep(ABC, Generic[InT, OutT]):
 
     #: the step's name in the journal (default: the class name)
     name: str | None = None
+    #: True: a transactional step (see :func:`~sagakit.saga_transaction`): ``execute`` and
+    #: ``compensate`` write through :attr:`connection`, and their writes commit in the same
+    #: transaction as their journal entry (SQLite and PostgreSQL stores)
+    transactional: bool = False
 
     @abstractmethod
     async def execute(self, inp: InT) -> OutT:
@@ -76,6 +80,19 @@ class BaseStep(ABC, Generic[InT, OutT]):
                 "inside a saga"
             )
         return ctx
+
+    @property
+    def connection(self) -> Any:
+        """A transactional step's database connection, inside its open transaction, while
+        :meth:`execute` or :meth:`compensate` runs (``sqlite3.Connection`` or
+        ``asyncpg.Connection``): never commit or roll back on it."""
+        connection = getattr(self.saga_context, "connection", None)
+        if connection is None:
+            raise SagaError(
+                f"{type(self).__name__}.connection is only available in a transactional step: "
+                "set `transactional = True` on the class"
+            )
+        return connection
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from .. import serde
 from ..errors import ErrorInfo, OutputNotSerializableError, SagaDefinitionError, SagaValidationError
 from ..steps import SagaStep, SagaStepOptions, StepResponse, create_saga_step_strict
+from ..transactions import create_saga_transaction
 from ..workflows import SagaWorkflow, SagaWorkflowOptions
 from .base_step import running_context
 from .nodes import ConditionNode, Hook, InputContext, Mapper, Node, StepNode, WaitNode
@@ -130,6 +131,17 @@ def _compile_step(node: StepNode) -> SagaStep[Any]:
     options = SagaStepOptions(
         retry=node.retry_policy, timeout=node.timeout, on_exhausted=node.on_exhausted
     )
+    if getattr(step, "transactional", False):
+        # its compensation gets the transaction's context, for BaseStep.connection
+        async def undo_in_transaction(ctx: SagaContext, data: Any) -> None:
+            token = running_context.set(ctx)
+            try:
+                await undo(data)
+            finally:
+                running_context.reset(token)
+
+        undo_tx = undo_in_transaction if spec.compensates else None
+        return create_saga_transaction(name, run, undo_tx, options)
     return create_saga_step_strict(name, run, undo if spec.compensates else None, options)
 
 

@@ -30,16 +30,19 @@ from ..metrics.core import SagaMetrics, metrics_option
 from ..objects import SagaVirtualObject
 from ..observability import default_observers
 from ..queues import Queue, QueuedStart
+from ..remote import DEFAULT_REPLY_ADDRESS
 from ..services import ServicesFactory
 from ..stores import MemoryStore, open_store
 from ..stores.base import NewSaga, SagaFilter, SagaStatus, Store
 from ..stores.scheduling import Schedule
+from ..transports.base import Transport, check_destination
 from ..workflows import SagaWorkflow, check_version
 from .crashes import StepHook
 from .handles import SagaHandle, seconds
 from .observe import Observer, Observers
 from .outcome import Outcome
 from .queueing import QueueingMixin, start_time
+from .replies import RemoteLink
 from .retention import check_retention, start_pruning, stop_pruning
 from .run import SagaRun
 from .running import RunningMixin
@@ -112,6 +115,12 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
             or an OpenTelemetry SDK MeterProvider is set as global; ``True``: on (an error
             names the extra when nothing can export them); ``False``: off; or a
             :class:`~sagakit.metrics.SagaMetrics` of your own. Kept in ``engine.metrics``.
+        transport: the broker connection of remote steps (``saga.send_command``): the engine
+            opens it, runs the relay that publishes its store's outbox, consumes the replies
+            on ``reply_address``, and closes it (see docs/services.md). ``None``: commands
+            wait in the outbox for a relay of another process.
+        reply_address: where participants send the replies to this engine's commands
+            (default ``"sagakit.replies"``); engines of one store share it.
     """
 
     def __init__(
@@ -133,6 +142,8 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
         schema: str | None = None,
         clock: Clock | None = None,
         metrics: bool | SagaMetrics | None = None,
+        transport: Transport | None = None,
+        reply_address: str = DEFAULT_REPLY_ADDRESS,
     ):
         if lease <= timedelta(0):
             raise ValueError(f"lease must be positive, got {lease}")
@@ -188,6 +199,9 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
         self._pruner: asyncio.Task[None] | None = None
         self.migrate = migrate
         self.schema = schema
+        self.transport = transport
+        self.reply_address = check_destination(reply_address)
+        self._remote: RemoteLink | None = None
 
     # -- registration ------------------------------------------------------------------------
 
@@ -321,6 +335,17 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
         store.on_work = self._wakeup.set
         self._background = asyncio.create_task(self._worker_loop(), name="sagakit-worker")
         self._pruner = start_pruning(store, self.retention, self.poll_interval)
+        if self.transport is not None:
+            interval = self.poll_interval.total_seconds()
+            self._remote = RemoteLink(
+                store,
+                self.transport,
+                self.reply_address,
+                self._poke,
+                owner=self.worker_id,
+                poll_interval=interval,
+            )
+            await self._remote.start()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -370,6 +395,9 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
             self._background = None
         await stop_pruning(self._pruner)
         self._pruner = None
+        if self._remote is not None:
+            await self._remote.stop()
+            self._remote = None
         if self._schedule_wake is not None:
             self._schedule_wake.cancel()
         unfinished = list(self._tasks)

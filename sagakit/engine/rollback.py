@@ -27,9 +27,10 @@ from ..stores.base import (
     StateWrite,
 )
 from .backoff import FailedAttempt, Retrying, out_of_attempts
-from .core import RunCore
 from .outcome import Outcome, _Compensation, terminal_form
 from .parallel import Strand
+from .remote import RemoteCompensation
+from .transactions import TransactionsMixin
 
 log = logging.getLogger("sagakit.engine")
 
@@ -37,8 +38,9 @@ log = logging.getLogger("sagakit.engine")
 _UNFINISHED = (EntryStatus.RUNNING, EntryStatus.RETRYING)
 
 
-class RollbackMixin(RunCore):
-    """The rollback of a run (see the module docstring)."""
+class RollbackMixin(TransactionsMixin):
+    """The rollback of a run (see the module docstring); a transactional step's compensation
+    runs in a transaction (see transactions.py)."""
 
     _compensations: dict[int, _Compensation]
     _mark_next_attempt: bool
@@ -71,6 +73,14 @@ class RollbackMixin(RunCore):
         ) -> tuple[StateWrite, ...]: ...
 
         async def _fail_nondeterministic(self, exc: NonDeterminismError) -> Outcome: ...
+
+        async def _remote_compensation(
+            self,
+            undo: RemoteCompensation,
+            seq: int,
+            update: SagaUpdate | None,
+            recorded: JournalEntry | None,
+        ) -> JournalEntry: ...
 
         def _observe_attempt(
             self, kind: str, name: str, seq: int, attempt: int
@@ -110,7 +120,10 @@ class RollbackMixin(RunCore):
                     update = None
                     if not status_written:
                         update = SagaUpdate(SagaStatus.COMPENSATING, error=cause_json)
-                    entry = await self._execute_compensation(compensation, seq, update, entry)
+                    if isinstance(compensation, RemoteCompensation):  # a command to send
+                        entry = await self._remote_compensation(compensation, seq, update, entry)
+                    else:
+                        entry = await self._execute_compensation(compensation, seq, update, entry)
                     status_written = True
                 if entry.status == EntryStatus.FAILED:
                     failures.append(ErrorInfo.from_json(serde.loads(entry.error) or {}))
@@ -200,7 +213,7 @@ class RollbackMixin(RunCore):
             try:
                 with self._observe_attempt("compensation", step.name, seq, attempt):
                     services = self._services.get() if step.compensation_takes_services else UNSET
-                    await step.call_compensation(compensation.data, compensation.failed, services)
+                    await self._run_compensation_body(compensation, seq, attempt, services)
                 break
             except Exception as exc:
                 terminal = terminal_form(exc)
@@ -235,5 +248,4 @@ class RollbackMixin(RunCore):
             self.clock.now(),
         )
         state = self._object_writes(writes) if error is None else ()
-        self._write_behind(entry, update, state=state)
-        return entry
+        return await self._journal_end(entry, update, state=state)

@@ -62,8 +62,9 @@ from .operators import operator_rollback, skipped_seqs
 from .outcome import Outcome, _Compensation, terminal_form
 from .parallel import ParallelMixin, Strand
 from .patches import PatchesMixin
+from .remote import RemoteMixin
 from .rollback import RollbackMixin
-from .waits import PendingWait, WaitsMixin, object_scope
+from .waits import PendingWait, object_scope
 
 log = logging.getLogger("sagakit.engine")
 
@@ -88,7 +89,7 @@ def _retrieve(future: asyncio.Future[None]) -> None:
 
 
 class SagaRun(
-    RollbackMixin, BackoffMixin, WaitsMixin, ChildrenMixin, CallsMixin, PatchesMixin, ParallelMixin
+    RollbackMixin, BackoffMixin, RemoteMixin, ChildrenMixin, CallsMixin, PatchesMixin, ParallelMixin
 ):
     """Drives one saga function to a terminal state, to a wait (SUSPENDED), or until its lease
     is lost."""
@@ -345,6 +346,7 @@ class SagaRun(
             try:
                 entry = await self._execute_step(step, seq, inp, entry)
             finally:
+                self._drop_transaction(seq)  # still open if the run stopped before its commit
                 self._in_flight.discard(settled)
                 settled.set_result(None)
         data: Any = UNSET
@@ -475,7 +477,7 @@ class SagaRun(
                 self._at_step_point(step, seq, attempt, "before")
                 with self._observe_attempt("step", step.name, seq, attempt):
                     async with deadline:
-                        result = await step.run(ctx, value)
+                        result = await self._run_body(step, ctx, value, seq)
             except Exception as exc:
                 terminal = step.terminal_error(exc) or terminal_form(exc)
                 timed_out = deadline.expired()
@@ -644,8 +646,8 @@ class SagaRun(
         # state written by a step that succeeded commits with its entry; a failed one's is dropped
         writes, self._step_writes = self._step_writes, ()
         # the saga function may go on at once: the next side effect settles this write first
-        self._write_behind(entry, state=writes if status == EntryStatus.COMPLETED else ())
-        return entry
+        # (a transactional step's entry commits with its writes before _journal_end returns)
+        return await self._journal_end(entry, state=writes if status == "COMPLETED" else ())
 
     # -- the whole saga ----------------------------------------------------------------------
 

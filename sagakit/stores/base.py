@@ -105,6 +105,9 @@ class EntryKind(StrEnum):
     SEND = "send"
     #: a code change the saga went through (``saga.patched``): its name is the change id
     PATCH = "patch"
+    #: a command sent to another service and its reply (``saga.send_command``): RUNNING
+    #: while the saga waits for the reply; its name is ``"<participant>.<command>"``
+    REMOTE = "remote"
     #: an operator's action (``engine.admin``), at a negative ``seq`` outside the saga
     #: function's numbering so that a replay never meets it
     ADMIN = "admin"
@@ -175,6 +178,8 @@ class EventKind(StrEnum):
     NOTIFY = "notify"
     #: the outcome of the child saga ``name``, told to its parent
     CHILD = "child"
+    #: a participant's reply to the command whose message id is ``name`` (a remote step)
+    REPLY = "reply"
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,6 +442,39 @@ class ClaimedSaga:
     events: list[SagaEvent] = field(default_factory=list)
 
 
+class StoreTransaction(Protocol):
+    """A database transaction opened for one operation of a saga (:meth:`Store.begin`): the
+    user's code writes through ``connection``, then :meth:`commit` appends the operation's
+    journal entry, fenced, in the same transaction, so that both commit or neither does."""
+
+    @property
+    def connection(self) -> Any:
+        """The store's own connection, inside the open transaction (``sqlite3.Connection``,
+        ``asyncpg.Connection``)."""
+        ...
+
+    async def commit(
+        self,
+        entry: JournalEntry,
+        update: SagaUpdate | None = None,
+        state: Sequence[StateWrite] = (),
+    ) -> None:
+        """Append ``entry`` (and ``update``, ``state``) as :meth:`Store.append` would, then
+        commit. Raises :class:`~sagakit.errors.LeaseLost` (the fence moved: nothing commits),
+        StoreError (the database failed: nothing committed, or a commit whose answer was lost
+        and that did not happen), or the database's own error when it refuses the transaction
+        at commit (a deferred constraint): then nothing committed either."""
+        ...
+
+    async def rollback(self) -> None:
+        """Undo everything written in the transaction and give the connection back."""
+        ...
+
+    def abandon(self) -> None:
+        """Roll back without waiting (a run stopped between the body and the commit)."""
+        ...
+
+
 @runtime_checkable
 class Store(Protocol):
     """What the engine asks of a database. Implementations: memory, SQLite, PostgreSQL."""
@@ -487,6 +525,13 @@ class Store(Protocol):
         one saga commit in the order they were called, so a caller may queue an entry, go on
         with pure computation, and await the future only before its next side effect.
         """
+        ...
+
+    async def begin(self, saga_id: str, fence: int) -> StoreTransaction:
+        """Open a transaction for one operation of the saga (a transactional step), once the
+        saga's appends queued before it committed; raises LeaseLost if ``fence`` is not the
+        saga's any more, :class:`~sagakit.errors.TransactionsUnsupportedError` on a store with
+        no database."""
         ...
 
     async def load_saga(self, saga_id: str) -> SagaRecord | None: ...

@@ -12,7 +12,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import EventsArrived, LeaseLost
+from ..errors import EventsArrived, LeaseLost, TransactionsUnsupportedError
 from .base import (
     LIVE_LEASES,
     NEVER,
@@ -32,12 +32,14 @@ from .base import (
     SagaUpdate,
     Served,
     StateWrite,
+    StoreTransaction,
     audit_key,
     claim_keys,
     prunable_statuses,
     saga_scope,
     served_keys,
 )
+from .memory_outbox import MemoryOutbox
 from .queueing import (
     QueueLimits,
     QueueLoad,
@@ -98,7 +100,7 @@ class _Tables:
 _named: dict[str, _Tables] = {}
 
 
-class MemoryStore:
+class MemoryStore(MemoryOutbox):
     """Implements :class:`~sagakit.stores.base.Store` with dictionaries."""
 
     def __init__(self, url: str = "memory://", *, clock: Clock | None = None):
@@ -203,6 +205,14 @@ class MemoryStore:
             self._notify_all()  # the next saga of this object key may run now
         done.set_result(None)
         return done
+
+    async def begin(self, saga_id: str, fence: int) -> StoreTransaction:
+        # a fake connection would let a test pass that no real database would run
+        raise TransactionsUnsupportedError(
+            f"saga {saga_id!r} runs a transactional step, which needs a database: the memory "
+            "store has none; use a SQLite file (Engine('sqlite:///app.db'); in tests a "
+            "temporary file, or SagaTestEnvironment(store='sqlite')) or PostgreSQL"
+        )
 
     async def deliver(
         self,

@@ -51,6 +51,9 @@ RELEASES: dict[int, str] = {
     # the newest commit when 0007 was being written; any commit up to the one adding 0007 has
     # the same schema 6 and the same runner (_check_release says so if one does not)
     6: "1864ed196eec9f10a75d74959846043b7ae6d08e",
+    # the newest commit when 0008 was being written (any commit up to the one adding 0008 has
+    # the same schema 7)
+    7: "6aa841ff35e040edd8ccb9df705c0723f4a95c5a",
 }
 
 

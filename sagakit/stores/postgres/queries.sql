@@ -745,3 +745,23 @@ SET fire_from = CASE WHEN paused AND NOT $2 THEN greatest(fire_from, $3) ELSE fi
 WHERE name = $1
 RETURNING name, cron, workflow, version, input, timezone, catch_up, queue, paused, last_tick,
           fire_from, created_at, updated_at
+
+-- name: lock_saga_row
+-- a transactional step whose COMMIT got no answer: wait until the transaction that may still
+-- hold the saga's row (its fenced append locked it) has ended, either way
+SELECT fence FROM saga_instances WHERE saga_id = $1 FOR UPDATE
+
+-- name: entry_outcome
+-- then, in a statement of its own (a snapshot taken after that wait), what it left
+SELECT status, attempts, finished_at FROM saga_journal WHERE saga_id = $1 AND seq = $2
+
+-- name: transaction_settings
+-- a transactional step's transaction: the server ends it if it idles longer than a statement
+-- may take (its client may be gone: see PostgresStore._connect); the step's own SQL sees the
+-- user's search_path ($2), not sagakit's schema
+SELECT set_config('idle_in_transaction_session_timeout', $1, true),
+       set_config('search_path', $2, true)
+
+-- name: transaction_schema
+-- back to sagakit's schema for the journal entry that commits with the step's writes
+SELECT set_config('search_path', $1, true)

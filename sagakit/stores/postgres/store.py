@@ -57,6 +57,7 @@ from ..base import (
     SagaUpdate,
     Served,
     StateWrite,
+    StoreTransaction,
     claim_keys,
     entry_from_row,
     event_from_row,
@@ -78,6 +79,7 @@ from .batch import (
     write_creates,
     write_object_create,
 )
+from .outbox import PostgresOutbox
 from .schema import (
     DEFAULT_SCHEMA,
     LEGACY_SCHEMA,
@@ -120,7 +122,7 @@ def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, _CONNECTION_ERRORS)
 
 
-class PostgresStore:
+class PostgresStore(PostgresOutbox):
     """Implements :class:`~sagakit.stores.base.Store` on PostgreSQL (asyncpg).
 
     Args:
@@ -518,6 +520,7 @@ class PostgresStore:
                 self._listener = await self._connect()
                 self._listener.add_termination_listener(functools.partial(_set_event, lost))
                 await self._listener.add_listener(self.channel, self._notified)
+                await self._listener.add_listener(self.outbox_channel, self._outbox_notified)
                 backoff = Backoff("LISTEN connection", None, first_delay=0.1)
                 self._notified()  # work may have been announced while we were not listening
                 await lost.wait()
@@ -553,6 +556,11 @@ class PostgresStore:
         op = Append(saga_id, fence, entry, update, future, guard, tuple(state))
         self._enqueue().appends.append(op)
         return future
+
+    async def begin(self, saga_id: str, fence: int) -> StoreTransaction:
+        from .transactions import begin  # it imports this module
+
+        return await begin(self, saga_id, fence)
 
     async def deliver(
         self,

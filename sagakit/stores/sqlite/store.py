@@ -47,6 +47,7 @@ from ..base import (
     SagaUpdate,
     Served,
     StateWrite,
+    StoreTransaction,
     claim_keys,
     entry_from_row,
     event_from_row,
@@ -59,12 +60,13 @@ from ..queueing import QueueLimits, QueueState
 from ..retrying import DEFAULT_RETRY_DEADLINE, Backoff
 from ..scheduling import Schedule, ScheduleState
 from ..schema import split_statements
-from . import queues, schedules, search
+from . import queues, schedules, search, transactions
+from .outbox import SqliteOutbox
 from .schema import MIGRATION_NAMES as MIGRATION_NAMES
 from .schema import MIGRATIONS as MIGRATIONS
 from .schema import migrate_schema, pending_scripts
 from .sql import Q as Q
-from .writes import administer_in, deliver_in, entry_params, fork_in, update_params
+from .writes import administer_in, append_in, deliver_in, fork_in
 
 log = logging.getLogger("sagakit.store.sqlite")
 
@@ -104,7 +106,7 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-class SqliteStore:
+class SqliteStore(SqliteOutbox):
     """Implements :class:`~sagakit.stores.base.Store` on a SQLite file.
 
     Args:
@@ -147,6 +149,8 @@ class SqliteStore:
         self._read_exec: ThreadPoolExecutor | None = None
         self._pending: list[tuple[WriteOp, asyncio.Future[Any]]] = []
         self._flush_handle: asyncio.Handle | None = None
+        #: done when the transactional step holding the writer connection ends (transactions.py)
+        self._held: asyncio.Future[None] | None = None
         #: set by close() when writes are still queued; done once they are committed
         self._drained: asyncio.Future[None] | None = None
         self.retry_deadline = retry_deadline
@@ -314,6 +318,8 @@ class SqliteStore:
     def _flush(self) -> None:
         """Commit everything queued, one transaction per :data:`MAX_BATCH` operations."""
         self._flush_handle = None
+        if self._held is not None:  # a transactional step holds the writer: it flushes after
+            return
         loop = asyncio.get_running_loop()
         while self._pending:
             batch = self._pending[:MAX_BATCH]
@@ -444,32 +450,13 @@ class SqliteStore:
         state: Sequence[StateWrite] = (),
     ) -> asyncio.Future[None]:
         def op(conn: sqlite3.Connection) -> None:
-            now = time.time()
-            if update is None:
-                params = {"saga_id": saga_id, "fence": fence, "now": now, "guard": guard}
-                cur = conn.execute(Q["touch_saga"], params)
-            else:
-                cur = conn.execute(
-                    Q["update_saga_status"], update_params(saga_id, fence, update, guard, now)
-                )
-            if cur.rowcount != 1:
-                row = conn.execute(Q["saga_fence"], {"saga_id": saga_id}).fetchone()
-                if guard is not None and row is not None and row[0] == fence:
-                    raise EventsArrived(saga_id)
-                raise LeaseLost(saga_id)
-            if entry is not None:
-                conn.execute(Q["upsert_entry"], entry_params(entry))
-            for write in state:
-                if write.value is None:
-                    conn.execute(Q["clear_state"], {"scope": write.scope, "key": write.key})
-                else:
-                    conn.execute(
-                        Q["set_state"],
-                        {"scope": write.scope, "key": write.key, "value": write.value, "now": now},
-                    )
+            append_in(conn, saga_id, fence, entry, update, guard, state)
 
         future: asyncio.Future[None] = self._queue_write(op)
         return future
+
+    async def begin(self, saga_id: str, fence: int) -> StoreTransaction:
+        return await transactions.begin(self, saga_id, fence)
 
     async def deliver(
         self,

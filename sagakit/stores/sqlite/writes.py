@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from ...errors import EventsArrived, LeaseLost
 from ..base import (
     NEVER,
     AdminChange,
@@ -19,6 +21,7 @@ from ..base import (
     SagaRecord,
     SagaStatus,
     SagaUpdate,
+    StateWrite,
     audit_key,
     entry_from_row,
     record_from_row,
@@ -85,6 +88,39 @@ def deliver_in(
         Q["count_event"], {"saga_id": saga_id, "seq": seq, "consume_token": token is not None}
     )
     return Delivery(DeliveryOutcome.DELIVERED, status)
+
+
+def append_in(
+    conn: sqlite3.Connection,
+    saga_id: str,
+    fence: int,
+    entry: JournalEntry | None,
+    update: SagaUpdate | None,
+    guard: int | None,
+    state: Sequence[StateWrite],
+) -> None:
+    """``Store.append`` inside a write transaction (the writer's batch, or a transactional
+    step's own transaction): fenced and guarded, else LeaseLost or EventsArrived."""
+    now = time.time()
+    if update is None:
+        params = {"saga_id": saga_id, "fence": fence, "now": now, "guard": guard}
+        cur = conn.execute(Q["touch_saga"], params)
+    else:
+        params = update_params(saga_id, fence, update, guard, now)
+        cur = conn.execute(Q["update_saga_status"], params)
+    if cur.rowcount != 1:
+        row = conn.execute(Q["saga_fence"], {"saga_id": saga_id}).fetchone()
+        if guard is not None and row is not None and row[0] == fence:
+            raise EventsArrived(saga_id)
+        raise LeaseLost(saga_id)
+    if entry is not None:
+        conn.execute(Q["upsert_entry"], entry_params(entry))
+    for write in state:
+        if write.value is None:
+            conn.execute(Q["clear_state"], {"scope": write.scope, "key": write.key})
+        else:
+            params = {"scope": write.scope, "key": write.key, "value": write.value, "now": now}
+            conn.execute(Q["set_state"], params)
 
 
 def update_params(
