@@ -20,10 +20,15 @@ A participant consumes the destination named after it. For each command:
   is annotated with (a pydantic model, ``dict``, ...). Its return value is the reply. The inbox
   row and the reply's outbox row are written in one transaction; the relay publishes the reply
   (exactly-once effect on the participant's database, at-least-once delivery of the reply).
-* A handler declared ``transactional=True`` (PostgreSQL) gets ``ctx.connection``, an asyncpg
-  connection inside the transaction that also writes the inbox row and the reply: its writes
-  commit exactly once with them. A plain handler's own effects may run again if the process
-  dies between the handler's end and the inbox's commit: key them by ``ctx.message_id``.
+* A handler declared ``transactional=True`` (SQLite and PostgreSQL stores) gets
+  ``ctx.connection``, the store's connection inside the transaction that also writes the inbox
+  row and the reply: its writes commit exactly once with them, and a raise rolls them back.
+  On PostgreSQL it is an asyncpg connection (``await ctx.connection.execute(...)``); on SQLite
+  the store's ``sqlite3`` writer connection (``ctx.connection.execute(...)``, synchronous: do
+  the database work and return, as other writes of the store wait meanwhile). Do not commit or
+  roll back on it yourself: sagakit refuses the message, and it is redelivered. A plain
+  handler's own effects may run again if the process dies between the handler's end and the
+  inbox's commit: key them by ``ctx.message_id``.
 * Poison: a payload that is not JSON or does not validate, or a command this participant has no
   handler for, is answered with an error reply (the saga's remote step fails terminally with
   :class:`~sagakit.remote.RemoteCommandError`), recorded in the inbox, and dead-lettered at
@@ -45,11 +50,12 @@ import typing
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import serde
 from .errors import SagaError, SagaValidationError, TerminalError
-from .relay import Relay
+from .relay import DEFAULT_LEASE, Relay, check_relay_lease
 from .remote import SAGA_HEADER, STATUS_HEADER, error_reply, ok_reply, reply_id, reply_status
 from .stores import open_store
 from .stores.base import Store
@@ -117,6 +123,8 @@ class Participant:
             answered with an error and dead-lettered.
         relay: run a relay over the store (default: unless ``engine_or_store`` is an engine
             with a transport, whose relay publishes the same outbox).
+        relay_lease: how long the lease of that relay lasts unrenewed (default 10 s): the
+            longest replies wait after the relay dies before another relay takes over.
     """
 
     def __init__(
@@ -127,8 +135,10 @@ class Participant:
         transport: Transport,
         max_deliveries: int = 5,
         relay: bool | None = None,
+        relay_lease: timedelta = DEFAULT_LEASE,
     ):
         self.name = check_destination(name)
+        self.relay_lease = check_relay_lease(relay_lease)
         self.transport = transport
         self.max_deliveries = max_deliveries
         self._source = engine_or_store
@@ -188,15 +198,18 @@ class Participant:
             store, "inbox_transaction"
         ):
             raise SagaError(
-                f"participant {self.name!r} has transactional handlers, which need the "
-                f"PostgreSQL store; {type(store).__name__} cannot run a handler's writes in the "
-                "inbox's transaction: declare them without transactional=True"
+                f"participant {self.name!r} has transactional handlers, which need the SQLite "
+                f"or PostgreSQL store; {type(store).__name__} cannot run a handler's writes in "
+                "the inbox's transaction: use one of those stores, or declare the handlers "
+                "without transactional=True"
             )
         await self.transport.open()
         wants_relay = self._relay_wanted if self._relay_wanted is not None else not engine_transport
         if wants_relay:
             owner = f"{self.name}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-            self._relay = Relay(outbox, self.transport, owner=owner)
+            self._relay = Relay(
+                outbox, self.transport, owner=owner, lease=self.relay_lease.total_seconds()
+            )
             self._relay.start()
         self._subscription = await self.transport.subscribe(
             self.name, self._on_message, max_deliveries=self.max_deliveries
@@ -306,9 +319,16 @@ class Participant:
         def replies(status: str, reply: str) -> Sequence[OutboxMessage]:
             return self._replies(message, status, reply)
 
-        record, ran = await store.inbox_transaction(
-            self.name, message.id, message.name, handle, replies
-        )
+        try:
+            record, ran = await store.inbox_transaction(
+                self.name, message.id, message.name, handle, replies
+            )
+        except Exception as exc:  # rolled back, the handler's writes with it
+            if message.attempt < self.max_deliveries:
+                raise  # redelivered
+            text = f"gave up after {message.attempt} deliveries: {type(exc).__name__}: {exc}"
+            await self._record(message, "error", error_reply(type(exc).__name__, text))
+            raise
         if not ran:
             await self._reply_again(message, record)
 

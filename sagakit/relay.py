@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import uuid
+from datetime import timedelta
 
 from .stores.outbox import OutboxRow, OutboxStore
 from .transports.base import Message, Transport
@@ -32,6 +33,19 @@ log = logging.getLogger("sagakit.relay")
 
 #: how many rows one pass reads
 BATCH = 200
+#: how long a relay lease lasts unrenewed unless told otherwise
+DEFAULT_LEASE = timedelta(seconds=10)
+
+
+def check_relay_lease(lease: object) -> timedelta:
+    """``relay_lease`` as given to an Engine or a Participant: a positive timedelta."""
+    if not isinstance(lease, timedelta):
+        raise TypeError(
+            f"relay_lease must be a timedelta (e.g. timedelta(seconds=10)), got {lease!r}"
+        )
+    if lease <= timedelta(0):
+        raise ValueError(f"relay_lease must be positive, got {lease}")
+    return lease
 
 
 def to_message(row: OutboxRow) -> Message:
@@ -57,7 +71,8 @@ class Relay:
         transport: an open transport.
         owner: this relay's name in the relay lease (default: host, process, random).
         poll_interval: the longest it waits before looking at the outbox again (seconds).
-        lease: how long the lease it holds lasts unrenewed (seconds).
+        lease: how long the lease it holds lasts unrenewed (seconds); it renews it every
+            third of that, and another relay takes over within that long once it stops.
     """
 
     def __init__(
@@ -67,8 +82,10 @@ class Relay:
         *,
         owner: str | None = None,
         poll_interval: float = 1.0,
-        lease: float = 10.0,
+        lease: float = DEFAULT_LEASE.total_seconds(),
     ):
+        if not lease > 0:
+            raise ValueError(f"the relay lease must be positive, got {lease!r} seconds")
         self.store = store
         self.transport = transport
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -161,4 +178,4 @@ class Relay:
                 return ok
 
 
-__all__ = ["Relay", "to_message"]
+__all__ = ["DEFAULT_LEASE", "Relay", "check_relay_lease", "to_message"]

@@ -24,6 +24,8 @@ record of them: the step is executed **exactly once** as far as that database is
   with the compensation's journal entry.
 * The commit is fenced like every journal write: a worker that lost the saga (another worker
   claimed it, an operator changed it) commits nothing.
+* On PostgreSQL, ``ctx.session`` is SQLAlchemy's ``AsyncSession`` on the same transaction
+  (``sagakit[sqlalchemy]``; see :mod:`sagakit.transactions_sqlalchemy`); SQLite refuses it.
 * SQLite (``sqlite3.Connection``) and PostgreSQL (``asyncpg.Connection``); the memory store
   refuses them (:class:`~sagakit.errors.TransactionsUnsupportedError`). Do not commit or roll
   back on ``ctx.connection`` yourself, and keep the body to its database work: on SQLite the
@@ -53,8 +55,11 @@ from .steps import (
     _positional_names,
     _type_hints,
 )
+from .transactions_sqlalchemy import StepSession
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
     from .context import RunDriver
 
 _In = TypeVar("_In")
@@ -72,7 +77,7 @@ class TransactionContext(SagaContext):
     """The context a transactional step (or its compensation) receives: a
     :class:`~sagakit.SagaContext` with the open transaction's connection."""
 
-    __slots__ = ("_connection",)
+    __slots__ = ("_connection", "_session")
 
     def __init__(
         self,
@@ -85,6 +90,7 @@ class TransactionContext(SagaContext):
     ):
         super().__init__(driver, step_seq=step_seq, step_name=step_name, attempt=attempt)
         self._connection = connection
+        self._session: StepSession | None = None
 
     @property
     def connection(self) -> Any:
@@ -92,6 +98,23 @@ class TransactionContext(SagaContext):
         this step's journal entry: a ``sqlite3.Connection`` on SQLite (synchronous calls), an
         ``asyncpg.Connection`` on PostgreSQL. Write through it; never commit or roll back."""
         return self._connection
+
+    @property
+    def session(self) -> AsyncSession:
+        """SQLAlchemy's ``AsyncSession`` on this transaction's connection (PostgreSQL, with
+        ``sagakit[sqlalchemy]``): its writes commit with the step's journal entry, and sagakit
+        commits it when the body returns. Its own ``commit()`` only releases a savepoint inside
+        the step's transaction (see :mod:`sagakit.transactions_sqlalchemy`). On SQLite it raises
+        :class:`~sagakit.errors.TransactionsUnsupportedError`: use :attr:`connection`."""
+        if self._session is None:
+            self._session = StepSession(self._connection, self.step_name)
+        return self._session.session
+
+    async def _finish_session(self, ok: bool) -> None:
+        """End the session if the body used one (the engine calls it before the commit)."""
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.finish(ok)
 
 
 class TransactionStep(SagaStep[InT, OutT_co]):

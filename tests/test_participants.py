@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -142,6 +143,10 @@ async def _count(broker: MemoryBroker, n: int) -> bool:
     return len(broker.pending(REPLIES)) >= n
 
 
+async def _dead(broker: MemoryBroker, n: int) -> bool:
+    return len(broker.pending("inventory.dead")) >= n
+
+
 # -- a transactional handler (PostgreSQL) ------------------------------------------------------
 
 
@@ -179,18 +184,88 @@ async def test_a_transactional_handler_commits_its_writes_with_its_inbox_row(
         await conn.close()
 
 
-async def test_a_transactional_handler_is_refused_on_sqlite(tmp_path: Path) -> None:
-    participant = Participant(
-        "inventory", f"sqlite:///{tmp_path}/p.db", transport=MemoryTransport()
-    )
+async def test_a_transactional_handler_is_refused_on_the_memory_store() -> None:
+    participant = Participant("inventory", "memory://", transport=MemoryTransport())
 
     @participant.command("reserve", transactional=True)
     async def reserve(ctx: CommandContext, payload: Reserve) -> None:
         pass
 
-    with pytest.raises(SagaError, match="need the PostgreSQL store"):
+    with pytest.raises(SagaError, match="need the SQLite or PostgreSQL store"):
         await participant.start()
     await participant.close()
+
+
+# -- a transactional handler (SQLite) ----------------------------------------------------------
+
+
+def sqlite_ledger(path: Path) -> list[tuple[str, str]]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        rows = conn.execute("SELECT message_id, item FROM ledger ORDER BY rowid").fetchall()
+    return [(str(a), str(b)) for a, b in rows]
+
+
+async def test_a_transactional_handler_on_sqlite_rolls_back_a_failure_and_runs_once(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "p.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE ledger (message_id TEXT, item TEXT)")  # no key: twice shows
+        conn.commit()
+    broker, runs = MemoryBroker(), list[str]()
+    participant = Participant("inventory", f"sqlite:///{path}", transport=MemoryTransport(broker))
+
+    @participant.command("reserve", transactional=True)
+    async def reserve(ctx: CommandContext, payload: Reserve) -> str:
+        runs.append(payload.item)
+        ctx.connection.execute("INSERT INTO ledger VALUES (?, ?)", (ctx.message_id, payload.item))
+        if len(runs) == 1:
+            raise ConnectionError("dies after its write: the write must roll back")
+        return "reserved"
+
+    async with MemoryTransport(broker) as sender, participant:
+        message = command("m-1", "reserve", {"item": "book"})
+        await sender.publish(message)
+        await until(lambda: _count(broker, 1))
+        await sender.publish(message)  # a redelivery: the stored reply, the handler not run
+        await until(lambda: _count(broker, 2))
+        replies = broker.pending(REPLIES)
+        assert [r.id for r in replies] == [reply_id("m-1")] * 2
+        assert [json.loads(r.payload)["value"] for r in replies] == ["reserved", "reserved"]
+        record = await outbox_store(participant._store).find_inbox("inventory", "m-1")  # type: ignore[union-attr]
+        assert record is not None and record.status == "ok"
+    assert runs == ["book", "book"]  # the first run rolled back, the second committed
+    assert sqlite_ledger(path) == [("m-1", "book")]
+
+
+async def test_a_transactional_handler_that_commits_on_its_own_is_refused(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "p.db"
+    broker, runs = MemoryBroker(), list[str]()
+    participant = Participant(
+        "inventory", f"sqlite:///{path}", transport=MemoryTransport(broker), max_deliveries=2
+    )
+
+    @participant.command("reserve", transactional=True)
+    async def reserve(ctx: CommandContext, payload: Reserve) -> str:
+        runs.append(payload.item)
+        ctx.connection.execute("COMMIT")  # its writes would stand without the inbox row
+        return "reserved"
+
+    async with MemoryTransport(broker) as sender, participant:
+        await sender.publish(command("m-1", "reserve", {"item": "book"}))
+        await until(lambda: _dead(broker, 1))
+        await until(lambda: _count(broker, 1))
+        dead = broker.pending("inventory.dead")
+        assert dead[0].headers["x-sagakit-error-type"] == "SagaError"
+        error = json.loads(broker.pending(REPLIES)[0].payload)["error"]
+        assert error["type"] == "SagaError"
+        assert "gave up after 2 deliveries" in error["message"]
+        assert "ended by the handler's own code" in error["message"]
+        record = await outbox_store(participant._store).find_inbox("inventory", "m-1")  # type: ignore[union-attr]
+        assert record is not None and record.status == "error"
+    assert runs == ["book", "book"]
 
 
 # -- the PostgreSQL-only transport --------------------------------------------------------------

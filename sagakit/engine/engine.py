@@ -30,6 +30,7 @@ from ..metrics.core import SagaMetrics, metrics_option
 from ..objects import SagaVirtualObject
 from ..observability import default_observers
 from ..queues import Queue, QueuedStart
+from ..relay import check_relay_lease
 from ..remote import DEFAULT_REPLY_ADDRESS
 from ..services import ServicesFactory
 from ..stores import MemoryStore, open_store
@@ -121,6 +122,9 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
             wait in the outbox for a relay of another process.
         reply_address: where participants send the replies to this engine's commands
             (default ``"sagakit.replies"``); engines of one store share it.
+        relay_lease: how long the relay lease this engine's relay holds lasts unrenewed
+            (default 10 s): the longest the outbox waits after its relay dies (SIGKILL) before
+            another process's relay takes over. Renewed every third of it.
     """
 
     def __init__(
@@ -144,6 +148,7 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
         metrics: bool | SagaMetrics | None = None,
         transport: Transport | None = None,
         reply_address: str = DEFAULT_REPLY_ADDRESS,
+        relay_lease: timedelta = timedelta(seconds=10),
     ):
         if lease <= timedelta(0):
             raise ValueError(f"lease must be positive, got {lease}")
@@ -201,6 +206,7 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
         self.schema = schema
         self.transport = transport
         self.reply_address = check_destination(reply_address)
+        self.relay_lease = check_relay_lease(relay_lease)
         self._remote: RemoteLink | None = None
 
     # -- registration ------------------------------------------------------------------------
@@ -344,6 +350,7 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
                 self._poke,
                 owner=self.worker_id,
                 poll_interval=interval,
+                relay_lease=self.relay_lease.total_seconds(),
             )
             await self._remote.start()
         return self

@@ -37,6 +37,7 @@ class RemoteLink:
         *,
         owner: str,
         poll_interval: float,
+        relay_lease: float = 10.0,
     ):
         outbox = outbox_store(store)
         if outbox is None:
@@ -48,7 +49,9 @@ class RemoteLink:
         self.transport = transport
         self.reply_address = reply_address
         self._poke = poke
-        self.relay = Relay(outbox, transport, owner=owner, poll_interval=poll_interval)
+        self.relay = Relay(
+            outbox, transport, owner=owner, poll_interval=poll_interval, lease=relay_lease
+        )
         self._subscription: Subscription | None = None
 
     async def start(self) -> None:

@@ -6,6 +6,13 @@ Pruning goes in small batches (``Store.prune``: one short transaction each, that
 another transaction holds), so that it never holds up the writes of running sagas. A saga is
 kept while its parent or one of its children has not ended; a FAILED saga (its rollback is
 incomplete, an operator should look at it) only goes when asked for by status.
+
+The same retention applies to the messages of remote steps (a store with an outbox): outbox
+rows published longer ago than it and inbox records of commands processed longer ago than it
+are deleted too, in batches of their own (unpublished rows stay, however old). An inbox record
+is what answers a redelivered command with its stored reply, so a command redelivered or
+re-sent after its record was deleted runs its handler again: keep the retention longer than
+any redelivery or re-send can come.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from datetime import timedelta
 
 from ..errors import SagaValidationError
 from ..stores.base import PRUNABLE_STATUSES, SagaStatus, Store
+from ..stores.outbox import outbox_store
 
 log = logging.getLogger("sagakit.retention")
 
@@ -85,10 +93,30 @@ async def prune_ended(
     while True:
         deleted = await store.prune(ended_before, wanted, batch)
         if not deleted:
-            return total
+            break
         total += len(deleted)
         if progress is not None:
             progress(total)
+    await prune_messages(store, ended_before, batch=batch)
+    return total
+
+
+async def prune_messages(
+    store: Store, before: float, *, batch: int = DEFAULT_BATCH
+) -> tuple[int, int]:
+    """Delete the outbox rows published before ``before`` (epoch seconds) and the inbox
+    records processed before it, one batch at a time until none is left; how many of each
+    were deleted ((0, 0) for a store with no outbox)."""
+    outbox = outbox_store(store)
+    if outbox is None:
+        return 0, 0
+    rows = records = 0
+    while True:
+        published, processed = await outbox.prune_messages(before, batch)
+        rows += published
+        records += processed
+        if published < batch and processed < batch:
+            return rows, records
 
 
 async def prune_forever(store: Store, retention: timedelta, poll_interval: timedelta) -> None:
@@ -100,10 +128,13 @@ async def prune_forever(store: Store, retention: timedelta, poll_interval: timed
     idle = max(poll * _IDLE_POLLS, min(retention.total_seconds() / 10, _IDLE_MAX))
     while True:
         deleted: list[str] = []
+        messages = (0, 0)
+        outbox = outbox_store(store)
         try:
-            deleted = await store.prune(
-                time.time() - retention.total_seconds(), PRUNABLE_STATUSES, DEFAULT_BATCH
-            )
+            before = time.time() - retention.total_seconds()
+            deleted = await store.prune(before, PRUNABLE_STATUSES, DEFAULT_BATCH)
+            if outbox is not None:
+                messages = await outbox.prune_messages(before, DEFAULT_BATCH)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -115,7 +146,14 @@ async def prune_forever(store: Store, retention: timedelta, poll_interval: timed
                 retention,
                 extra={"deleted": len(deleted)},
             )
-        await asyncio.sleep(poll if len(deleted) >= DEFAULT_BATCH else idle)
+        if any(messages):
+            log.info(
+                "retention: deleted %d published outbox rows and %d inbox records older than %s",
+                *messages,
+                retention,
+            )
+        full = len(deleted) >= DEFAULT_BATCH or max(messages) >= DEFAULT_BATCH
+        await asyncio.sleep(poll if full else idle)
 
 
 def start_pruning(
@@ -144,6 +182,7 @@ __all__ = [
     "check_statuses",
     "prune_ended",
     "prune_forever",
+    "prune_messages",
     "start_pruning",
     "stop_pruning",
 ]

@@ -62,7 +62,12 @@ class TransactionsMixin(RunCore):
             ctx._driver, tx.connection, step_seq=seq, step_name=step.name, attempt=ctx.attempt
         )
         try:
-            result = await step.run(tctx, inp)
+            try:
+                result = await step.run(tctx, inp)
+            except BaseException:
+                await tctx._finish_session(ok=False)
+                raise
+            await tctx._finish_session(ok=True)  # a refused flush fails the attempt
         except BaseException:
             await tx.rollback()
             raise
@@ -86,7 +91,14 @@ class TransactionsMixin(RunCore):
             attempt=attempt,
         )
         try:
-            await step.call_transactional_compensation(ctx, compensation.data, compensation.failed)
+            try:
+                await step.call_transactional_compensation(
+                    ctx, compensation.data, compensation.failed
+                )
+            except BaseException:
+                await ctx._finish_session(ok=False)
+                raise
+            await ctx._finish_session(ok=True)
         except BaseException:
             await tx.rollback()
             raise

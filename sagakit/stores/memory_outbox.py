@@ -133,6 +133,17 @@ class MemoryOutbox:
             self._told()
         return record
 
+    async def prune_messages(self, before: float, limit: int) -> tuple[int, int]:
+        ob = self._ob
+        old = [r for r in ob.rows if r.published_at is not None and r.published_at < before][:limit]
+        gone = {r.position for r in old}
+        ob.rows = [r for r in ob.rows if r.position not in gone]
+        ob.keys.difference_update(r.message.key for r in old)
+        stale = [k for k, r in ob.inbox.items() if r.processed_at < before][:limit]
+        for key in stale:
+            del ob.inbox[key]
+        return len(old), len(stale)
+
     async def take_relay_lease(self, owner: str, seconds: float) -> bool:
         ob = self._ob
         now = self.clock.now()

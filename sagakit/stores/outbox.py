@@ -9,6 +9,10 @@
 * The **inbox** holds each message a participant processed, with the reply it gave
   (:meth:`OutboxStore.record_inbox`, in the same transaction as the reply's outbox row): a
   message delivered again gets the stored reply and its handler does not run again.
+* **Retention** (:meth:`OutboxStore.prune_messages`): published outbox rows and inbox records
+  older than the retention are deleted in small batches. An inbox record is what makes a
+  redelivery return the stored reply: a message delivered again after its record was deleted
+  runs its handler again, so the retention must outlast every redelivery and re-send.
 * The **relay lease** (:meth:`OutboxStore.take_relay_lease`): one relay per database publishes
   at a time, so that the messages of each destination leave in the order they were written.
 
@@ -183,6 +187,13 @@ class OutboxStore(Protocol):
 
     async def take_relay_lease(self, owner: str, seconds: float) -> bool:
         """Hold (or renew) the relay lease for ``seconds`` if it is free, expired or ours."""
+        ...
+
+    async def prune_messages(self, before: float, limit: int) -> tuple[int, int]:
+        """Delete up to ``limit`` outbox rows published before ``before`` (epoch seconds) and
+        up to ``limit`` inbox records processed before it, in one short transaction that
+        waits for no row another one holds; how many of each were deleted. Unpublished rows
+        are never deleted."""
         ...
 
 

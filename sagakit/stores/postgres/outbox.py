@@ -61,6 +61,11 @@ async def insert_messages(conn: asyncpg.Connection, messages: Sequence[OutboxMes
         await conn.execute(OQ["notify_outbox"])
 
 
+def _deleted(status: str) -> int:
+    """The row count of a ``DELETE n`` command status."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
 class PostgresOutbox:
     """Mixed into :class:`~sagakit.stores.postgres.store.PostgresStore`."""
 
@@ -209,6 +214,15 @@ class PostgresOutbox:
             await conn.execute(OQ["update_inbox"], participant, message_id, status, reply, done)
             await insert_messages(conn, replies(status, reply))
             return InboxRecord(participant, message_id, name, status, reply, done), True
+
+    async def prune_messages(self, before: float, limit: int) -> tuple[int, int]:
+        async def fn(conn: asyncpg.Connection) -> tuple[int, int]:
+            async with conn.transaction():
+                outbox = await conn.execute(OQ["prune_outbox"], before, limit)
+                inbox = await conn.execute(OQ["prune_inbox"], before, limit)
+            return _deleted(outbox), _deleted(inbox)
+
+        return await self._call(fn)
 
     async def take_relay_lease(self, owner: str, seconds: float) -> bool:
         async def fn(conn: asyncpg.Connection) -> bool:

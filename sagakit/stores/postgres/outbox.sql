@@ -67,6 +67,17 @@ RETURNING 1
 UPDATE saga_inbox SET status = $3, reply = $4, processed_at = $5
 WHERE participant = $1 AND message_id = $2
 
+-- name: prune_outbox
+-- rows another transaction holds are left for the next batch
+DELETE FROM saga_outbox WHERE position IN (
+    SELECT position FROM saga_outbox WHERE published_at < $1
+    ORDER BY position LIMIT $2 FOR UPDATE SKIP LOCKED)
+
+-- name: prune_inbox
+DELETE FROM saga_inbox WHERE (participant, message_id) IN (
+    SELECT participant, message_id FROM saga_inbox WHERE processed_at < $1
+    LIMIT $2 FOR UPDATE SKIP LOCKED)
+
 -- name: take_relay_lease
 INSERT INTO saga_relay (name, owner, lease_expires_at)
 VALUES ($1, $2, extract(epoch FROM clock_timestamp()) + $3)

@@ -3,6 +3,11 @@
 Writes go through the store's one writer, in its group commit: a remote step's journal entry
 and its command's outbox row are one operation of the batch, so they commit together or not
 at all (the fence is checked first, before anything is written).
+
+A participant's transactional handler (:meth:`SqliteOutbox.inbox_transaction`) holds the
+writer instead, as a transactional step does (:mod:`sagakit.stores.sqlite.transactions`): its
+writes on ``ctx.connection``, its inbox row and its reply's outbox row commit in one
+transaction or not at all.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ...errors import LeaseLost
 from ..base import JournalEntry
@@ -25,7 +30,11 @@ from ..outbox import (
 )
 from ..sqlfile import load_queries
 from .sql import Q
+from .transactions import begin
 from .writes import entry_params
+
+if TYPE_CHECKING:
+    from .store import SqliteStore
 
 OQ = load_queries(__package__ or "sagakit.stores.sqlite", "outbox.sql")
 T = TypeVar("T")
@@ -160,6 +169,61 @@ class SqliteOutbox:
         future.add_done_callback(self._tell_relay)
         stored: InboxRecord = await future
         return stored
+
+    async def inbox_transaction(
+        self,
+        participant: str,
+        message_id: str,
+        name: str,
+        handle: Callable[[sqlite3.Connection], Awaitable[tuple[str, str]]],
+        replies: Callable[[str, str], Sequence[OutboxMessage]],
+    ) -> tuple[InboxRecord, bool]:
+        """Process a message exactly once: holding the writer connection, in one ``BEGIN
+        IMMEDIATE`` transaction, look for its inbox row (found: the message was processed
+        before), run ``handle(conn)`` -> ``(status, reply)``, and write the inbox row and the
+        outbox rows ``replies(status, reply)``. The stored record, and whether ``handle`` ran.
+        A raise rolls everything back (the handler's writes with it)."""
+        params = {"participant": participant, "message_id": message_id}
+        tx = await begin(
+            cast("SqliteStore", self),
+            None,
+            None,
+            what=f"the transaction of {participant!r}'s handler of {name!r}",
+            body="the handler",
+        )
+        try:
+            row = tx.connection.execute(OQ["find_inbox"], params).fetchone()
+            if row is not None:
+                tx.abandon()
+                return inbox_from_columns(row), False
+            status, reply = await handle(tx.connection)
+        except BaseException:
+            tx.abandon()
+            raise
+        done = time.time()
+        messages = replies(status, reply)
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                OQ["insert_inbox"],
+                {**params, "name": name, "status": status, "reply": reply, "processed_at": done},
+            )
+            insert_messages(conn, messages)
+
+        await tx.commit_with(write)
+        if messages and self.on_outbox is not None:
+            self.on_outbox()
+        return InboxRecord(participant, message_id, name, status, reply, done), True
+
+    async def prune_messages(self, before: float, limit: int) -> tuple[int, int]:
+        def op(conn: sqlite3.Connection) -> tuple[int, int]:
+            params = {"before": before, "limit": limit}
+            outbox = conn.execute(OQ["prune_outbox"], params).rowcount
+            inbox = conn.execute(OQ["prune_inbox"], params).rowcount
+            return outbox, inbox
+
+        counts: tuple[int, int] = await self._queue_write(op)
+        return counts
 
     async def take_relay_lease(self, owner: str, seconds: float) -> bool:
         def op(conn: sqlite3.Connection) -> bool:

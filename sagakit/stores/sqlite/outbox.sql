@@ -38,6 +38,17 @@ INSERT INTO saga_inbox (participant, message_id, name, status, reply, processed_
 VALUES (:participant, :message_id, :name, :status, :reply, :processed_at)
 ON CONFLICT (participant, message_id) DO NOTHING
 
+-- name: prune_outbox
+-- published rows are the oldest ones: the scan in position order finds them first
+DELETE FROM saga_outbox WHERE position IN (
+    SELECT position FROM saga_outbox
+    WHERE published_at IS NOT NULL AND published_at < :before
+    ORDER BY position LIMIT :limit)
+
+-- name: prune_inbox
+DELETE FROM saga_inbox WHERE rowid IN (
+    SELECT rowid FROM saga_inbox WHERE processed_at < :before ORDER BY rowid LIMIT :limit)
+
 -- name: take_relay_lease
 INSERT INTO saga_relay (name, owner, lease_expires_at) VALUES (:name, :owner, :until)
 ON CONFLICT (name) DO UPDATE SET owner = excluded.owner,
