@@ -647,7 +647,9 @@ class SagaRun(
         writes, self._step_writes = self._step_writes, ()
         # the saga function may go on at once: the next side effect settles this write first
         # (a transactional step's entry commits with its writes before _journal_end returns)
-        return await self._journal_end(entry, state=writes if status == "COMPLETED" else ())
+        return await self._journal_end(
+            entry, state=writes if status == EntryStatus.COMPLETED else ()
+        )
 
     # -- the whole saga ----------------------------------------------------------------------
 
