@@ -75,6 +75,8 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised by tests/test
 __all__ = ["NatsTransport"]
 
 log = logging.getLogger("sagakit.transports")
+#: the longest a close waits for the server (a consumer's unsubscribe, the connection's close)
+CLOSE_TIMEOUT = 5.0
 T = TypeVar("T")
 
 _TRANSIENT: tuple[type[BaseException], ...] = (
@@ -145,8 +147,9 @@ class _NatsSubscription:
                         raise
             except asyncio.CancelledError:
                 if sub is not None:
+                    # bounded: a server that does not answer must not hold up the close
                     with contextlib.suppress(Exception):
-                        await sub.unsubscribe()
+                        await asyncio.wait_for(sub.unsubscribe(), CLOSE_TIMEOUT)
                 raise
             except Exception as exc:
                 if not self._ready.done() and isinstance(exc, nats.js.errors.APIError):
@@ -236,10 +239,12 @@ class _NatsSubscription:
         await msg.ack_sync()
 
     async def close(self) -> None:
-        """Stop consuming; a message whose handler is running is nak'ed for redelivery."""
+        """Stop consuming; a message whose handler is running is nak'ed for redelivery.
+        Returns within :data:`CLOSE_TIMEOUT` even when the server does not answer."""
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await asyncio.wait({self._task}, timeout=CLOSE_TIMEOUT)
+        if self._task.done() and not self._task.cancelled():
+            self._task.exception()  # retrieved: it ended on its own, and was logged there
         self._transport._forget(self)
 
 
@@ -339,7 +344,7 @@ class NatsTransport:
         self._stream_ready = False
         if nc is not None:
             with contextlib.suppress(Exception):
-                await nc.close()
+                await asyncio.wait_for(nc.close(), CLOSE_TIMEOUT)
 
     def _forget(self, subscription: _NatsSubscription) -> None:
         with contextlib.suppress(ValueError):

@@ -67,6 +67,8 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised by tests/test
 __all__ = ["RabbitTransport"]
 
 log = logging.getLogger("sagakit.transports")
+#: the longest a subscription's close waits for its consumer task to stop
+CLOSE_TIMEOUT = 5.0
 T = TypeVar("T")
 
 _QUEUE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
@@ -256,10 +258,12 @@ class _RabbitSubscription:
         await incoming.ack()
 
     async def close(self) -> None:
-        """Stop consuming; a message whose handler is running goes back to the queue."""
+        """Stop consuming; a message whose handler is running goes back to the queue.
+        Returns within :data:`CLOSE_TIMEOUT` even when the server does not answer."""
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await asyncio.wait({self._task}, timeout=CLOSE_TIMEOUT)
+        if self._task.done() and not self._task.cancelled():
+            self._task.exception()  # retrieved: it ended on its own, and was logged there
         self._transport._forget(self)
 
 
