@@ -1,8 +1,8 @@
 """Throughput and latency of durable sagas, beside the raw commit rate of the same database.
 
     python -m benchmarks.throughput --store sqlite|postgres [--scenario noop|io|compensation|
-        recovery|signals|all] [--sagas N] [--concurrency C] [--steps K] [--fail-rate F] [--url URL]
-        [--prefill N]
+        recovery|signals|all|pairs] [--sagas N] [--concurrency C] [--steps K] [--fail-rate F]
+        [--url URL] [--prefill N] [--pairs N]
 
 For one run it prints: sagas/s and steps/s at C concurrent sagas; p50/p95/p99 of one saga's
 latency (start to result) at that load and alone; CPU ms per saga (this process: the engine and
@@ -15,10 +15,15 @@ synchronous_commit on) and SQLite a file in a temporary folder (WAL, synchronous
 
 Scenarios: ``noop`` (K steps that do nothing: the engine's overhead), ``io`` (each step awaits
 ``asyncio.sleep(0.005)``, like a call to a service), ``compensation`` (the last step fails for
-good, the others are compensated), ``recovery`` (N sagas interrupted by a SIGKILL of their
-process in their second step, then drained by one fresh engine), ``signals`` (N sagas suspended
-on a signal: the worker's RSS while they wait, then the latency from each signal to its saga
-going on; see benchmarks/signals.py).
+good and all K are compensated, the failed one too: the steps are hybrid ``saga_step``s, whose
+compensation also runs when they fail midway; with K=3 that is 3 steps and 3 compensations, 8
+journal writes and 7 commits in a row for a saga alone, against 5 and 4 on the happy path; the
+run prints the kinds of entries one saga journaled), ``pairs`` (``--pairs`` rounds of a noop
+run then a compensation run, each on a fresh engine: the compensation / happy path ratio of each
+round, since that ratio moves from run to run on a shared host), ``recovery`` (N sagas
+interrupted by a SIGKILL of their process in their second step, then drained by one fresh
+engine), ``signals`` (N sagas suspended on a signal: the worker's RSS while they wait, then the
+latency from each signal to its saga going on; see benchmarks/signals.py).
 
 With ``--prefill N`` a load scenario is measured on the store as it is, then again after N
 finished sagas were inserted into it, in the same run (claims too, and the sagas run by a
@@ -234,13 +239,61 @@ async def scenario_load(url: str, args: argparse.Namespace, scenario: str) -> No
         alone = await run_load(
             engine, min(500, args.sagas), 1, args.steps, delay, fail_rate, f"a{scenario}"
         )
+        kinds = _journal_kinds(await engine._store_or_raise().load_journal(f"{scenario}-0"))
     print(
         f"{scenario:<13} {load['sagas_per_s']:>8.0f} sagas/s {load['steps_per_s']:>8.0f} steps/s"
         f"  p50/p95/p99 {load['p50']:.1f}/{load['p95']:.1f}/{load['p99']:.1f} ms"
         f"  alone p50 {alone['p50']:.2f} ms  CPU {load['cpu_ms']:.2f} ms/saga"
         f"  {load['writes']:.1f} writes, {load['commits']:.2f} commits per saga"
+        f"  (alone: {alone['writes']:.1f} writes, {alone['commits']:.2f} commits; journal: {kinds})"
     )
     RESULTS[scenario] = load["sagas_per_s"]
+
+
+def _journal_kinds(entries: list[Any]) -> str:
+    counts: dict[str, int] = {}
+    for entry in entries:
+        key = f"{entry.kind} {entry.status}"
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{n} {key}" for key, n in sorted(counts.items()))
+
+
+async def scenario_pairs(url: str, args: argparse.Namespace) -> None:
+    """``--pairs`` rounds of noop then compensation, each on a fresh engine; each round's
+    ratio of sagas/s, and CPU, writes and commits per saga of each path."""
+    ratios: list[float] = []
+    for r in range(args.pairs):
+        figures: dict[str, dict[str, float]] = {}
+        for scenario in ("noop", "compensation"):
+            fail_rate = 1.0 if scenario == "compensation" else 0.0
+            async with Engine(url) as engine:
+                engine.register(bench)
+                await run_load(engine, 200, args.concurrency, args.steps, 0.0, fail_rate, f"pw{r}")
+                figures[scenario] = await run_load(
+                    engine,
+                    args.sagas,
+                    args.concurrency,
+                    args.steps,
+                    0.0,
+                    fail_rate,
+                    f"p{r}{scenario}",
+                )
+        noop, comp = figures["noop"], figures["compensation"]
+        ratios.append(comp["sagas_per_s"] / noop["sagas_per_s"])
+        print(
+            f"pair {r + 1}: noop {noop['sagas_per_s']:.0f} sagas/s (CPU {noop['cpu_ms']:.2f} ms, "
+            f"{noop['writes']:.1f} writes, {noop['commits']:.2f} commits per saga), compensation "
+            f"{comp['sagas_per_s']:.0f} sagas/s (CPU {comp['cpu_ms']:.2f} ms, "
+            f"{comp['writes']:.1f} writes, {comp['commits']:.2f} commits per saga): "
+            f"{ratios[-1]:.0%}, CPU x{comp['cpu_ms'] / noop['cpu_ms']:.2f}",
+            flush=True,
+        )
+    ordered = sorted(ratios)
+    print(
+        "compensation path / happy path, each pair: "
+        + ", ".join(f"{r:.0%}" for r in ratios)
+        + f" (median {ordered[len(ordered) // 2]:.0%}, lowest {ordered[0]:.0%})"
+    )
 
 
 def _recovery_child(url: str, sagas: int, ready: str) -> None:
@@ -387,6 +440,8 @@ async def main(args: argparse.Namespace) -> None:
         for scenario in scenarios:
             if scenario == "recovery":
                 await scenario_recovery(url, args)
+            elif scenario == "pairs":
+                await scenario_pairs(url, args)
             elif scenario == "signals":
                 await scenario_signals(url, args)
             elif args.prefill:
@@ -416,13 +471,14 @@ if __name__ == "__main__":
     parser.add_argument("--url", default=None, help="an existing database instead of a new one")
     parser.add_argument(
         "--scenario",
-        choices=["noop", "io", "compensation", "recovery", "signals", "all"],
+        choices=["noop", "io", "compensation", "recovery", "signals", "all", "pairs"],
         default="noop",
     )
     parser.add_argument("--sagas", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--fail-rate", type=float, default=0.0)
+    parser.add_argument("--pairs", type=int, default=5, help="rounds of --scenario pairs")
     parser.add_argument("--recovery-sagas", type=int, default=10000)
     parser.add_argument("--signal-sagas", type=int, default=10000)
     parser.add_argument("--signal-concurrency", type=int, default=4)

@@ -18,6 +18,7 @@ from .errors import (
     ErrorInfo,
     NonDeterminismError,
     OutputNotSerializableError,
+    PayloadTooLargeError,
     PromiseAlreadyCompletedError,
     PromiseRejectedError,
     QueueDeduplicatedError,
@@ -55,6 +56,7 @@ from .participant import CommandContext, Participant
 from .queues import Queue, RateLimit
 from .remote import RemoteCommandError, RemoteTimeoutError
 from .retry import ExponentialRetry, RetryPolicy
+from .run_admin import RunSummary
 from .services import ServiceScope, ServicesFactory
 from .steps import (
     SagaStep,
@@ -68,6 +70,7 @@ from .steps import (
 from .stores.base import SagaStatus
 from .stores.queueing import QueueLimits, QueueState
 from .stores.scheduling import Schedule, ScheduleState
+from .stores.sharded import ShardedStore
 from .transactions import (
     TransactionContext,
     TransactionStep,
@@ -104,6 +107,7 @@ __all__ = [
     "ObjectContext",
     "OutputNotSerializableError",
     "Participant",
+    "PayloadTooLargeError",
     "PromiseAlreadyCompletedError",
     "PromiseRejectedError",
     "Queue",
@@ -115,6 +119,7 @@ __all__ = [
     "RemoteCommandError",
     "RemoteTimeoutError",
     "RetryPolicy",
+    "RunSummary",
     "SagaAdmin",
     "SagaBuilder",
     "SagaCancelledError",
@@ -145,6 +150,7 @@ __all__ = [
     "ScheduleState",
     "ServiceScope",
     "ServicesFactory",
+    "ShardedStore",
     "SharedObjectContext",
     "StepFailedError",
     "StepRef",

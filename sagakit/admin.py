@@ -47,6 +47,7 @@ from .fork_plans import fork_plan
 from .health import HealthAdmin
 from .operator_plans import RERUNNABLE, Plan, compensate_plan, retry_plan, skip_plan
 from .queue_admin import QueueAdmin
+from .run_admin import RunAdmin
 from .schedule_admin import ScheduleAdmin
 from .search import FieldMatch, check_id_prefix, parse_wheres
 from .stores.base import (
@@ -106,7 +107,7 @@ class SagaPage:
         return len(self.sagas)
 
 
-class SagaAdmin(QueueAdmin, ScheduleAdmin, HealthAdmin):
+class SagaAdmin(RunAdmin, QueueAdmin, ScheduleAdmin, HealthAdmin):
     """The operator's view of an engine's database (see the module docstring); its queues
     in :class:`~sagakit.queue_admin.QueueAdmin`, its schedules in
     :class:`~sagakit.schedule_admin.ScheduleAdmin`, its alert conditions in

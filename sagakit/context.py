@@ -12,7 +12,7 @@ import random as _random
 import uuid as _uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 
 from .composition import ChildSaga
 from .durations import as_seconds
@@ -139,7 +139,10 @@ class SagaContext:
             raise SagaError(
                 "ctx.step_key is only available inside a step (the ctx a step function receives)"
             )
-        return f"{self._driver.saga_id}:{self._step_seq}"
+        # a saga that continued as new numbers each run's steps from 1 again: its runs after
+        # the first qualify the key (see SagaRun.key_base)
+        base = getattr(self._driver, "key_base", self._driver.saga_id)
+        return f"{base}:{self._step_seq}"
 
     @property
     def step_name(self) -> str | None:
@@ -225,6 +228,38 @@ class SagaContext:
         """
         self._saga_only("deprecate_patch")
         self._patch_driver("deprecate_patch").patch(_change_id(change_id), True)
+
+    # -- long-running sagas ------------------------------------------------------------------
+
+    def continue_as_new(self, inp: Any) -> NoReturn:
+        """End this run of the saga and go on as a fresh run of it with the input ``inp``,
+        under the same saga id (Temporal's continue-as-new): how a saga that loops for ever
+        (an account's life, a subscription's renewals) keeps its journal, and its replays,
+        short. It does not return.
+
+        In one transaction the run's journal is archived (``sagakit show ID --run N``), the
+        signals and promise outcomes it took are retired (those it did not take stay for the
+        next run), and the saga's input becomes ``inp``; the next run then starts at once, from
+        an empty journal. Continuing commits the run: a later failure compensates only the
+        steps of the run it happens in. The next run uses the definition registered last under
+        the workflow's name in the engine running it (``inp`` is checked against its input
+        type), so continuing is how a saga that never ends moves to new code. The saga stays
+        RUNNING; only the last run's outcome is its result. See docs/long-running.md.
+
+        Raises:
+            SagaValidationError: ``inp`` does not fit the input type (nothing was written).
+            SagaError: called inside a step, a compensation or a branch of ``saga.gather``, or
+                on a backend without it (Restate).
+        """
+        self._saga_only("continue_as_new")
+        driver = self._driver
+        if not hasattr(driver, "continue_as_new"):
+            raise SagaError(
+                "saga.continue_as_new needs sagakit's own engine; the backend running this saga "
+                f"({type(driver).__name__}) does not provide it"
+            )
+        driver.continue_as_new(inp)
+        raise AssertionError("continue_as_new returned")  # pragma: no cover - it raises
 
     # -- parallel branches -------------------------------------------------------------------
 

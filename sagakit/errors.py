@@ -5,7 +5,8 @@ Every public error subclasses :class:`SagaError`::
     SagaError
     ├── TerminalError                 raise in a step: no retry, the saga compensates
     │   ├── StepFailedError           what the saga function sees when a step failed for good
-    │   └── OutputNotSerializableError
+    │   ├── OutputNotSerializableError
+    │   └── PayloadTooLargeError      a payload over Engine(max_payload_bytes=...)
     ├── SagaValidationError           bad input, refused before anything is written
     ├── SagaCompensatedError          the saga failed and was rolled back
     ├── CompensationFailedError       the rollback is incomplete: the saga is FAILED
@@ -73,6 +74,40 @@ class StepFailedError(TerminalError):
 
 class OutputNotSerializableError(TerminalError):
     """A step or saga returned something that is not JSON (nor a pydantic model)."""
+
+
+def human_bytes(size: int) -> str:
+    """``size`` bytes for a human: ``"512 B"``, ``"3.2 MiB"``."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class PayloadTooLargeError(TerminalError):
+    """A value to journal or deliver is larger, as JSON, than ``Engine(max_payload_bytes=...)``.
+
+    Raised before anything is written. ``what`` names the value (``"the output of step
+    'Report'"``), ``size`` and ``limit`` are in bytes of UTF-8 JSON. A step whose output is too
+    large fails for good with it (no retry: the same output would be too large again) and the
+    saga rolls back; a caller (start, signal, promise, event) gets it and nothing is stored.
+    """
+
+    def __init__(self, what: str, size: int, limit: int):
+        super().__init__(
+            f"{what} is {human_bytes(size)} ({size} bytes) as JSON, over the payload limit of "
+            f"{human_bytes(limit)} ({limit} bytes); nothing was written. Store the payload "
+            "elsewhere (object storage, a table of your own) and journal a reference to it (its "
+            "key) instead, or raise Engine(max_payload_bytes=...) (None: no limit)"
+        )
+        self.what = what
+        self.size = size
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.what, self.size, self.limit))
 
 
 class SagaValidationError(SagaError, ValueError):
@@ -386,6 +421,19 @@ class Drained(BaseException):
     def __init__(self, saga_id: str):
         super().__init__(f"saga {saga_id!r} paused: the worker is draining")
         self.saga_id = saga_id
+
+
+class ContinueAsNew(BaseException):
+    """Internal: the saga function called ``saga.continue_as_new(inp)``; the run ends and the
+    saga goes on as a fresh run of itself with ``input`` (validated, and ``text``, its JSON).
+    A BaseException, like asyncio.CancelledError, so that saga code catching ``Exception``
+    cannot swallow it."""
+
+    def __init__(self, saga_id: str, input: object, text: str):
+        super().__init__(f"saga {saga_id!r} continues as new")
+        self.saga_id = saga_id
+        self.input = input
+        self.text = text
 
 
 class StoreUnavailable(BaseException):

@@ -81,7 +81,10 @@ class ObjectContext:
 
     def set(self, key: str, value: Any) -> None:
         """Set ``key`` to ``value`` (JSON), durably (see the module docstring for when)."""
-        self._write(key, serde.dumps(value, what=f"the value of {key!r}"))
+        # the engine's run knows its limit; another backend's driver (Restate) has its own
+        limit = getattr(self._driver, "max_payload_bytes", None)
+        what = f"the state {key!r} of {self.object_name}/{self.key}"
+        self._write(key, serde.dumps(value, what=what, limit=limit))
 
     def clear(self, key: str) -> None:
         """Remove ``key``."""

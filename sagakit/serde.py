@@ -1,5 +1,10 @@
 """JSON in and out of the journal. Payloads are JSON, never pickle: a saga database must not be
-a way to run code. Pydantic models are dumped on the way in and validated on the way out."""
+a way to run code. Pydantic models are dumped on the way in and validated on the way out.
+
+Every payload a user gives (a saga's input, a step's output, a signal...) is encoded here with
+the engine's ``max_payload_bytes``, and refused with :class:`~sagakit.errors.PayloadTooLargeError`
+before anything is written when its JSON is larger (see docs/payloads.md for the figures behind
+the default)."""
 
 from __future__ import annotations
 
@@ -13,7 +18,11 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from .errors import OutputNotSerializableError, SagaValidationError
+from .errors import OutputNotSerializableError, PayloadTooLargeError, SagaValidationError
+
+#: the default of ``Engine(max_payload_bytes=...)``: 2 MiB of JSON, Temporal's limit too. A
+#: payload is held several times over while it is written and replayed (see docs/payloads.md)
+DEFAULT_MAX_PAYLOAD_BYTES = 2 * 1024 * 1024
 
 
 def _default(value: Any) -> Any:
@@ -36,16 +45,47 @@ def _default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def dumps(value: Any, *, what: str = "value") -> str:
-    """Encode ``value`` as compact JSON; raise OutputNotSerializableError saying what it was."""
+def dumps(value: Any, *, what: str = "value", limit: int | None = None) -> str:
+    """Encode ``value`` as compact JSON; raise OutputNotSerializableError saying what it was.
+
+    With ``limit`` (bytes), raise PayloadTooLargeError naming ``what`` when the JSON is larger.
+    """
     try:
-        return json.dumps(value, default=_default, allow_nan=False, separators=(",", ":"))
+        text = json.dumps(value, default=_default, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise OutputNotSerializableError(
             f"{what} is not JSON serialisable ({exc}); return JSON types (dict, list, str, "
             "int, float, bool, None) or a pydantic model",
             error_type="OutputNotSerializableError",
         ) from exc
+    if limit is not None:
+        check_size(text, what=what, limit=limit)
+    return text
+
+
+def check_size(text: str, *, what: str, limit: int | None) -> str:
+    """``text`` itself, or PayloadTooLargeError when its UTF-8 form is over ``limit`` bytes."""
+    if limit is None:
+        return text
+    size = len(text)
+    # len() counts characters; UTF-8 takes 1 to 4 bytes each. ``dumps`` escapes to ASCII (its
+    # texts are their own byte count, and isascii() is a flag lookup), so only text from
+    # elsewhere that could be over the limit pays for an encode
+    if not text.isascii() and 4 * size > limit:
+        size = len(text.encode("utf-8"))
+    if size > limit:
+        raise PayloadTooLargeError(what, size, limit)
+    return text
+
+
+def check_limit(limit: int | None) -> int | None:
+    """``Engine(max_payload_bytes=...)`` checked: a positive int, or None for no limit."""
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ValueError(
+            f"max_payload_bytes must be a positive number of bytes or None (no limit), "
+            f"got {limit!r}"
+        )
+    return limit
 
 
 def loads(text: str | None) -> Any:

@@ -203,6 +203,8 @@ def _header(
         if snapshot.owner:
             lease = format_time(snapshot.lease_expires_at)
             lines.append(f"  owner     {snapshot.owner} (lease until {lease})")
+    if snapshot.runs > 1:
+        lines.append(f"  run       {_runs_line(snapshot)}")
     if snapshot.version is not None:
         lines.append(f"  version   {snapshot.version}")
     if snapshot.parent_id:
@@ -524,6 +526,17 @@ def _audit(entries: Sequence[AuditEntry], style: _Style) -> list[str]:
     lines.append(style("    " + "  ".join(pad(head)).rstrip(), dim=True))
     lines.extend("    " + "  ".join(pad(r)).rstrip() for r in cells)
     return lines
+
+
+def _runs_line(snapshot: SagaSnapshot) -> str:
+    """Which of a continued saga's runs the journal below is (see docs/long-running.md)."""
+    if snapshot.run == snapshot.runs:
+        earlier = "1" if snapshot.runs == 2 else f"1-{snapshot.runs - 1}"
+        return f"{snapshot.run} of {snapshot.runs} (earlier runs: --run {earlier})"
+    return (
+        f"{snapshot.run} of {snapshot.runs}: an earlier run's journal, as it continued as new "
+        "(the input and status above are the saga's now)"
+    )
 
 
 def render_timeline(

@@ -10,6 +10,8 @@ __all__ = ["redact_url"]
 #: what stands for a password that was hidden
 MASK = "***"
 #: a password given as a query parameter (libpq and asyncpg read ``?password=``)
+#: a sharded store's URL: ``shards:URL URL...`` (sagakit.stores.sharded)
+_SHARDS = "shards:"
 _QUERY_SECRET = re.compile(r"([?&](?:ssl)?password=)[^&#]*", re.IGNORECASE)
 
 
@@ -22,6 +24,8 @@ def redact_url(url: str) -> str:
     >>> redact_url("postgresql://app:s3cret@[::1]:5432/orders?sslmode=require")
     'postgresql://app:***@[::1]:5432/orders?sslmode=require'
     """
+    if url.startswith(_SHARDS):  # a sharded store's URLs, each with its password
+        return _SHARDS + " ".join(redact_url(part) for part in url[len(_SHARDS) :].split())
     start = url.find("://")
     if start < 0:
         return url

@@ -197,8 +197,8 @@ async def test_dry_run_prints_the_pending_scripts_and_writes_nothing(url: str) -
     assert "2 migration(s) pending" in result.stdout
     names = [line for line in result.stdout.splitlines() if line.startswith("-- 00")]
     assert names == [f"-- {MIGRATION_NAMES[LATEST - 1]}", f"-- {MIGRATION_NAMES[LATEST]}"]
-    assert "saga_queues" in result.stdout  # the scripts' text itself (0007's, 0008's)
-    assert "saga_outbox" in result.stdout
+    assert "saga_outbox" in result.stdout  # the scripts' text itself (0008's, 0009's)
+    assert "saga_journal_runs" in result.stdout
     assert await schema_version(url) == LATEST - 2
 
     result = sagakit("migrate", "--db", url)

@@ -77,6 +77,12 @@ ALL = (
     | {"TransactionsUnsupportedError"}
     # issue 20: remote steps (saga.send_command) and the participants that answer them
     | {"Participant", "CommandContext", "RemoteCommandError", "RemoteTimeoutError"}
+    # issue 21: a payload over Engine(max_payload_bytes=...)
+    | {"PayloadTooLargeError"}
+    # issue 21: the runs of a saga that continued as new (engine.admin.runs)
+    | {"RunSummary"}
+    # issue 21: one engine over several databases, sagas placed by a hash
+    | {"ShardedStore"}
     | {
         "InputContext",
         "SagaDefinition",

@@ -25,13 +25,35 @@ from sagakit.stores.base import (
     SagaUpdate,
     Store,
 )
-from tests.conftest import make_store_url
+from tests.conftest import STORE_KINDS
+from tests.conftest import make_store_url as make_plain_url
+from tests.sharding import SHARDED_KINDS, make_sharded_url
 
 EXPIRED = 0.01  # a lease that is over by the time ``await expire()`` returns
 
 
 async def expire() -> None:
     await asyncio.sleep(EXPIRED * 5)
+
+
+def make_store_url(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, *, shared: bool = False
+) -> str:
+    """conftest's recipe, and 2-shard sharded stores (their kinds run this file only)."""
+    if kind in SHARDED_KINDS:
+        return make_sharded_url(kind, tmp_path, request)
+    return make_plain_url(kind, tmp_path, request, shared=shared)
+
+
+@pytest.fixture(params=[*STORE_KINDS, *SHARDED_KINDS])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def shared_store_url(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    return make_store_url(store_kind, tmp_path, request, shared=True)
 
 
 @pytest.fixture

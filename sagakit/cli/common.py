@@ -50,7 +50,12 @@ def safe_url(url: str) -> str:
 def check_readable(url: str) -> None:
     """Refuse a SQLite file that does not exist or holds no sagas, before the engine opens it:
     opening would create the file (or add sagakit's tables to someone else's database), and a
-    mistyped ``--db`` must never leave an empty database behind."""
+    mistyped ``--db`` must never leave an empty database behind. Each SQLite file of a
+    ``shards:`` URL is checked the same way."""
+    if url.startswith("shards:"):
+        for shard in url.removeprefix("shards:").split():
+            check_readable(shard)
+        return
     if not url.startswith("sqlite:"):
         return
     try:
@@ -174,7 +179,7 @@ def db_option(fn: F) -> F:
         show_envvar=True,
         metavar="URL",
         help="The saga database: sqlite:///path.db (or a bare path to a SQLite file), "
-        "or postgresql://user@host:port/db.",
+        "postgresql://user@host:port/db, or 'shards:URL URL...' (several databases).",
     )(fn)
 
 

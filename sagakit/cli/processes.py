@@ -30,7 +30,8 @@ def demo(ctx: click.Context, keep: bool) -> None:
     envvar="SAGAKIT_DB",
     show_envvar=True,
     metavar="URL",
-    help="The saga database: postgresql://user@host:port/db, or sqlite:///path.db.",
+    help="The saga database: postgresql://user@host:port/db, sqlite:///path.db, or "
+    "'shards:URL URL...' (several databases).",
 )
 @click.option(
     "--app",

@@ -237,18 +237,29 @@ def _list_stranded(url: str, limit: int, as_json: bool) -> None:
 
 @click.command("show")
 @click.argument("saga_id")
+@click.option(
+    "--run",
+    "run_number",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Show the journal of this run of a saga that continued as new (default: its current run).",
+)
 @db_option
 @json_option
-def show_command(saga_id: str, db: str, as_json: bool) -> None:
+def show_command(saga_id: str, run_number: int | None, db: str, as_json: bool) -> None:
     """Show one saga's timeline: its status, output or error, every journal entry (steps,
     compensations, waits, retries, durations), what it waits for or where it parked, and the
-    operators' actions on it."""
+    operators' actions on it. A saga that continued as new shows "run N of M"; --run shows an
+    earlier run's journal."""
     url = db_url(db)
     check_readable(url)
 
     async def fetch() -> tuple[SagaSnapshot, dict[str, int]]:
         async with open_admin(url, read_only=True) as admin:
-            snapshot = await admin.get_saga(saga_id)
+            if run_number is None:
+                snapshot = await admin.get_saga(saga_id)
+            else:
+                snapshot = await admin.get_run(saga_id, run_number)
             return snapshot, await _positions(admin, [snapshot])
 
     try:

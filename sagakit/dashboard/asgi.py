@@ -478,7 +478,11 @@ class DashboardApp(Access, Starlette):
         await self._require_read(call)
         engine = await self._ready()
         query = call.request.query_params
-        snapshot = await self._call(engine.admin.get_saga(saga_id))
+        run = query.get("run", "")
+        if run.isdigit():  # an earlier run of a saga that continued as new
+            snapshot = await self._call(engine.admin.get_run(saga_id, int(run)))
+        else:
+            snapshot = await self._call(engine.admin.get_saga(saga_id))
         position = None
         if snapshot.status == SagaStatus.QUEUED:
             with contextlib.suppress(SagaNotFoundError):  # gone since: show what was read

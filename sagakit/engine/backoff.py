@@ -174,7 +174,7 @@ class BackoffMixin(RunCore):
     async def _suspend_until(self, seq: int, retry_at: float, deadline: float | None) -> NoReturn:
         events = self._events if self._events is not None else await self._load_events()
         # an event that arrives meanwhile wakes the saga, which then suspends again
-        seen = events[-1].seq if events else 0
+        seen = self._events_seen(events)
         until = retry_at if deadline is None else min(retry_at, deadline)
         self._pending_waits.append(PendingWait(seq, None, until, seen, retry=True))
         raise Suspended(self.saga_id)

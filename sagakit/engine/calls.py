@@ -197,7 +197,7 @@ class CallsMixin(RunCore):
             await self._settle()  # what the saga did before is durable before the call
             try:
                 value = await produce()
-                output = serde.dumps(value, what=f"the result of call {name!r}")
+                output = self._dumps(value, f"the result of call {name!r}")
             except StoreError as exc:
                 raise StoreUnavailable(self.saga_id, exc) from exc
             except Exception as exc:
@@ -228,7 +228,7 @@ class CallsMixin(RunCore):
         if self._operator_rollback is not None:
             raise self._operator_rollback
         self._check_draining()
-        sent = saga_id if saga_id is not None else sent_saga_id(self.saga_id, seq)
+        sent = saga_id if saga_id is not None else sent_saga_id(self.key_base, seq)
         await self._settle()  # what the saga did before is durable before the other saga exists
         await self._engine("saga.send").start_call(workflow, inp, sent, object_key)
         self._write_behind(self._entry(seq, EntryKind.SEND, workflow.name, serde.dumps(sent)))

@@ -135,7 +135,7 @@ class ChildrenMixin(RunCore):
             raise self._operator_rollback
         self._check_draining()
         assert self._children is not None, "the engine gives every run a way to start children"
-        child_id = saga_id if saga_id is not None else default_child_id(self.saga_id, seq)
+        child_id = saga_id if saga_id is not None else default_child_id(self.key_base, seq)
         await self._settle()  # what the parent did before is durable before the child exists
         await self._children(workflow, inp, child_id, self.saga_id, object_key, queued)
         self._write_behind(self._entry(seq, EntryKind.CHILD, workflow.name, serde.dumps(child_id)))

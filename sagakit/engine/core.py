@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import TerminalError
-from ..stores.base import JournalEntry, SagaRecord, SagaUpdate, StateWrite, Store
+from ..serde import DEFAULT_MAX_PAYLOAD_BYTES, dumps
+from ..stores.base import JournalEntry, SagaEvent, SagaRecord, SagaUpdate, StateWrite, Store
 from ..workflows import SagaWorkflow
 
 
@@ -16,6 +17,8 @@ class RunCore:
     """The saga a run drives and its journal operations (implemented by SagaRun)."""
 
     saga_id: str
+    #: what ids derived from a sequence number start with (see SagaRun.key_base)
+    key_base: str
     fence: int
     record: SagaRecord
     workflow: SagaWorkflow[Any, Any]
@@ -23,11 +26,18 @@ class RunCore:
     draining: bool
     #: where the run reads the time (the engine sets its own: see sagakit.clock)
     clock: Clock = SYSTEM_CLOCK
+    #: the largest payload this run journals, in bytes of JSON (the engine sets its own)
+    max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES
     _store: Store
     _journal: dict[int, JournalEntry]
     _deadline_at: float | None
     #: set when an operator asked the saga to roll back: raised at its first live operation
     _operator_rollback: TerminalError | None
+
+    def _dumps(self, value: Any, what: str) -> str:
+        """A payload the user gave as JSON; PayloadTooLargeError (nothing written) when it is
+        over this run's ``max_payload_bytes``."""
+        return dumps(value, what=what, limit=self.max_payload_bytes)
 
     if TYPE_CHECKING:  # implemented by SagaRun and ParallelMixin
 
@@ -36,6 +46,8 @@ class RunCore:
         def _recorded(self, seq: int, kind: str, name: str) -> JournalEntry | None: ...
 
         def _check_draining(self) -> None: ...
+
+        def _events_seen(self, events: list[SagaEvent] | None) -> int: ...
 
         def _write_behind(
             self,

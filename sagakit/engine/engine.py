@@ -70,10 +70,14 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
 
     Args:
         url: ``sqlite:///sagakit.db`` (default, a file in the working folder),
-            ``sqlite:////absolute/path.db``, or ``memory://`` for tests.
+            ``sqlite:////absolute/path.db``, ``postgresql://user@host/db``,
+            ``shards:postgresql://host/db1 postgresql://host/db2`` (several databases, each saga
+            on one of them: :class:`~sagakit.ShardedStore`), or ``memory://`` for tests.
         lease: how long a worker owns a saga without renewing; a saga whose owner stopped
             renewing for this long is taken over by another worker.
-        poll_interval: how often the background worker looks for sagas to recover.
+        poll_interval: how often the background worker looks for sagas to recover (a worker
+            whose last claim filled its free slots looks again as soon as a quarter of
+            ``max_concurrency`` is free, without waiting for the poll).
         max_concurrency: the most recovered sagas this engine runs at once.
         worker_id: this engine's name in the store (default: host, pid and a random suffix).
         worker: ``False`` for a client that only starts and watches sagas (a web server that
@@ -125,6 +129,13 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
         relay_lease: how long the relay lease this engine's relay holds lasts unrenewed
             (default 10 s): the longest the outbox waits after its relay dies (SIGKILL) before
             another process's relay takes over. Renewed every third of it.
+        max_payload_bytes: the largest JSON payload journaled or delivered (a saga's input, a
+            step's output or compensation data, a signal, an event, a promise's value,
+            published state, a call's result, a command's payload), in bytes; default 2 MiB.
+            A larger one raises :class:`~sagakit.PayloadTooLargeError` before anything is
+            written (a step fails for good with it). ``None``: no limit; every payload is then
+            held in memory several times over while it is written and on each replay (see
+            docs/payloads.md). Store big data elsewhere and journal its key.
     """
 
     def __init__(
@@ -149,6 +160,7 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
         transport: Transport | None = None,
         reply_address: str = DEFAULT_REPLY_ADDRESS,
         relay_lease: timedelta = timedelta(seconds=10),
+        max_payload_bytes: int | None = serde.DEFAULT_MAX_PAYLOAD_BYTES,
     ):
         if lease <= timedelta(0):
             raise ValueError(f"lease must be positive, got {lease}")
@@ -207,6 +219,8 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
         self.transport = transport
         self.reply_address = check_destination(reply_address)
         self.relay_lease = check_relay_lease(relay_lease)
+        #: the largest payload in bytes of JSON (None: no limit); see docs/payloads.md
+        self.max_payload_bytes = serde.check_limit(max_payload_bytes)
         self._remote: RemoteLink | None = None
 
     # -- registration ------------------------------------------------------------------------
@@ -523,7 +537,9 @@ class Engine(RunningMixin, TalkMixin, QueueingMixin, SchedulingMixin):
         saga_id = check_saga_id(saga_id)
         value = wf.input.validate(inp)
         try:
-            input_json = serde.dumps(value, what=f"the input of saga {wf.name!r}")
+            input_json = serde.dumps(
+                value, what=f"the input of saga {wf.name!r}", limit=self.max_payload_bytes
+            )
         except OutputNotSerializableError as exc:
             raise SagaValidationError(exc.message) from exc
         running = self._tasks.get(saga_id)

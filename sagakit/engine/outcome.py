@@ -4,17 +4,21 @@ compensation, and which errors are terminal."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SagaError, TerminalError, as_terminal
 from ..steps import SagaStep
 from ..stores.base import SagaStatus
 
+if TYPE_CHECKING:
+    from .run import SagaRun
+
 
 @dataclass(slots=True)
 class Outcome:
     """How a run ended: the saga's status (terminal, or SUSPENDED) with its JSON output or
-    error. ``again``: events arrived as the saga was suspending; run it again now."""
+    error. ``again``: events arrived as the saga was suspending; run it again now.
+    ``next_run``: the saga continued as new; run that now."""
 
     status: SagaStatus
     output: str | None
@@ -22,6 +26,7 @@ class Outcome:
     again: bool = False
     #: for SUSPENDED: when a timer wakes the saga (None: only an event does)
     wake_at: float | None = None
+    next_run: SagaRun | None = None
 
 
 @dataclass(slots=True)

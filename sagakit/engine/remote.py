@@ -152,7 +152,7 @@ class RemoteMixin(WaitsMixin):
                 "compensate_with takes (command name, payload or function of the reply), "
                 f"got {compensate_with!r}"
             )
-        body = serde.dumps(payload, what=f"the payload of command {command!r}")
+        body = self._dumps(payload, f"the payload of command {command!r}")
         seq = self._take_seq()
         return self._remote_step(seq, command, body, to, compensate_with, timeout, retry)
 
@@ -288,7 +288,7 @@ class RemoteMixin(WaitsMixin):
         timeout: float | None,
     ) -> _Sent:
         reply_to = getattr(self._callees, "reply_address", None) or DEFAULT_REPLY_ADDRESS
-        message_id = command_id(self.saga_id, seq)
+        message_id = command_id(self.key_base, seq)
         message = OutboxMessage(
             message_id,
             to,
@@ -296,7 +296,7 @@ class RemoteMixin(WaitsMixin):
             command,
             body,
             reply_to=reply_to,
-            correlation_id=f"{self.saga_id}:{seq}",
+            correlation_id=f"{self.key_base}:{seq}",
             headers={SAGA_HEADER: self.saga_id, SEQ_HEADER: str(seq)},
             saga_id=self.saga_id,
         )
@@ -322,7 +322,7 @@ class RemoteMixin(WaitsMixin):
             out["command"],
             out["payload"],
             reply_to=out["reply_to"],
-            correlation_id=f"{self.saga_id}:{seq}",
+            correlation_id=f"{self.key_base}:{seq}",
             headers={SAGA_HEADER: self.saga_id, SEQ_HEADER: str(seq)},
             saga_id=self.saga_id,
         )
@@ -396,7 +396,7 @@ class RemoteMixin(WaitsMixin):
         comes or its timeout."""
         events = self._events if self._events is not None else await self._load_events()
         while True:
-            seen = events[-1].seq if events else 0
+            seen = self._events_seen(events)
             reply = _reply(events, sent.message.message_id)
             if reply is not None:
                 return reply

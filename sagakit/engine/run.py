@@ -22,6 +22,7 @@ from .. import serde
 from ..context import SagaContext
 from ..errors import (
     PAST_DEADLINE,
+    ContinueAsNew,
     Drained,
     ErrorInfo,
     EventsArrived,
@@ -29,6 +30,7 @@ from ..errors import (
     NonDeterminismError,
     OutputNotSerializableError,
     Parked,
+    PayloadTooLargeError,
     SagaError,
     SagaValidationError,
     StepFailedError,
@@ -41,7 +43,6 @@ from ..retry import DEFAULT_RETRY
 from ..services import RunServices, ServiceScope, ServicesFactory
 from ..steps import UNSET, SagaStep, StepResponse
 from ..stores.base import (
-    NEVER,
     EntryKind,
     EntryStatus,
     JournalEntry,
@@ -57,6 +58,7 @@ from .backoff import BackoffMixin, FailedAttempt, Retrying, out_of_attempts
 from .calls import Callees, CallsMixin
 from .children import ChildrenMixin, ChildStarter
 from .crashes import ProcessCrash, StepHook, StepPoint, When
+from .ending import EndingMixin
 from .observe import NO_OBSERVERS, Observers, RunInfo
 from .operators import operator_rollback, skipped_seqs
 from .outcome import Outcome, _Compensation, terminal_form
@@ -89,7 +91,14 @@ def _retrieve(future: asyncio.Future[None]) -> None:
 
 
 class SagaRun(
-    RollbackMixin, BackoffMixin, RemoteMixin, ChildrenMixin, CallsMixin, PatchesMixin, ParallelMixin
+    RollbackMixin,
+    BackoffMixin,
+    RemoteMixin,
+    ChildrenMixin,
+    CallsMixin,
+    PatchesMixin,
+    EndingMixin,
+    ParallelMixin,
 ):
     """Drives one saga function to a terminal state, to a wait (SUSPENDED), or until its lease
     is lost."""
@@ -112,6 +121,10 @@ class SagaRun(
         self.saga_id = record.saga_id
         self.fence = record.fence
         self.record = record
+        #: what ids derived from a sequence number start with (step keys, child and command
+        #: ids): the saga's id in its first run, then qualified by the run, so that the next
+        #: run's step 1 is not taken for the first run's by an idempotent service
+        self.key_base = record.saga_id if record.run == 1 else f"{record.saga_id}/run-{record.run}"
         self.workflow = workflow
         self._store = store
         self._journal = {e.seq: e for e in journal}
@@ -138,6 +151,8 @@ class SagaRun(
         #: the simulated crash that stopped this run: it writes nothing more
         self._crashed: ProcessCrash | None = None
         self._events = events
+        #: events read with the saga's row are all it had received (see _events_seen)
+        self._events_floor = record.event_count if events is not None else 0
         self._children = children
         self._callees = callees
         self._services_factory = services
@@ -181,10 +196,37 @@ class SagaRun(
             callees=self._callees,
             services=self._services_factory,
         )
+        run._events_floor = self._events_floor
+        self._hand_over(run)
+        return run
+
+    def _next_run(
+        self, workflow: SagaWorkflow[Any, Any], record: SagaRecord, live_input: Any
+    ) -> SagaRun:
+        """The saga's next run, after this one continued as new (see ending.py): an empty
+        journal, its events read again, this run's engine settings."""
+        run = SagaRun(
+            self._store,
+            workflow,
+            record,
+            [],
+            live_input,
+            children=self._children,
+            observers=self.observers,
+            callees=self._callees,
+            services=workflow.options.services or self._services_factory,
+        )
+        self._hand_over(run)
+        return run
+
+    def _hand_over(self, run: SagaRun) -> None:
+        """Give a run that follows this one what the engine set on this one."""
         run.lease_known_until = self.lease_known_until
         run.clock = self.clock
         run.step_hook = self.step_hook
-        return run
+        run.max_payload_bytes = self.max_payload_bytes
+        run.successor = self.successor
+        run.draining = self.draining
 
     # -- the RunDriver protocol (what SagaContext calls) --------------------------------------
 
@@ -583,17 +625,17 @@ class SagaRun(
         response = result if isinstance(result, StepResponse) else StepResponse(result)
         try:
             if not response.failed:
-                output = serde.dumps(response.output, what=f"the output of step {step.name!r}")
-            compensation = self._compensation_json(response, result)
+                output = self._dumps(response.output, f"the output of step {step.name!r}")
+            compensation = self._compensation_json(response, result, step.name)
             if response.failed:
                 message = response.error_message or "step failed permanently"
                 info = ErrorInfo("PermanentFailure", message, step.name, seq)
                 return await self._finish_step(
                     step, seq, attempts, started, EntryStatus.FAILED, None, compensation, info
                 )
-        except OutputNotSerializableError as exc:
+        except (OutputNotSerializableError, PayloadTooLargeError) as exc:
             # the side effect happened once: failing for good is the only way not to repeat it
-            info = ErrorInfo("OutputNotSerializableError", exc.message, step.name, seq)
+            info = ErrorInfo(exc.error_type, exc.message, step.name, seq)
             return await self._finish_step(
                 step, seq, attempts, started, EntryStatus.FAILED, None, None, info
             )
@@ -601,7 +643,7 @@ class SagaRun(
             step, seq, attempts, started, EntryStatus.COMPLETED, output, compensation, None
         )
 
-    def _compensation_json(self, response: StepResponse[Any], raw: Any) -> str | None:
+    def _compensation_json(self, response: StepResponse[Any], raw: Any, step: str) -> str | None:
         data = response.compensation_data
         if data is UNSET:
             return None
@@ -609,7 +651,7 @@ class SagaRun(
             # a plain ``return None`` produced no data (the input is used); an explicit
             # StepResponse(..., compensation_data=None) means there is nothing to undo
             return None if raw is None else NOTHING_TO_COMPENSATE
-        return serde.dumps(data, what="compensation data")
+        return self._dumps(data, f"the compensation data of step {step!r}")
 
     async def _finish_step(
         self,
@@ -702,65 +744,36 @@ class SagaRun(
             # an operator's rollback stands, whatever the saga function made of it
             cause = self._operator_rollback or exc
             return await self._rollback(ErrorInfo.from_exception(cause))
+        except ContinueAsNew as request:
+            ended = await self._ended("it continued as new")
+            return ended if ended is not None else await self._continue(request)
+        ended = await self._ended("it returned")
+        if ended is not None:
+            return ended
+        try:
+            output = self._dumps(result, f"the output of saga {self.workflow.name!r}")
+        except (OutputNotSerializableError, PayloadTooLargeError) as exc:
+            return await self._rollback(ErrorInfo.from_exception(exc))
+        return await self._finish(SagaStatus.COMPLETED, output, None)
+
+    async def _ended(self, how: str) -> Outcome | None:
+        """The saga function ended without an error (``how``): how the saga ends instead if
+        its replay went astray or an operator stopped it; None when it ends as it says."""
         self._forward_done = True
         await self._wait_in_flight()
         if self._nondeterminism is not None:
             return await self._fail_nondeterministic(self._nondeterminism)
         if self._operator_rollback is not None:
-            # the saga function caught the operator's stop and returned: roll back all the same
+            # the saga function caught the operator's stop and ended: roll back all the same
             return await self._rollback(ErrorInfo.from_exception(self._operator_rollback))
         unplayed = [s for s in self._journal if s >= self._root.next]
         if unplayed:
             entry = self._journal[min(unplayed)]
+            recorded = f"{entry.kind} {entry.name!r}"
             return await self._fail_nondeterministic(
-                NonDeterminismError(
-                    self.saga_id, entry.seq, f"{entry.kind} {entry.name!r}", "nothing (it returned)"
-                )
+                NonDeterminismError(self.saga_id, entry.seq, recorded, f"nothing ({how})")
             )
-        try:
-            output = serde.dumps(result, what=f"the output of saga {self.workflow.name!r}")
-        except OutputNotSerializableError as exc:
-            return await self._rollback(ErrorInfo.from_exception(exc))
-        return await self._finish(SagaStatus.COMPLETED, output, None)
-
-    async def _suspend(self) -> Outcome:
-        """Leave the saga SUSPENDED in its waits, released, until a timer or an event."""
-        waits = sorted(self._pending_waits, key=lambda w: w.seq)
-        times = [w.until for w in waits if w.until is not None]
-        wake_at = min(times) if times else None
-        update = SagaUpdate(
-            SagaStatus.SUSPENDED,
-            wake_at=NEVER if wake_at is None else wake_at,
-            wait_token=next((w.token for w in waits if w.token is not None), None),
-        )
-        # parallel waits may each have decided on a different number of events: the saga may
-        # sleep only if no event arrived since the oldest of those decisions
-        known = self._events[-1].seq if self._events else 0
-        seen = min((w.seen for w in waits), default=known)
-        try:
-            await self._write(None, update, guard=seen)
-        except EventsArrived:
-            self._events = None  # read them again in the next run
-            return Outcome(SagaStatus.RUNNING, None, None, again=True)
-        return Outcome(SagaStatus.SUSPENDED, None, None, wake_at=wake_at)
-
-    async def _park(self, cause: ErrorInfo) -> Outcome:
-        """Leave the saga PARKED, released, until an operator acts (see sagakit.admin)."""
-        error = serde.dumps(
-            {"kind": "parked", "step": cause.step, "seq": cause.seq, "cause": cause.to_json()}
-        )
-        await self._write(None, SagaUpdate(SagaStatus.PARKED, error=error))
-        return Outcome(SagaStatus.PARKED, None, error)
-
-    async def _wait_in_flight(self) -> None:
-        """Let steps still executing finish and journal their result before the saga ends.
-
-        A branch of ``asyncio.gather`` goes on when its sibling fails: it must not be undone
-        while it runs (its compensation gets its real outcome), and nothing may be journaled
-        after the saga's terminal status.
-        """
-        while self._in_flight:
-            await asyncio.wait(list(self._in_flight))
+        return None
 
     def _object_writes(self, writes: list[tuple[str, str | None]]) -> tuple[StateWrite, ...]:
         if not writes or self._object_key is None:
@@ -773,22 +786,3 @@ class SagaRun(
                 else:
                     self._object_state[key] = value
         return tuple(StateWrite(scope, key, value) for key, value in writes)
-
-    async def _fail_nondeterministic(self, exc: NonDeterminismError) -> Outcome:
-        log.error("%s", exc, extra={"saga_id": self.saga_id})
-        error = serde.dumps(
-            {
-                "kind": "non_determinism",
-                "message": str(exc),
-                "seq": exc.seq,
-                "recorded": exc.recorded,
-                "replayed": exc.replayed,
-            }
-        )
-        return await self._finish(SagaStatus.FAILED, None, error)
-
-    async def _finish(self, status: SagaStatus, output: str | None, error: str | None) -> Outcome:
-        """Record the saga's terminal status (its parent, if any, is told first)."""
-        await self._tell_parent(status, output, error)
-        await self._write(None, SagaUpdate(status, output=output, error=error))
-        return Outcome(status, output, error)

@@ -41,6 +41,8 @@ _RECOVER_BATCH = 500
 #: the share of a lease a run counts on from its launch, before the first renewal (the claim or
 #: start that took the lease happened a moment before the launch)
 _LEASE_MARGIN = 0.8
+#: after a claim that filled every free slot, claim again once this share of the slots is free
+_REFILL_SHARE = 0.25
 
 
 class RunningMixin:
@@ -61,10 +63,18 @@ class RunningMixin:
     _services: ServicesFactory | None
     clock: Clock
     step_hook: StepHook | None
+    #: the last claim took as many sagas as it asked for: more may be due. The worker then
+    #: claims again as soon as a share of its slots is free, instead of at its next poll (a
+    #: backlog of started sagas waited up to a poll interval per batch: one `sagakit worker`
+    #: drained 127 sagas/s at --poll 1 in benchmarks/workers.py)
+    _more_due: bool = False
+    max_payload_bytes: int | None
 
     if TYPE_CHECKING:  # provided by Engine
 
         def _store_or_raise(self) -> Store: ...
+
+        def version_of(self, workflow: SagaWorkflow[Any, Any]) -> str | None: ...
 
         async def _declare_queues(self) -> None: ...
 
@@ -176,6 +186,8 @@ class RunningMixin:
         run.draining = self._draining
         run.clock = self.clock
         run.step_hook = self.step_hook
+        run.max_payload_bytes = self.max_payload_bytes
+        run.successor = self._successor
         # the lease was taken a moment ago (by the claim or the start that handed us the run):
         # count it from now, less a margin for that moment
         lease = self.lease.total_seconds()
@@ -191,12 +203,18 @@ class RunningMixin:
         if self._tasks.get(run.saga_id) is task:
             del self._tasks[run.saga_id]
             self._claimed.discard(run.saga_id)
+        if self._more_due:
+            free = self.max_concurrency - len(self._tasks)
+            if free >= max(1, int(self.max_concurrency * _REFILL_SHARE)):
+                self._more_due = False
+                self._poke()
 
     async def _drive(self, run: SagaRun) -> Outcome | None:
         try:
             outcome = await self._execute(run)
-            while outcome.again:  # events arrived as it suspended: they may answer its wait
-                run = run.again()
+            # events arrived as it suspended (they may answer its wait), or it continued as new
+            while outcome.again or outcome.next_run is not None:
+                run = outcome.next_run or run.again()
                 run.draining = self._draining
                 task = asyncio.current_task()
                 if task is not None:
@@ -286,7 +304,7 @@ class RunningMixin:
         except BaseException as exc:
             run.observers.run_ended(run.info, None, exc)
             raise
-        status = None if outcome.again else outcome.status.value
+        status = None if outcome.again or outcome.next_run else outcome.status.value
         run.observers.run_ended(run.info, status, None)
         return outcome
 
@@ -317,6 +335,13 @@ class RunningMixin:
                 services=wf.options.services or self._services,
             )
         )
+
+    def _successor(self, name: str) -> tuple[SagaWorkflow[Any, Any], str | None] | None:
+        """The definition a saga of workflow ``name`` continues on (``saga.continue_as_new``),
+        with the version its next run records: the one registered last under the name, as
+        ``engine.start("Name")`` takes it."""
+        workflow = self._workflows.get(name)
+        return None if workflow is None else (workflow, self.version_of(workflow))
 
     def _poke(self) -> None:
         """Look for work now (a saga became due here: an event, a timer, an object's turn)."""
@@ -413,6 +438,7 @@ class RunningMixin:
             self.worker_id, list(self._versions), self.lease.total_seconds(), capacity
         )
         self._observers.timed("claim", time.perf_counter() - began)
+        self._more_due = len(claimed) >= capacity
         for c in claimed:
             self._run_claimed(c)
         retry_at = self._next_queue_look()

@@ -147,6 +147,7 @@ class SchedulingMixin:
     schedule_clock: Callable[[], float]
     lease: timedelta
     poll_interval: timedelta
+    max_payload_bytes: int | None
 
     if TYPE_CHECKING:  # provided by Engine
 
@@ -227,7 +228,9 @@ class SchedulingMixin:
         wf = self._resolve(workflow)
         value = wf.input.validate(inp)
         try:
-            input_json = serde.dumps(value, what=f"the input of schedule {name!r}")
+            input_json = serde.dumps(
+                value, what=f"the input of schedule {name!r}", limit=self.max_payload_bytes
+            )
         except OutputNotSerializableError as exc:
             raise SagaValidationError(exc.message) from exc
         made = Schedule(

@@ -171,6 +171,10 @@ class SagaSnapshot:
     priority: int = 0
     partition_key: str | None = None
     dedup_id: str | None = None
+    #: the run whose journal ``steps`` holds (``sagakit show ID --run N``), and how many runs
+    #: the saga has had: 1, then one more each time it continued as new
+    run: int = 1
+    runs: int = 1
 
     @property
     def retrying(self) -> tuple[StepSnapshot, ...]:
@@ -183,7 +187,10 @@ class SagaSnapshot:
         record: SagaRecord,
         journal: list[JournalEntry] | None,
         events: list[SagaEvent] | None = None,
+        run: int | None = None,
     ) -> SagaSnapshot:
+        """The saga of ``record`` with ``journal``: its current run's, or that of the earlier
+        run ``run``."""
         created = _time(record.created_at)
         updated = _time(record.updated_at)
         assert created is not None and updated is not None
@@ -216,6 +223,8 @@ class SagaSnapshot:
             priority=record.priority,
             partition_key=record.partition_key or None,
             dedup_id=record.dedup_id,
+            run=record.run if run is None else run,
+            runs=record.run,
         )
 
 

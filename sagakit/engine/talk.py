@@ -30,6 +30,7 @@ class TalkMixin:
     _objects: dict[str, SagaVirtualObject]
     _workflows: dict[str, SagaWorkflow[Any, Any]]
     _versions: dict[tuple[str, str | None], SagaWorkflow[Any, Any]]
+    max_payload_bytes: int | None
 
     if TYPE_CHECKING:  # provided by Engine
 
@@ -64,7 +65,7 @@ class TalkMixin:
         """
         if not isinstance(name, str) or not name:
             raise SagaValidationError(f"a signal name must be a non-empty string, got {name!r}")
-        body = _payload(payload, f"the payload of signal {name!r}")
+        body = _payload(payload, f"the payload of signal {name!r}", self.max_payload_bytes)
         delivery = await self._store_or_raise().deliver(
             saga_id, EventKind.SIGNAL, name, body, key=_delivery_key(key)
         )
@@ -84,7 +85,7 @@ class TalkMixin:
         Raises:
             SagaNotFoundError: no saga has this id.
         """
-        body = _payload(event, "the event")
+        body = _payload(event, "the event", self.max_payload_bytes)
         delivery = await self._store_or_raise().deliver(
             saga_id, EventKind.NOTIFY, str(token), body, token=str(token), key=_delivery_key(None)
         )
@@ -121,7 +122,9 @@ class TalkMixin:
             PromiseAlreadyCompletedError: the promise was completed with something else.
         """
         try:
-            delivery = await deliver_promise(self._store_or_raise(), saga_id, name, value, error)
+            delivery = await deliver_promise(
+                self._store_or_raise(), saga_id, name, value, error, self.max_payload_bytes
+            )
         except OutputNotSerializableError as exc:
             raise SagaValidationError(exc.message) from exc
         if delivery.status == SagaStatus.SUSPENDED:
@@ -211,9 +214,10 @@ def _delivery_key(given: str | None) -> str:
     return given
 
 
-def _payload(value: Any, what: str) -> str:
-    """``value`` as JSON text, or SagaValidationError (nothing is written)."""
+def _payload(value: Any, what: str, limit: int | None) -> str:
+    """``value`` as JSON text, or SagaValidationError or PayloadTooLargeError (nothing is
+    written)."""
     try:
-        return serde.dumps(value, what=what)
+        return serde.dumps(value, what=what, limit=limit)
     except OutputNotSerializableError as exc:
         raise SagaValidationError(exc.message) from exc

@@ -107,10 +107,10 @@ class WaitsMixin(RunCore):
 
     async def complete_promise(self, name: str, value: Any, error: str | None) -> None:
         await self._settle()
-        await deliver_promise(self._store, self.saga_id, name, value, error)
+        await deliver_promise(self._store, self.saga_id, name, value, error, self.max_payload_bytes)
 
     def set_state(self, key: str, value: Any) -> None:
-        self._state_write(saga_scope(self.saga_id), key, serde.dumps(value, what="state"))
+        self._state_write(saga_scope(self.saga_id), key, self._dumps(value, f"the state {key!r}"))
 
     def object_set(self, key: str, value: str | None) -> None:
         if self._object_key is None:  # pragma: no cover - the object API checks this first
@@ -244,7 +244,7 @@ class WaitsMixin(RunCore):
             limit = self._deadline_at
         events = self._events if self._events is not None else await self._load_events()
         while True:
-            seen = events[-1].seq if events else 0  # events are numbered 1, 2, 3... per saga
+            seen = self._events_seen(events)  # events are numbered 1, 2, 3... per saga
             answer = match(events, token)
             if answer is None and (limit is None or self.clock.now() < limit):
                 break
@@ -376,13 +376,20 @@ def _recorded_failure(entry: JournalEntry) -> SagaError:
 
 
 async def deliver_promise(
-    store: Store, saga_id: str, name: str, value: Any, error: str | None
+    store: Store,
+    saga_id: str,
+    name: str,
+    value: Any,
+    error: str | None,
+    limit: int | None = serde.DEFAULT_MAX_PAYLOAD_BYTES,
 ) -> Delivery:
     """Resolve (or, with ``error``, reject) a saga's promise; a second, different completion
     is refused (PromiseAlreadyCompletedError, even once the saga has ended: the loser of a race
-    learns it lost, whenever the saga finished). Raises OutputNotSerializableError, before
-    writing anything, for a non-JSON value."""
-    payload = serde.dumps({"value": value} if error is None else {"error": error})
+    learns it lost, whenever the saga finished). Raises OutputNotSerializableError, or
+    PayloadTooLargeError over ``limit`` bytes, before writing anything."""
+    what = f"the value of promise {name!r}" if error is None else f"the rejection of {name!r}"
+    outcome = {"value": value} if error is None else {"error": error}
+    payload = serde.dumps(outcome, what=what, limit=limit)
     # the key makes a retry after a lost acknowledgement come back DELIVERED, not DUPLICATE
     # (which, once the saga has ended, would read as "finished")
     delivery = await store.deliver(

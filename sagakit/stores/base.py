@@ -358,6 +358,28 @@ class NewSaga:
 
 
 @dataclass(frozen=True, slots=True)
+class NextRun:
+    """Run ``run`` of a saga ends and the saga goes on as run ``run + 1``
+    (``Store.continue_as_new``).
+
+    Only while the saga is at ``fence`` and ``run``: its journal is moved to the earlier runs'
+    journals as run ``run`` (its negative-seq audit entries included), its events numbered in
+    ``consumed`` are deleted (the run took them: the next run must not take them again; the
+    others stay for it, and ``event_count`` keeps counting), its input becomes ``input``, its
+    version ``version`` (``None``: unversioned), its fence ``fence + 1`` (a late write of the
+    old run is refused) and its run ``run + 1``. Status, owner, lease, children, published
+    state and queue slot stay as they are.
+    """
+
+    saga_id: str
+    fence: int
+    run: int
+    input: str
+    version: str | None
+    consumed: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class SagaRecord:
     saga_id: str
     name: str
@@ -381,6 +403,8 @@ class SagaRecord:
     priority: int = 0
     partition_key: str | None = None
     dedup_id: str | None = None
+    #: the saga's run: 1, then N+1 once run N continued as new (``saga.continue_as_new``)
+    run: int = 1
 
 
 #: a worker counts as live while its last heartbeat is younger than this many of its leases
@@ -537,6 +561,19 @@ class Store(Protocol):
     async def load_saga(self, saga_id: str) -> SagaRecord | None: ...
 
     async def load_journal(self, saga_id: str) -> list[JournalEntry]: ...
+
+    async def load_run(self, saga_id: str, run: int) -> list[JournalEntry]:
+        """The journal of the saga's earlier run ``run`` (kept when it continued as new), in
+        order; empty when there is no such run (the current run's is :meth:`load_journal`)."""
+        ...
+
+    async def continue_as_new(self, cont: NextRun) -> None:
+        """Continue a saga as a fresh run of itself, in one transaction (see
+        :class:`NextRun`). Raises :class:`~sagakit.errors.LeaseLost`, writing nothing,
+        when the saga is not at ``cont.fence`` and ``cont.run`` any more; returns quietly when
+        it is at ``cont.fence + 1`` and ``cont.run + 1`` already (a retry of this very
+        continue after a lost acknowledgement)."""
+        ...
 
     async def deliver(
         self,

@@ -24,6 +24,7 @@ from .base import (
     DeliveryOutcome,
     JournalEntry,
     NewSaga,
+    NextRun,
     SagaEvent,
     SagaFilter,
     SagaFork,
@@ -67,6 +68,8 @@ class _Tables:
     def __init__(self) -> None:
         self.sagas: dict[str, SagaRecord] = {}
         self.journal: dict[str, dict[int, JournalEntry]] = {}
+        #: the journals of each saga's earlier runs, by run number
+        self.runs: dict[str, dict[int, list[JournalEntry]]] = {}
         self.events: dict[str, list[SagaEvent]] = {}
         self.state: dict[str, dict[str, str]] = {}
         self.arrival: dict[str, int] = {}
@@ -272,6 +275,30 @@ class MemoryStore(MemoryOutbox):
     async def load_journal(self, saga_id: str) -> list[JournalEntry]:
         entries = self._t.journal.get(saga_id, {})
         return [entries[k] for k in sorted(entries)]
+
+    async def load_run(self, saga_id: str, run: int) -> list[JournalEntry]:
+        return list(self._t.runs.get(saga_id, {}).get(run, []))
+
+    async def continue_as_new(self, cont: NextRun) -> None:
+        record = self._t.sagas.get(cont.saga_id)
+        if record is not None and (record.fence, record.run) == (cont.fence + 1, cont.run + 1):
+            return  # continued already: a retry
+        if record is None or (record.fence, record.run) != (cont.fence, cont.run):
+            raise LeaseLost(cont.saga_id)
+        journal = self._t.journal[cont.saga_id]
+        self._t.runs.setdefault(cont.saga_id, {})[cont.run] = [journal[k] for k in sorted(journal)]
+        self._t.journal[cont.saga_id] = {}
+        consumed = set(cont.consumed)
+        events = self._t.events[cont.saga_id]
+        self._t.events[cont.saga_id] = [e for e in events if e.seq not in consumed]
+        self._t.sagas[cont.saga_id] = replace(
+            record,
+            input=cont.input,
+            version=cont.version,
+            fence=cont.fence + 1,
+            run=cont.run + 1,
+            updated_at=self.clock.now(),
+        )
 
     async def renew_leases(self, owner: str, lease_seconds: float, saga_ids: Sequence[str]) -> int:
         until = self.clock.now() + lease_seconds
@@ -635,6 +662,7 @@ class MemoryStore(MemoryOutbox):
             return False
         del self._t.sagas[saga_id]
         self._t.journal.pop(saga_id, None)
+        self._t.runs.pop(saga_id, None)
         self._t.events.pop(saga_id, None)
         self._t.delivery_keys.pop(saga_id, None)
         self._t.state.pop(saga_scope(saga_id), None)

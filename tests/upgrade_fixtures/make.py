@@ -54,6 +54,9 @@ RELEASES: dict[int, str] = {
     # the newest commit when 0008 was being written (any commit up to the one adding 0008 has
     # the same schema 7)
     7: "6aa841ff35e040edd8ccb9df705c0723f4a95c5a",
+    # the newest commit when 0009 was being written (any commit up to the one adding 0009 has
+    # the same schema 8)
+    8: "81ee5658850cbf9b38c2f0883742ae713be02058",
 }
 
 

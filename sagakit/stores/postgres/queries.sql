@@ -63,12 +63,12 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::te
 ON CONFLICT (saga_id) DO NOTHING
 RETURNING saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
           created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id, run
 
 -- name: get_sagas
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
        created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id, run
 FROM saga_instances WHERE saga_id = ANY($1::text[])
 
 -- name: append
@@ -219,7 +219,7 @@ WITH saga AS (
     WHERE $7::text IS NOT NULL AND saga_id = $1 AND delivery_key = $7::text
 ), dup AS (
     SELECT payload FROM saga_events
-    WHERE $6 AND saga_id = $1 AND kind = $2 AND name = $3
+    WHERE $6 AND saga_id = $1 AND kind = $2 AND name = $3 AND seq > 0
     ORDER BY seq LIMIT 1
 ), counted AS (
     UPDATE saga_instances
@@ -254,7 +254,7 @@ WHERE saga_id = $1 AND seq > $2 ORDER BY seq
 
 -- name: get_events_of
 SELECT saga_id, seq, kind, name, payload, created_at FROM saga_events
-WHERE saga_id = ANY($1::text[]) ORDER BY saga_id, seq
+WHERE saga_id = ANY($1::text[]) AND seq > 0 ORDER BY saga_id, seq
 
 -- name: get_state
 SELECT key, value FROM saga_state WHERE scope = $1
@@ -262,7 +262,7 @@ SELECT key, value FROM saga_state WHERE scope = $1
 -- name: get_saga
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
        created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id, run
 FROM saga_instances WHERE saga_id = $1
 
 -- name: get_journal
@@ -312,7 +312,7 @@ FROM picked, clock
 WHERE s.saga_id = picked.saga_id
 RETURNING s.saga_id, s.name, s.status, s.input, s.output, s.error, s.owner, s.fence,
           s.lease_expires_at, s.created_at, s.updated_at, s.wait_token, s.event_count,
-          s.object_key, s.parent_id, nullif(s.version, ''), s.queue, s.priority, nullif(s.partition_key, ''), s.dedup_id,
+          s.object_key, s.parent_id, nullif(s.version, ''), s.queue, s.priority, nullif(s.partition_key, ''), s.dedup_id, s.run,
           picked.previous_owner IS NOT NULL AS taken_over
 
 -- name: release
@@ -329,7 +329,7 @@ SELECT pg_notify(CASE WHEN current_schema() = 'public' THEN 'sagakit_work'
 -- newest first; $5/$6 continue a page after the saga with that created_at and saga_id
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
        created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id, run
 FROM saga_instances
 WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR name = $2)
   AND ($3::float8 IS NULL OR created_at >= $3) AND ($4::float8 IS NULL OR created_at < $4)
@@ -342,7 +342,7 @@ LIMIT $7
 -- the index on parent_id
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
        created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id, run
 FROM saga_instances
 WHERE parent_id = $8
   AND ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR name = $2)
@@ -362,7 +362,7 @@ SET status = $2, output = $3, error = $4, owner = NULL, fence = fence + 1,
 WHERE saga_id = $1 AND status = $7 AND fence = $8
 RETURNING saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
           created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id, run
 
 -- name: delete_entries
 DELETE FROM saga_journal WHERE saga_id = $1 AND seq = ANY($2::int4[])
@@ -474,7 +474,7 @@ DELETE FROM saga_workers WHERE worker_id = $1
 -- sagas not ended whose (name, version) no live worker (seen within $1 of its leases) serves
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
        created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id, run
 FROM saga_instances s
 WHERE s.status IN ('PENDING', 'RUNNING', 'SUSPENDED', 'PARKED', 'COMPENSATING')
   AND NOT EXISTS (
@@ -683,7 +683,7 @@ WHERE s.saga_id = ANY($2::text[])
 RETURNING s.saga_id, s.name, s.status, s.input, s.output, s.error, s.owner, s.fence,
           s.lease_expires_at, s.created_at, s.updated_at, s.wait_token, s.event_count,
           s.object_key, s.parent_id, nullif(s.version, ''), s.queue, s.priority,
-          nullif(s.partition_key, ''), s.dedup_id
+          nullif(s.partition_key, ''), s.dedup_id, s.run
 
 -- name: queue_position
 SELECT count(*) + 1 FROM saga_instances o, saga_instances s
@@ -765,3 +765,37 @@ SELECT set_config('idle_in_transaction_session_timeout', $1, true),
 -- name: transaction_schema
 -- back to sagakit's schema for the journal entry that commits with the step's writes
 SELECT set_config('search_path', $1, true)
+
+-- name: continue_saga
+-- continue-as-new (stores/postgres/runs.py): fenced on the fence and run the old run holds;
+-- the new fence refuses any late write of the old run
+UPDATE saga_instances
+SET input = $4, version = coalesce($5::text, ''), fence = fence + 1, run = run + 1,
+    updated_at = extract(epoch FROM clock_timestamp())::float8
+WHERE saga_id = $1 AND fence = $2 AND run = $3
+RETURNING saga_id
+
+-- name: saga_fence_run
+SELECT fence, run FROM saga_instances WHERE saga_id = $1
+
+-- name: archive_journal
+INSERT INTO saga_journal_runs
+    (saga_id, run, seq, kind, name, status, attempts, output, compensation, error,
+     started_at, finished_at)
+SELECT saga_id, $2, seq, kind, name, status, attempts, output, compensation, error,
+       started_at, finished_at
+FROM saga_journal WHERE saga_id = $1
+
+-- name: clear_journal
+DELETE FROM saga_journal WHERE saga_id = $1
+
+-- name: retire_events
+-- the events a run took: kept at a negative seq, which no wait reads, so that a delivery
+-- retried with the same key still finds them; event_count keeps counting
+UPDATE saga_events SET seq = -seq
+WHERE saga_id = $1 AND seq = ANY($2::int8[]) AND seq > 0
+
+-- name: get_run_journal
+SELECT saga_id, seq, kind, name, status, attempts, output, compensation, error,
+       started_at, finished_at
+FROM saga_journal_runs WHERE saga_id = $1 AND run = $2 ORDER BY seq

@@ -62,7 +62,7 @@ async def count_sagas(conn: asyncpg.Connection, order: IdOrder, where: SagaFilte
 
 _COLUMNS = """saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
        created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id"""
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id, run"""
 
 
 def conditions(

@@ -4,7 +4,8 @@ Writes: every append and every start waits in a queue; one writer connection tak
 queued and sends all the appends as *one* statement (arrays unnested: fence check, saga status,
 journal entries) and all the starts as another. Each statement commits on its own, so a batch of
 N sagas' journal entries costs one round trip and one durable commit. A saga's step counts as
-recorded only once that statement returned.
+recorded only once that statement returned. ``write_connections=2`` or more commits batches on
+several connections side by side, a saga's writes still in order (see writer.py).
 
 Faults: when a connection drops (server restart, ``pg_terminate_backend``, a statement that
 does not answer within ``command_timeout``), the writer reconnects with backoff and sends the
@@ -69,17 +70,9 @@ from ..queueing import QueueLimits, QueueState
 from ..retrying import DEFAULT_RETRY_DEADLINE, Backoff, retry
 from ..scheduling import Schedule, ScheduleState
 from . import operations, queues, schedules, search
-from .batch import (
-    Append,
-    Batch,
-    Call,
-    Create,
-    append_groups,
-    write_appends,
-    write_creates,
-    write_object_create,
-)
+from .batch import Append, Batch, Call, Create
 from .outbox import PostgresOutbox
+from .runs import PostgresRuns
 from .schema import (
     DEFAULT_SCHEMA,
     LEGACY_SCHEMA,
@@ -89,40 +82,24 @@ from .schema import (
     split_schema,
 )
 from .sql import MIGRATION_NAMES, MIGRATIONS, Q
+from .writer import CONNECT_TIMEOUT as _CONNECT_TIMEOUT
+from .writer import DEFAULT_WRITE_CONNECTIONS, PostgresWriter
+from .writer import MAX_BATCH as MAX_BATCH
+from .writer import fail as _fail
+from .writer import is_connection_error as _is_connection_error
 
 log = logging.getLogger("sagakit.store.postgres")
 
 CHANNEL = "sagakit_work"
-MAX_BATCH = 2000
 #: how long one statement may run before its connection is taken for dead (seconds)
 DEFAULT_COMMAND_TIMEOUT = 10.0
-_CONNECT_TIMEOUT = 10.0
 #: the session settings of the store's own connections (see PostgresStore._connect)
 _SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off"}
 
 T = TypeVar("T")
 
-#: errors after which the connection is gone and the statement may or may not have committed
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.CrashShutdownError,
-    # a connection the server terminated while it was idle can look open until the next
-    # operation trips over its state: it is as gone as a closed one
-    asyncpg.exceptions.InternalClientError,
-    ConnectionError,
-    OSError,
-    asyncio.TimeoutError,
-)
 
-
-def _is_connection_error(exc: BaseException) -> bool:
-    return isinstance(exc, _CONNECTION_ERRORS)
-
-
-class PostgresStore(PostgresOutbox):
+class PostgresStore(PostgresRuns, PostgresOutbox, PostgresWriter):
     """Implements :class:`~sagakit.stores.base.Store` on PostgreSQL (asyncpg).
 
     Args:
@@ -142,6 +119,10 @@ class PostgresStore(PostgresOutbox):
         schema: the PostgreSQL schema the tables live in (also ``?schema=name`` in the URL);
             ``None``: ``sagakit``, or ``public`` for a database whose tables an earlier release
             made there. A plain lower-case identifier; created if missing.
+        write_connections: the connections that commit writes side by side, each batch one
+            group commit; a saga's writes stay in order on one of them at a time. 1 (the
+            default): one writer; more help a process that waits on commits with CPU to spare
+            (see :mod:`sagakit.stores.postgres.writer`).
 
     ``on_work`` is called when another process announces work (NOTIFY); the engine sets it.
     """
@@ -156,6 +137,7 @@ class PostgresStore(PostgresOutbox):
         migrate: bool | None = None,
         read_only: bool = False,
         schema: str | None = None,
+        write_connections: int = DEFAULT_WRITE_CONNECTIONS,
     ):
         if retry_deadline <= 0 or command_timeout <= 0:
             raise StoreError(
@@ -175,6 +157,9 @@ class PostgresStore(PostgresOutbox):
         self._schema_asked = asked is not None
         self.schema = check_schema(asked) if asked is not None else DEFAULT_SCHEMA
         self.read_pool_size = read_pool_size
+        if write_connections < 1:
+            raise StoreError(f"write_connections must be at least 1, got {write_connections!r}")
+        self.write_connections = write_connections
         self.retry_deadline = retry_deadline
         self.command_timeout = command_timeout
         self.migrate = migrate
@@ -381,93 +366,6 @@ class PostgresStore(PostgresOutbox):
             raise StoreError("the PostgreSQL store is not open")
         self._wakeup.set()
         return self._queue
-
-    async def _writer_loop(self) -> None:
-        assert self._wakeup is not None
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._queue.creates or self._queue.appends or self._queue.calls:
-                batch, self._queue = self._queue, Batch()
-                await self._run_batch(batch)
-            if self._closing:
-                return
-
-    async def _run_batch(self, batch: Batch) -> None:
-        plain = [op for op in batch.creates if op.new.object_key is None and not _waits(op.new)]
-        for start in range(0, len(plain), MAX_BATCH):
-            creates = plain[start : start + MAX_BATCH]
-            await self._retrying(
-                functools.partial(write_creates, ops=creates), [op.future for op in creates]
-            )
-        waiting = [op for op in batch.creates if op.new.object_key is None and _waits(op.new)]
-        for start in range(0, len(waiting), MAX_BATCH):
-            creates = waiting[start : start + MAX_BATCH]
-            await self._retrying(
-                functools.partial(_waiting_creates, ops=creates), [op.future for op in creates]
-            )
-        for op in batch.creates:
-            if op.new.object_key is not None:
-                await self._retrying(functools.partial(write_object_create, op=op), [op.future])
-        for group in append_groups(batch.appends):
-            for start in range(0, len(group), MAX_BATCH):
-                appends = group[start : start + MAX_BATCH]
-                await self._retrying(
-                    functools.partial(write_appends, ops=appends),
-                    [op.future for op in appends],
-                )
-        for call in batch.calls:
-            await self._retrying(functools.partial(self._write_call, op=call), [call.future])
-
-    async def _retrying(
-        self,
-        fn: Callable[[asyncpg.Connection, bool], Awaitable[None]],
-        futures: Sequence[asyncio.Future[Any]],
-    ) -> None:
-        """Run a write on the writer connection; on a dropped connection reconnect with backoff
-        and run it again (writes are idempotent), up to the retry deadline; fail the waiters on
-        any other error, after the deadline, or when the store is closed meanwhile.
-
-        The deadline belongs to the outage, not to each write: it runs from the first attempt
-        that failed until a write succeeds again, so that writes queued behind one that gave
-        up give up at once instead of waiting a deadline each."""
-        retry = False
-        try:
-            while True:
-                backoff = self._outage or Backoff("PostgreSQL write", self.retry_deadline)
-                try:
-                    if self._writer is None or self._writer.is_closed():
-                        self._writer = await self._connect(backoff.left(_CONNECT_TIMEOUT))
-                    await fn(self._writer, retry)
-                    self._outage = None
-                    self.commits += 1
-                    self.writes += len(futures)
-                    return
-                except Exception as exc:
-                    if not _is_connection_error(exc):
-                        error = StoreError(f"PostgreSQL write failed: {type(exc).__name__}: {exc}")
-                        error.__cause__ = exc
-                        _fail(futures, error)
-                        return
-                    if self._closing and all(f.done() for f in futures):
-                        return
-                    if self._writer is not None:
-                        self._writer.terminate()
-                    self._writer = None
-                    self._outage = backoff
-                    try:
-                        delay = backoff.next_delay(exc)
-                    except StoreError as gave_up:
-                        _fail(futures, gave_up)
-                        return
-                    log.warning(
-                        "PostgreSQL connection lost (%s); reconnecting in %.2fs", exc, delay
-                    )
-                    retry = True
-                    await asyncio.sleep(delay)
-        except asyncio.CancelledError:
-            _fail(futures, StoreError("the PostgreSQL store closed before the write committed"))
-            raise
 
     async def _write_call(self, conn: asyncpg.Connection, retry: bool, op: Call) -> None:
         result = await op.fn(conn)
@@ -773,23 +671,5 @@ class PostgresStore(PostgresOutbox):
         return await self._call(lambda conn: schedules.set_paused(conn, name, paused, now))
 
 
-def _fail(futures: Sequence[asyncio.Future[Any]], error: BaseException) -> None:
-    for future in futures:
-        if not future.done():
-            future.set_exception(error)
-
-
 def _set_event(event: asyncio.Event, *_args: object) -> None:
     event.set()
-
-
-def _waits(new: NewSaga) -> bool:
-    """A saga created to wait: queued, or with a delayed start."""
-    return new.queue is not None or new.not_before is not None
-
-
-async def _waiting_creates(conn: asyncpg.Connection, retry: bool, ops: list[Create]) -> None:
-    results = await queues.write_waiting_creates(conn, retry, [op.new for op in ops])
-    for op, result in zip(ops, results, strict=True):
-        if not op.future.done():
-            op.future.set_result(result)

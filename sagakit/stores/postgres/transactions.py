@@ -34,7 +34,9 @@ from ..base import JournalEntry, SagaUpdate, StateWrite
 from ..retrying import retry
 from .batch import Append, write_appends
 from .sql import Q
-from .store import _CONNECT_TIMEOUT, PostgresStore, _is_connection_error
+from .store import PostgresStore
+from .writer import CONNECT_TIMEOUT as _CONNECT_TIMEOUT
+from .writer import is_connection_error as _is_connection_error
 
 log = logging.getLogger("sagakit.store.postgres")
 

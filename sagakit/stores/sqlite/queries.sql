@@ -50,7 +50,7 @@ WHERE saga_id = :saga_id
 -- name: get_saga
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
        created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id, run
 FROM saga_instances WHERE saga_id = :saga_id
 
 -- name: touch_saga
@@ -93,7 +93,9 @@ SELECT key, value FROM saga_state WHERE scope = :scope
 SELECT status, wait_token, event_count FROM saga_instances WHERE saga_id = :saga_id
 
 -- name: find_event
-SELECT payload FROM saga_events WHERE saga_id = :saga_id AND kind = :kind AND name = :name
+-- (an event an earlier run took, kept at a negative seq for its delivery key, counts no more)
+SELECT payload FROM saga_events
+WHERE saga_id = :saga_id AND kind = :kind AND name = :name AND seq > 0
 ORDER BY seq LIMIT 1
 
 -- name: find_delivery
@@ -166,7 +168,7 @@ SET owner = :owner,
 WHERE saga_id IN (SELECT value FROM json_each(:saga_ids))
 RETURNING saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
           created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id, run
 
 -- name: release
 UPDATE saga_instances SET owner = NULL, lease_expires_at = 0
@@ -176,7 +178,7 @@ WHERE owner = :owner AND saga_id IN (SELECT value FROM json_each(:saga_ids))
 -- newest first; :after_created/:after_id continue a page after that saga
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
        created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id, run
 FROM saga_instances
 WHERE (:status IS NULL OR status = :status) AND (:name IS NULL OR name = :name)
   AND (:created_after IS NULL OR created_at >= :created_after)
@@ -190,7 +192,7 @@ LIMIT :limit
 -- list_sagas of one saga's children: a plain condition, so that it uses the index on parent_id
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
        created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id, run
 FROM saga_instances
 WHERE parent_id = :parent_id
   AND (:status IS NULL OR status = :status) AND (:name IS NULL OR name = :name)
@@ -322,7 +324,7 @@ DELETE FROM saga_workers WHERE worker_id = :worker_id
 -- sagas not ended whose (name, version) no live worker (seen within 3 of its leases) serves
 SELECT saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
        created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id, run
 FROM saga_instances s
 WHERE s.status IN ('PENDING', 'RUNNING', 'SUSPENDED', 'PARKED', 'COMPENSATING')
   AND NOT EXISTS (
@@ -501,3 +503,33 @@ SET fire_from = CASE WHEN paused = 1 AND :paused = 0 THEN max(fire_from, :now)
     paused = :paused,
     updated_at = :now
 WHERE name = :name
+
+-- name: continue_saga
+-- continue-as-new (stores/sqlite/runs.py): fenced on the fence and run the old run holds; the
+-- new fence refuses any late write of the old run
+UPDATE saga_instances
+SET input = :input, version = coalesce(:version, ''), fence = fence + 1, run = run + 1,
+    updated_at = :now
+WHERE saga_id = :saga_id AND fence = :fence AND run = :run
+
+-- name: saga_fence_run
+SELECT fence, run FROM saga_instances WHERE saga_id = :saga_id
+
+-- name: archive_journal
+INSERT INTO saga_journal_runs
+    (saga_id, run, seq, kind, name, status, attempts, output, compensation, error,
+     started_at, finished_at)
+SELECT saga_id, :run, seq, kind, name, status, attempts, output, compensation, error,
+       started_at, finished_at
+FROM saga_journal WHERE saga_id = :saga_id
+
+-- name: retire_events
+-- the events a run took: kept at a negative seq, which no wait reads, so that a delivery
+-- retried with the same key still finds them; event_count keeps counting
+UPDATE saga_events SET seq = -seq
+WHERE saga_id = :saga_id AND seq IN (SELECT value FROM json_each(:seqs)) AND seq > 0
+
+-- name: get_run_journal
+SELECT saga_id, seq, kind, name, status, attempts, output, compensation, error,
+       started_at, finished_at
+FROM saga_journal_runs WHERE saga_id = :saga_id AND run = :run ORDER BY seq

@@ -21,7 +21,7 @@ from ..searching import check_id_prefix, prefix_upper_bound
 
 _COLUMNS = """saga_id, name, status, input, output, error, owner, fence, lease_expires_at,
        created_at, updated_at, wait_token, event_count, object_key, parent_id,
-       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id"""
+       nullif(version, ''), queue, priority, nullif(partition_key, ''), dedup_id, run"""
 
 
 def conditions(where: SagaFilter, *, paging: bool = True) -> tuple[str, dict[str, Any]]:

@@ -62,6 +62,7 @@ from ..scheduling import Schedule, ScheduleState
 from ..schema import split_statements
 from . import queues, schedules, search, transactions
 from .outbox import SqliteOutbox
+from .runs import SqliteRuns
 from .schema import MIGRATION_NAMES as MIGRATION_NAMES
 from .schema import MIGRATIONS as MIGRATIONS
 from .schema import migrate_schema, pending_scripts
@@ -106,7 +107,7 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-class SqliteStore(SqliteOutbox):
+class SqliteStore(SqliteRuns, SqliteOutbox):
     """Implements :class:`~sagakit.stores.base.Store` on a SQLite file.
 
     Args:
