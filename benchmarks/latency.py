@@ -28,16 +28,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import sqlite3
 import statistics
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from benchmarks.throughput import database
 from sagakit import Engine, SagaContext, saga_step, saga_workflow
 
 
@@ -128,22 +126,10 @@ async def postgres_commit_latencies(engine: Engine, commits: int) -> list[float]
         await conn.close()
 
 
-@contextlib.contextmanager
-def database(store: str) -> Iterator[str]:
-    if store == "postgres":
-        from tests.pgserver import PgServer
-
-        with PgServer(durable=True) as pg:
-            yield pg.url
-    else:
-        with tempfile.TemporaryDirectory(prefix="sagakit-latency-") as folder:
-            yield f"sqlite:///{folder}/lone.db"
-
-
 async def measure(store: str, args: argparse.Namespace) -> dict[str, Any]:
     commits = commits_per_lone_saga(args.steps)
     rows: list[dict[str, float]] = []
-    with database(store) as url:
+    with database(store, None) as url:
         async with Engine(url) as engine:
             engine.register(lone)
             # warm up: imports, prepared statements, the first pages of the tables

@@ -198,13 +198,15 @@ class ShardedStore:
     async def create_saga(self, new: NewSaga) -> CreateResult:
         router = self._router
         shard = shard_of_saga(new, router.count)
-        if shard != shard_for(new.saga_id, router.count) or router.known(new.saga_id) not in (
-            None,
-            shard,
+        elsewhere = router.known(new.saga_id)
+        if (new.object_key is None and shard != shard_for(new.saga_id, router.count)) or (
+            elsewhere not in (None, shard)
         ):
-            # placed by its object or queue, not its id: an id already used on another shard
-            # (another queue, or a saga placed by its id) must come back as that saga, as a
-            # start with an existing id does on one database
+            # placed by its queue, not its id: an id already used on another shard (another
+            # queue, or a saga placed by its id) must come back as that saga, as a start with
+            # an existing id does on one database. Not for an object's calls: their order of
+            # arrival is their order of running, and a lookup first would let a later call
+            # overtake an earlier one (their ids are the engine's own unless given a call_id).
             found = await router.find(new.saga_id)
             if found is not None and found[0] != shard:
                 return CreateResult(False, found[1])
