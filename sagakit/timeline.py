@@ -535,7 +535,7 @@ def _runs_line(snapshot: SagaSnapshot) -> str:
         return f"{snapshot.run} of {snapshot.runs} (earlier runs: --run {earlier})"
     return (
         f"{snapshot.run} of {snapshot.runs}: an earlier run's journal, as it continued as new "
-        "(the input and status above are the saga's now)"
+        "(the version and input below are that run's; the status above is the saga's now)"
     )
 
 

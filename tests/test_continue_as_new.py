@@ -6,6 +6,7 @@ Each test runs on every store kind (the crash test is in test_continue_as_new_cr
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -23,8 +24,10 @@ from sagakit import (
 )
 from sagakit.cli import main as cli
 from sagakit.errors import LeaseLost
-from sagakit.stores.base import NextRun
+from sagakit.stores import open_store
+from sagakit.stores.base import JournalEntry, NextRun
 from tests.conftest import engine_with
+from tests.wrapped_store import WrappedStore
 
 # -- a counter that continues every k steps ----------------------------------------------------
 
@@ -81,8 +84,17 @@ async def test_a_saga_that_continues_every_k_steps_runs_each_step_once(store_url
             (3, False, 3),
             (4, True, 1),
         ]
+        # each run keeps the input it started with (the current one's is the saga's)
+        assert [Count.model_validate(r.input) for r in runs] == [
+            Count(i=0, total=0),
+            Count(i=3, total=3),
+            Count(i=6, total=15),
+            Count(i=9, total=36),
+        ]
+        assert {r.version for r in runs} == {None}
         earlier = await engine.admin.get_run("c1", 2)
         assert (earlier.run, earlier.runs, len(earlier.steps)) == (2, 4, 3)
+        assert Count.model_validate(earlier.input) == Count(i=3, total=3)
         with pytest.raises(SagaError, match="has no run 5"):
             await engine.admin.get_run("c1", 5)
 
@@ -258,6 +270,14 @@ async def test_the_next_run_takes_the_version_registered_last(store_url: str) ->
         assert ran == ["v1 1", "v2 2"]
         record = await engine._store_or_raise().load_saga("f1")
         assert record is not None and (record.version, record.run) == ("2", 2)
+        # each run keeps the version and input it ran with
+        runs = await engine.admin.runs("f1")
+        assert [(r.run, r.version, r.input) for r in runs] == [
+            (1, "1", {"n": 1}),
+            (2, "2", {"n": 2}),
+        ]
+        first = await engine.admin.get_run("f1", 1)
+        assert (first.version, first.input, first.status) == ("1", {"n": 1}, SagaStatus.COMPLETED)
 
 
 # -- the store ---------------------------------------------------------------------------------
@@ -280,6 +300,13 @@ async def test_the_store_continues_once_and_fences_the_old_run(store_url: str) -
         assert (after.run, after.fence, after.input) == (2, before.fence + 1, '{"i": 7}')
         assert await store.load_run("x1", 1) == journal
         assert await store.load_run("x1", 2) == []
+        # run 1's row: the input and version the saga row had before, written once
+        (row,) = await store.load_runs("x1")
+        assert (row.run, row.input, row.version) == (1, before.input, before.version)
+        steps = [e for e in journal if e.seq >= 0]
+        assert row.entries == len(steps) == 2
+        assert row.started_at == min(e.started_at for e in steps)
+        assert row.ended_at >= max(e.finished_at for e in steps)
         with pytest.raises(LeaseLost):  # the old run's fence is stale now
             await store.append("x1", before.fence, None)
         with pytest.raises(LeaseLost):  # and so is a continue of a run that is over
@@ -294,13 +321,68 @@ async def test_deleting_a_saga_deletes_its_earlier_runs(store_url: str) -> None:
         await engine.run(wf, Count(until=4, every=2), saga_id="d2")
         store = engine._store_or_raise()
         assert len(await store.load_run("d1", 1)) == 2
+        assert [r.run for r in await store.load_runs("d2")] == [2, 1]
         await engine.admin.delete("d1")
         assert await store.load_run("d1", 1) == []
+        assert await store.load_runs("d1") == []
         assert await store.prune(ended_before=1e12) == ["d2"]
         assert await store.load_run("d2", 1) == []
+        assert await store.load_runs("d2") == []
 
 
 # -- operators ---------------------------------------------------------------------------------
+
+
+class JournalCounter(WrappedStore):
+    """Counts the journals read: the current run's (``load_journal``) and earlier ones'."""
+
+    def __init__(self, url: str):
+        super().__init__(open_store(url))
+        self.journals: list[str] = []
+        self.earlier: list[int] = []
+
+    async def load_journal(self, saga_id: str) -> list[JournalEntry]:
+        self.journals.append(saga_id)
+        return await self.inner.load_journal(saga_id)
+
+    async def load_run(self, saga_id: str, run: int) -> list[JournalEntry]:
+        self.earlier.append(run)
+        return await self.inner.load_run(saga_id, run)
+
+
+async def test_listing_many_runs_reads_no_earlier_journal_and_pages(store_url: str) -> None:
+    ran: list[tuple[int, str]] = []
+    wf = counter(ran, "Many")
+    store = JournalCounter(store_url)
+    async with engine_with(store_url, wf, store=store) as engine:
+        assert await engine.run(wf, Count(until=30, every=1), saga_id="n1") == sum(range(30))
+        store.journals.clear()
+        store.earlier.clear()
+        last = await engine.admin.runs("n1", limit=20)
+        # run 31 found i == 30 and returned at once: the current run, with no entries
+        assert [r.run for r in last] == list(range(12, 32))
+        assert [r.current for r in last] == [False] * 19 + [True]
+        assert [r.entries for r in last] == [1] * 19 + [0]
+        for r in last:
+            assert Count.model_validate(r.input) == Count(
+                i=r.run - 1, total=sum(range(r.run - 1)), until=30, every=1
+            )
+        # an earlier run ended when it continued: in order
+        ends = [r.ended_at for r in last[:-1] if r.ended_at is not None]
+        assert len(ends) == 19 and ends == sorted(ends)
+        # the page before, then the one before that (shorter: it reaches run 1)
+        earlier = await engine.admin.runs("n1", before=last[0].run, limit=10)
+        assert [r.run for r in earlier] == list(range(2, 12))
+        first = await engine.admin.runs("n1", before=earlier[0].run, limit=10)
+        assert [r.run for r in first] == [1] and first[0].input == Count(
+            until=30, every=1
+        ).model_dump()
+        assert await engine.admin.runs("n1", before=1) == []
+        # one journal read: the current run's, for the page that has it; no earlier run's
+        assert (store.journals, store.earlier) == (["n1"], [])
+        rows = await store.load_runs("n1", before=5, limit=3)
+        assert [r.run for r in rows] == [4, 3, 2]  # the store's order: newest first
+        assert await store.load_runs("n1", limit=0) == []
 
 
 async def test_show_prints_the_run_and_an_earlier_one(
@@ -320,10 +402,15 @@ async def test_show_prints_the_run_and_an_earlier_one(
     current = await show()
     assert current.exit_code == 0, current.output
     assert "run       3 of 3 (earlier runs: --run 1-2)" in current.output
+    assert '"i": 4' in current.output  # the saga's input: run 3's
     earlier = await show("--run", "1")
     assert earlier.exit_code == 0, earlier.output
     assert "1 of 3: an earlier run's journal" in earlier.output
     assert earlier.output.count("Add") == 2
+    assert '"i": 0' in earlier.output and '"i": 4' not in earlier.output  # run 1's input
+    second = await show("--run", "2", "--json")
+    assert second.exit_code == 0, second.output
+    assert json.loads(second.output)["input"] == {"i": 2, "total": 1, "until": 5, "every": 2}
     missing = await show("--run", "4")
     assert missing.exit_code == 1 and "has no run 4" in missing.output
 
@@ -384,3 +471,33 @@ def test_the_dashboard_page_lists_the_runs(tmp_path: Any) -> None:
         runs = earlier.text.split('id="runs">')[1].split("</dd>")[0]
         assert "<strong>1</strong>" in runs and "an earlier run" in runs
         assert '<a href="/sagas/g1">3</a>' in runs  # the current run: the saga's own page
+
+
+def test_the_dashboard_page_links_the_first_and_the_last_20_runs(tmp_path: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from sagakit.dashboard import app
+
+    url = f"sqlite:///{tmp_path}/dash.db"
+    ran: list[tuple[int, str]] = []
+    wf = counter(ran, "DashedMany")
+
+    async def make() -> None:
+        async with engine_with(url, wf) as engine:
+            await engine.run(wf, Count(until=24, every=1), saga_id="g2")  # runs 1 to 25
+
+    asyncio.run(make())
+    bearer = {"Authorization": "Bearer read-token"}
+
+    def runs_of(page: str) -> str:
+        return page.split('id="runs">')[1].split("</dd>")[0]
+
+    with TestClient(app(url, read_token="read-token")) as client:
+        runs = runs_of(client.get("/sagas/g2", headers=bearer).text)
+        assert '<a href="/sagas/g2?run=1">1</a> …' in runs and "of 25" in runs
+        assert '<a href="/sagas/g2?run=6">6</a>' in runs and "<strong>25</strong>" in runs
+        assert '?run=5"' not in runs and '?run=2"' not in runs
+        earlier = client.get("/sagas/g2?run=3", headers=bearer).text
+        runs = runs_of(earlier)
+        assert "<strong>3</strong> …" in runs and '<a href="/sagas/g2">25</a>' in runs
+        assert "&#34;i&#34;: 2" in earlier or '"i": 2' in earlier  # run 3's input

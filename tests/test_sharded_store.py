@@ -596,6 +596,11 @@ async def test_a_saga_continues_as_new_on_its_shard(tmp_path: Path) -> None:
         record = await store.load_saga("loop-1")
         assert record is not None and record.run == 5
         assert [e.name for e in await store.load_run("loop-1", 2)] == ["Add"]
+        rows = await store.load_runs("loop-1", before=4, limit=2)
+        assert [(r.run, json.loads(r.input)) for r in rows] == [
+            (3, {"i": 2, "total": 1}),
+            (2, {"i": 1, "total": 0}),
+        ]
     finally:
         await store.close()
     held = await per_shard(shards)

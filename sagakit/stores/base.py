@@ -368,7 +368,8 @@ class NextRun:
     others stay for it, and ``event_count`` keeps counting), its input becomes ``input``, its
     version ``version`` (``None``: unversioned), its fence ``fence + 1`` (a late write of the
     old run is refused) and its run ``run + 1``. Status, owner, lease, children, published
-    state and queue slot stay as they are.
+    state and queue slot stay as they are. Run ``run``'s :class:`RunRecord` is written with
+    the input and version the saga row had before.
     """
 
     saga_id: str
@@ -377,6 +378,21 @@ class NextRun:
     input: str
     version: str | None
     consumed: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """An earlier run of a saga that continued as new (``Store.load_runs``), written in the
+    transaction that continued it: the input (JSON) and version it ran with, its journal
+    entries (``seq >= 0``), its first entry's start (``None``: it had none) and when it
+    continued (epoch seconds)."""
+
+    run: int
+    input: str
+    version: str | None
+    entries: int
+    started_at: float | None
+    ended_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -565,6 +581,13 @@ class Store(Protocol):
     async def load_run(self, saga_id: str, run: int) -> list[JournalEntry]:
         """The journal of the saga's earlier run ``run`` (kept when it continued as new), in
         order; empty when there is no such run (the current run's is :meth:`load_journal`)."""
+        ...
+
+    async def load_runs(
+        self, saga_id: str, *, before: int | None = None, limit: int = 50
+    ) -> list[RunRecord]:
+        """The saga's earlier runs numbered below ``before`` (all: ``None``), newest first, at
+        most ``limit``: one indexed read, whatever the number of runs and their journals."""
         ...
 
     async def continue_as_new(self, cont: NextRun) -> None:

@@ -25,6 +25,7 @@ from .base import (
     JournalEntry,
     NewSaga,
     NextRun,
+    RunRecord,
     SagaEvent,
     SagaFilter,
     SagaFork,
@@ -70,6 +71,8 @@ class _Tables:
         self.journal: dict[str, dict[int, JournalEntry]] = {}
         #: the journals of each saga's earlier runs, by run number
         self.runs: dict[str, dict[int, list[JournalEntry]]] = {}
+        #: each saga's earlier runs' rows (Store.load_runs), oldest first
+        self.run_records: dict[str, list[RunRecord]] = {}
         self.events: dict[str, list[SagaEvent]] = {}
         self.state: dict[str, dict[str, str]] = {}
         self.arrival: dict[str, int] = {}
@@ -279,6 +282,12 @@ class MemoryStore(MemoryOutbox):
     async def load_run(self, saga_id: str, run: int) -> list[JournalEntry]:
         return list(self._t.runs.get(saga_id, {}).get(run, []))
 
+    async def load_runs(
+        self, saga_id: str, *, before: int | None = None, limit: int = 50
+    ) -> list[RunRecord]:
+        found = self._t.run_records.get(saga_id, [])
+        return [r for r in reversed(found) if before is None or r.run < before][: max(0, limit)]
+
     async def continue_as_new(self, cont: NextRun) -> None:
         record = self._t.sagas.get(cont.saga_id)
         if record is not None and (record.fence, record.run) == (cont.fence + 1, cont.run + 1):
@@ -286,6 +295,11 @@ class MemoryStore(MemoryOutbox):
         if record is None or (record.fence, record.run) != (cont.fence, cont.run):
             raise LeaseLost(cont.saga_id)
         journal = self._t.journal[cont.saga_id]
+        kept = [e for e in journal.values() if e.seq >= 0]
+        started = min((e.started_at for e in kept), default=None)
+        ended = self.clock.now()
+        row = RunRecord(cont.run, record.input, record.version, len(kept), started, ended)
+        self._t.run_records.setdefault(cont.saga_id, []).append(row)
         self._t.runs.setdefault(cont.saga_id, {})[cont.run] = [journal[k] for k in sorted(journal)]
         self._t.journal[cont.saga_id] = {}
         consumed = set(cont.consumed)
@@ -663,6 +677,7 @@ class MemoryStore(MemoryOutbox):
         del self._t.sagas[saga_id]
         self._t.journal.pop(saga_id, None)
         self._t.runs.pop(saga_id, None)
+        self._t.run_records.pop(saga_id, None)
         self._t.events.pop(saga_id, None)
         self._t.delivery_keys.pop(saga_id, None)
         self._t.state.pop(saga_scope(saga_id), None)

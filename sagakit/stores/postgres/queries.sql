@@ -778,6 +778,21 @@ RETURNING saga_id
 -- name: saga_fence_run
 SELECT fence, run FROM saga_instances WHERE saga_id = $1
 
+-- name: run_input
+-- the input and version the continuing run ran with, read (and the row locked) before
+-- continue_saga replaces them
+SELECT input, nullif(version, '') FROM saga_instances
+WHERE saga_id = $1 AND fence = $2 AND run = $3
+FOR UPDATE
+
+-- name: insert_run
+-- the continuing run's row, from its journal before archive_journal moves it (one row even
+-- with no entries: count 0, no start)
+INSERT INTO saga_runs (saga_id, run, input, version, entries, started_at, ended_at)
+SELECT $1::text, $2::integer, $3::text, $4::text, count(*), min(started_at),
+       extract(epoch FROM clock_timestamp())::float8
+FROM saga_journal WHERE saga_id = $1 AND seq >= 0
+
 -- name: archive_journal
 INSERT INTO saga_journal_runs
     (saga_id, run, seq, kind, name, status, attempts, output, compensation, error,
@@ -799,3 +814,10 @@ WHERE saga_id = $1 AND seq = ANY($2::int8[]) AND seq > 0
 SELECT saga_id, seq, kind, name, status, attempts, output, compensation, error,
        started_at, finished_at
 FROM saga_journal_runs WHERE saga_id = $1 AND run = $2 ORDER BY seq
+
+-- name: get_runs
+-- a page of a saga's earlier runs, newest first, along the primary key (no bound: the most an
+-- integer holds)
+SELECT run, input, version, entries, started_at, ended_at FROM saga_runs
+WHERE saga_id = $1 AND run < coalesce($2::integer, 2147483647)
+ORDER BY run DESC LIMIT $3

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, TypeVar
 import asyncpg
 
 from ...errors import LeaseLost
-from ..base import JournalEntry, NextRun, entry_from_row
+from ..base import JournalEntry, NextRun, RunRecord, entry_from_row
 from .sql import Q
 
 T = TypeVar("T")
@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 class PostgresRuns:
     """Mixed into :class:`~sagakit.stores.postgres.store.PostgresStore`: the Store protocol's
-    ``continue_as_new`` and ``load_run``."""
+    ``continue_as_new``, ``load_run`` and ``load_runs``."""
 
     if TYPE_CHECKING:  # provided by PostgresStore
 
@@ -29,6 +29,14 @@ class PostgresRuns:
     async def load_run(self, saga_id: str, run: int) -> list[JournalEntry]:
         return await self._read(lambda conn: run_journal(conn, saga_id, run))
 
+    async def load_runs(
+        self, saga_id: str, *, before: int | None = None, limit: int = 50
+    ) -> list[RunRecord]:
+        rows = await self._read(
+            lambda conn: conn.fetch(Q["get_runs"], saga_id, before, max(0, limit))
+        )
+        return [RunRecord(*row) for row in rows]
+
     async def continue_as_new(self, cont: NextRun) -> None:
         # a refusal is an answer, not a failure of the database (which _call would wrap)
         if not await self._call(lambda conn: continue_as_new(conn, cont)):
@@ -36,18 +44,23 @@ class PostgresRuns:
 
 
 async def continue_as_new(conn: asyncpg.Connection, cont: NextRun) -> bool:
-    """Archive the run's journal, retire the events it took, and start the next run; False,
-    writing nothing, when the saga is not at the run's fence and run any more."""
+    """Record the run (its row in saga_runs, its journal archived), retire the events it
+    took, and start the next run; False, writing nothing, when the saga is not at the run's
+    fence and run any more."""
     async with conn.transaction():
-        # the fenced update first: it locks the saga's row, and when it is refused nothing
-        # else is written
-        done = await conn.fetchval(
-            Q["continue_saga"], cont.saga_id, cont.fence, cont.run, cont.input, cont.version
-        )
-        if done is None:
+        # the fenced read first: it locks the saga's row (so the update below is not refused),
+        # and when it is refused nothing is written
+        old = await conn.fetchrow(Q["run_input"], cont.saga_id, cont.fence, cont.run)
+        if old is None or (
+            await conn.fetchval(
+                Q["continue_saga"], cont.saga_id, cont.fence, cont.run, cont.input, cont.version
+            )
+            is None
+        ):
             row = await conn.fetchrow(Q["saga_fence_run"], cont.saga_id)
             # True: this continue committed already (a retry after a lost answer)
             return row is not None and tuple(row) == (cont.fence + 1, cont.run + 1)
+        await conn.execute(Q["insert_run"], cont.saga_id, cont.run, old[0], old[1])
         await conn.execute(Q["archive_journal"], cont.saga_id, cont.run)
         await conn.execute(Q["clear_journal"], cont.saga_id)
         if cont.consumed:

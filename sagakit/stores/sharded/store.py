@@ -34,6 +34,7 @@ from ..base import (
     JournalEntry,
     NewSaga,
     NextRun,
+    RunRecord,
     SagaEvent,
     SagaFilter,
     SagaFork,
@@ -295,6 +296,17 @@ class ShardedStore:
             return []
         journal: list[JournalEntry] = await self._on(shard, lambda s: s.load_run(saga_id, run))
         return journal
+
+    async def load_runs(
+        self, saga_id: str, *, before: int | None = None, limit: int = 50
+    ) -> list[RunRecord]:
+        shard = await self._router.locate(saga_id)
+        if shard is None:
+            return []
+        runs: list[RunRecord] = await self._on(
+            shard, lambda s: s.load_runs(saga_id, before=before, limit=limit)
+        )
+        return runs
 
     async def continue_as_new(self, cont: NextRun) -> None:
         await self._queued(cont.saga_id)

@@ -515,6 +515,18 @@ WHERE saga_id = :saga_id AND fence = :fence AND run = :run
 -- name: saga_fence_run
 SELECT fence, run FROM saga_instances WHERE saga_id = :saga_id
 
+-- name: run_input
+-- the input and version the continuing run ran with, read before continue_saga replaces them
+SELECT input, nullif(version, '') FROM saga_instances
+WHERE saga_id = :saga_id AND fence = :fence AND run = :run
+
+-- name: insert_run
+-- the continuing run's row, from its journal before archive_journal moves it (one row even
+-- with no entries: count 0, no start)
+INSERT INTO saga_runs (saga_id, run, input, version, entries, started_at, ended_at)
+SELECT :saga_id, :run, :old_input, :old_version, count(*), min(started_at), :now
+FROM saga_journal WHERE saga_id = :saga_id AND seq >= 0
+
 -- name: archive_journal
 INSERT INTO saga_journal_runs
     (saga_id, run, seq, kind, name, status, attempts, output, compensation, error,
@@ -533,3 +545,10 @@ WHERE saga_id = :saga_id AND seq IN (SELECT value FROM json_each(:seqs)) AND seq
 SELECT saga_id, seq, kind, name, status, attempts, output, compensation, error,
        started_at, finished_at
 FROM saga_journal_runs WHERE saga_id = :saga_id AND run = :run ORDER BY seq
+
+-- name: get_runs
+-- a page of a saga's earlier runs, newest first, along the primary key (no bound: the most an
+-- INTEGER holds)
+SELECT run, input, version, entries, started_at, ended_at FROM saga_runs
+WHERE saga_id = :saga_id AND run < coalesce(:before, 9223372036854775807)
+ORDER BY run DESC LIMIT :limit

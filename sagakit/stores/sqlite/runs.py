@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ...errors import LeaseLost
-from ..base import JournalEntry, NextRun, entry_from_row
+from ..base import JournalEntry, NextRun, RunRecord, entry_from_row
 from .sql import Q
 
 T = TypeVar("T")
@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 class SqliteRuns:
     """Mixed into :class:`~sagakit.stores.sqlite.store.SqliteStore`: the Store protocol's
-    ``continue_as_new`` and ``load_run``."""
+    ``continue_as_new``, ``load_run`` and ``load_runs``."""
 
     if TYPE_CHECKING:  # provided by SqliteStore
 
@@ -29,12 +29,20 @@ class SqliteRuns:
     async def load_run(self, saga_id: str, run: int) -> list[JournalEntry]:
         return await self._read(lambda conn: run_journal(conn, saga_id, run))
 
+    async def load_runs(
+        self, saga_id: str, *, before: int | None = None, limit: int = 50
+    ) -> list[RunRecord]:
+        params = {"saga_id": saga_id, "before": before, "limit": max(0, limit)}
+        rows = await self._read(lambda conn: conn.execute(Q["get_runs"], params).fetchall())
+        return [RunRecord(*row) for row in rows]
+
     async def continue_as_new(self, cont: NextRun) -> None:
         await self._write(lambda conn: continue_in(conn, cont))
 
 
 def continue_in(conn: sqlite3.Connection, cont: NextRun) -> None:
-    """Archive the run's journal, retire the events it took, and start the next run."""
+    """Record the run (its row in saga_runs, its journal archived), retire the events it
+    took, and start the next run."""
     params = {
         "saga_id": cont.saga_id,
         "fence": cont.fence,
@@ -43,12 +51,15 @@ def continue_in(conn: sqlite3.Connection, cont: NextRun) -> None:
         "version": cont.version,
         "now": time.time(),
     }
-    # the fenced update first: when it is refused, nothing else was written
-    if conn.execute(Q["continue_saga"], params).rowcount != 1:
+    # the fenced read and update first: when they are refused, nothing was written (the one
+    # writer connection runs nothing between them)
+    old = conn.execute(Q["run_input"], params).fetchone()
+    if old is None or conn.execute(Q["continue_saga"], params).rowcount != 1:
         row = conn.execute(Q["saga_fence_run"], {"saga_id": cont.saga_id}).fetchone()
         if row is not None and tuple(row) == (cont.fence + 1, cont.run + 1):
             return  # this continue committed already: a retry after a lost answer
         raise LeaseLost(cont.saga_id)
+    conn.execute(Q["insert_run"], {**params, "old_input": old[0], "old_version": old[1]})
     conn.execute(Q["archive_journal"], {"saga_id": cont.saga_id, "run": cont.run})
     conn.execute(Q["delete_saga_journal"], {"saga_id": cont.saga_id})
     if cont.consumed:
