@@ -227,19 +227,13 @@ class PostgresWriter:
 
     async def _run_batch(self, batch: Batch, lane: Lane) -> None:
         plain = [op for op in batch.creates if op.new.object_key is None and not waits(op.new)]
-        for start in range(0, len(plain), MAX_BATCH):
-            creates = plain[start : start + MAX_BATCH]
-            await self._retrying(
-                functools.partial(write_creates, ops=creates), [op.future for op in creates], lane
-            )
         waiting = [op for op in batch.creates if op.new.object_key is None and waits(op.new)]
-        for start in range(0, len(waiting), MAX_BATCH):
-            creates = waiting[start : start + MAX_BATCH]
-            await self._retrying(
-                functools.partial(_waiting_creates, ops=creates),
-                [op.future for op in creates],
-                lane,
-            )
+        for write, ops in ((write_creates, plain), (_waiting_creates, waiting)):
+            for start in range(0, len(ops), MAX_BATCH):
+                creates = ops[start : start + MAX_BATCH]
+                await self._retrying(
+                    functools.partial(write, ops=creates), [op.future for op in creates], lane
+                )
         for op in batch.creates:
             if op.new.object_key is not None:
                 await self._retrying(
