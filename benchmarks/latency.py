@@ -126,6 +126,37 @@ async def postgres_commit_latencies(engine: Engine, commits: int) -> list[float]
         await conn.close()
 
 
+async def postgres_statement_latencies(engine: Engine, sagas: int, steps: int) -> list[float]:
+    """The store's own statements for a lone saga, with no engine around them: one
+    ``create_sagas`` and ``steps`` ``append_one`` (a step's fenced entry), back to back on a
+    connection the store opens, per saga. Their sum is what the statements alone cost against
+    the floor: the part of the gap no engine work can remove."""
+    from sagakit.stores.postgres.sql import Q
+    from sagakit.stores.postgres.store import PostgresStore
+
+    store = engine._store
+    assert isinstance(store, PostgresStore)
+    conn = await store._connect()
+    out: list[float] = []
+    try:
+        for i in range(sagas):
+            saga_id = f"bare-{time.monotonic_ns()}-{i}"
+            began = time.perf_counter()
+            await conn.fetch(
+                Q["create_sagas"], [saga_id], ["Bare"], ["0"], ["bench"], [30.0], [None], [""]
+            )
+            for seq in range(steps):
+                now = time.time()
+                await conn.fetch(
+                    Q["append_one"], saga_id, 1, None, None, None, None, None, False, None,
+                    seq, "step", f"LoneStep{seq}", "completed", 1, str(seq), None, None, now, now,
+                )  # fmt: skip
+            out.append(time.perf_counter() - began)
+        return out
+    finally:
+        await conn.close()
+
+
 async def measure(store: str, args: argparse.Namespace) -> dict[str, Any]:
     commits = commits_per_lone_saga(args.steps)
     rows: list[dict[str, float]] = []
@@ -149,11 +180,16 @@ async def measure(store: str, args: argparse.Namespace) -> dict[str, Any]:
                     "p90": _pct(lat, 0.9),
                 }
                 row["ratio"] = row["p50"] / row["floor"]
+                bare = ""
+                if store == "postgres":
+                    statements = await postgres_statement_latencies(engine, args.sagas, args.steps)
+                    row["bare"] = _pct(statements, 0.5) / row["floor"]
+                    bare = f"; the store's statements alone {row['bare']:.2f}x the floor"
                 rows.append(row)
                 print(
                     f"{store:<8} round {r + 1}: raw commit p50 {raw_p50:.3f} ms, floor "
                     f"{commits} x {raw_p50:.3f} = {row['floor']:.2f} ms; lone saga p50/p90 "
-                    f"{row['p50']:.2f}/{row['p90']:.2f} ms; ratio {row['ratio']:.2f}",
+                    f"{row['p50']:.2f}/{row['p90']:.2f} ms; ratio {row['ratio']:.2f}{bare}",
                     flush=True,
                 )
     ratios = [r["ratio"] for r in rows]
@@ -165,6 +201,7 @@ async def measure(store: str, args: argparse.Namespace) -> dict[str, Any]:
         "ratio": statistics.median(ratios),
         "low": min(ratios),
         "high": max(ratios),
+        "bare": statistics.median(r["bare"] for r in rows) if store == "postgres" else None,
     }
 
 
@@ -182,6 +219,11 @@ async def main(args: argparse.Namespace) -> None:
             f"{res['store']:<8} median of {args.rounds}: floor {res['floor']:.2f} ms, lone saga "
             f"p50 {res['p50']:.2f} ms (p90 {res['p90']:.2f}), ratio {res['ratio']:.2f} "
             f"(rounds {res['low']:.2f}-{res['high']:.2f})"
+            + (
+                f"; the store's statements alone: {res['bare']:.2f}x the floor"
+                if res["bare"] is not None
+                else ""
+            )
         )
 
 

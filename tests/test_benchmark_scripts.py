@@ -69,6 +69,14 @@ def test_latency_prints_the_floor_and_the_ratio() -> None:
     assert re.search(r"sqlite +median of 2: floor .* ratio \d+\.\d+", out), out
 
 
+def test_latency_on_postgres_times_the_statements_alone() -> None:
+    out = run_benchmark(
+        "benchmarks.latency", "--store", "postgres", "--sagas", "10", "--rounds", "1",
+        "--commits", "20",
+    )  # fmt: skip
+    assert re.search(r"postgres +median of 1: .* statements alone: \d+\.\d+x the floor", out), out
+
+
 def test_payloads_prints_a_row_per_size() -> None:
     out = run_benchmark("benchmarks.payloads", "--sizes", "0.2", "--stores", "sqlite")
     assert "0.2" in out and "sqlite" in out.lower(), out
