@@ -141,6 +141,27 @@ async def test_a_failing_shard_is_named_in_the_error(tmp_path: Path) -> None:
         await store.open()
 
 
+async def test_claims_and_renewals_go_on_with_the_shards_that_answer(tmp_path: Path) -> None:
+    urls = sqlite_shards(tmp_path, 2)
+    store = open_store("shards:" + " ".join(urls))
+    assert isinstance(store, ShardedStore)
+    await store.open()
+    try:
+        ids = {i: next(f"c{n}" for n in range(100) if shard_for(f"c{n}", 2) == i) for i in (0, 1)}
+        for saga_id in ids.values():
+            await store.create_saga(NewSaga(saga_id, "W", "{}", owner=None, lease_seconds=30))
+        await store.shards[1].close()  # shard 1's database is gone: its calls raise StoreError
+        # shard 0's saga is leased to this worker: it must be handed over, not dropped
+        claimed = await store.claim("w1", ["W"], 30, 10)
+        assert [c.record.saga_id for c in claimed] == [ids[0]]
+        assert await store.renew_leases("w1", 30, [ids[0]]) == 1
+        await store.shards[0].close()
+        with pytest.raises(StoreError, match="shard"):
+            await store.claim("w1", ["W"], 30, 10)
+    finally:
+        await store.close()
+
+
 # -- a store over shards, directly ------------------------------------------------------------
 
 
